@@ -1,0 +1,183 @@
+"""Window geometry: resolved padding, output shape and, per window offset, the slices that pair
+output positions with the real (unpadded) input elements they read.
+
+Padding is never materialized. For a window offset ``o`` along a spatial dim with stride ``s``
+and padding ``before``, output index ``j`` reads input index ``i = j * s + o - before``; only the
+contiguous run of ``j`` for which ``0 <= i < in`` takes part. The product of those runs over the
+spatial dims is a box of output positions and a strided box of input positions, both plain
+basic-indexing views: the kernels loop over window offsets, never over output positions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import TensorError
+from engine.spec import PoolSpec
+
+__all__ = ["Offset", "Plan", "axis_names", "make_plan"]
+
+_SPATIAL_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("t", "h", "w")}
+
+
+def axis_names(spec: PoolSpec) -> tuple[str, ...]:
+    """Axis names of the input for ``spec``, e.g. ``("m", "h", "w", "d")`` for 2-D channels_last."""
+    spatial = _SPATIAL_NAMES[spec.ndim]
+    if spec.layout == "channels_last":
+        return ("m", *spatial, "d")
+    return ("m", "d", *spatial)
+
+
+@dataclass(frozen=True)
+class Offset:
+    """One window offset: which output positions it reaches and which inputs they read.
+
+    ``out_index`` and ``in_index`` are full-rank tuples of slices (views, no copy) of equal
+    shape; ``full`` is True when the offset reaches every output position (no padding on it).
+    """
+
+    out_index: tuple[slice, ...]
+    in_index: tuple[slice, ...]
+    full: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Geometry of one pooling call, derived from a spec and an input shape only."""
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    spatial_axes: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    window_size: int
+    offsets: tuple[Offset | None, ...]
+    """One entry per window offset in row-major window order; None when the offset only ever
+    lands on padding."""
+    disjoint: bool
+    """No input element lies in two windows (stride >= pool size in every spatial dim)."""
+    exact_cover: bool
+    """Every input element lies in exactly one window (disjoint and nothing left uncovered)."""
+    real_counts: tuple[np.ndarray, ...]
+    """Per spatial dim, how many real (unpadded) elements each output index's window spans."""
+
+    @property
+    def has_padding(self) -> bool:
+        return any(before or after for before, after in self.padding)
+
+    def divisor(self, count_include_pad: bool, pool_size: tuple[int, ...]) -> float | np.ndarray:
+        """avg divisor, broadcastable against the output: a scalar unless padding is real and
+        excluded, then the outer product of the per-dim real counts (float64)."""
+        if count_include_pad or not self.has_padding:
+            return float(math.prod(pool_size))
+        rank = len(self.output_shape)
+        divisor = np.ones((1,) * rank)
+        for axis, counts in zip(self.spatial_axes, self.real_counts, strict=True):
+            shape = [1] * rank
+            shape[axis] = counts.size
+            divisor = divisor * counts.reshape(shape).astype(np.float64)
+        return divisor
+
+
+def _resolve_padding(spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    if spec.padding == "valid":
+        return ((0, 0),) * spec.ndim
+    if spec.padding == "same":
+        pads = []
+        for size, pool, stride in zip(sizes, spec.pool_size, spec.strides, strict=True):
+            out = -(-size // stride)
+            total = max((out - 1) * stride + pool - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    return spec.padding
+
+
+def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
+    """Resolve padding and output shape of ``spec`` on an input of ``input_shape``.
+
+    Raises
+    ------
+    TensorError
+        If the rank does not match the spec, a dim is zero, or a window is larger than the
+        padded input.
+    """
+    rank = spec.ndim + 2
+    names = axis_names(spec)
+    if len(input_shape) != rank:
+        raise TensorError(
+            f"X has rank {len(input_shape)} but spec with {spec.ndim} spatial dims needs rank "
+            f"{rank} ({', '.join(names)}); got shape {input_shape}"
+        )
+    if 0 in input_shape:
+        raise TensorError(f"X has a zero-size dim; got shape {input_shape} ({', '.join(names)})")
+    if spec.layout == "channels_last":
+        spatial_axes = tuple(range(1, rank - 1))
+    else:
+        spatial_axes = tuple(range(2, rank))
+    sizes = tuple(input_shape[axis] for axis in spatial_axes)
+    padding = _resolve_padding(spec, sizes)
+
+    output_shape = list(input_shape)
+    runs: list[list[tuple[int, int, int] | None]] = []
+    real_counts = []
+    for dim, axis in enumerate(spatial_axes):
+        size, pool, stride = sizes[dim], spec.pool_size[dim], spec.strides[dim]
+        before, after = padding[dim]
+        if size + before + after < pool:
+            raise TensorError(
+                f"window {pool} along spatial dim {dim} ({names[axis]}) is larger than the "
+                f"padded input {size + before + after} (size {size}, padding {(before, after)}); "
+                f"X shape {input_shape}, pool_size {spec.pool_size}"
+            )
+        out = (size + before + after - pool) // stride + 1
+        output_shape[axis] = out
+        counts = np.zeros(out, dtype=np.int64)
+        dim_runs: list[tuple[int, int, int] | None] = []
+        for o in range(pool):
+            first = max(0, -(-(before - o) // stride))
+            stop = min(out, (size - 1 + before - o) // stride + 1)
+            if stop <= first:
+                dim_runs.append(None)
+                continue
+            counts[first:stop] += 1
+            dim_runs.append((first, stop, first * stride + o - before))
+        runs.append(dim_runs)
+        real_counts.append(counts)
+
+    offsets: list[Offset | None] = []
+    for combo in itertools.product(*runs):
+        reached = [run for run in combo if run is not None]
+        if len(reached) < len(combo):
+            offsets.append(None)
+            continue
+        out_index = [slice(None)] * rank
+        in_index = [slice(None)] * rank
+        full = True
+        for dim, axis in enumerate(spatial_axes):
+            first, stop, start = reached[dim]
+            stride = spec.strides[dim]
+            out_index[axis] = slice(first, stop)
+            in_index[axis] = slice(start, start + (stop - first - 1) * stride + 1, stride)
+            full = full and first == 0 and stop == output_shape[axis]
+        offsets.append(Offset(tuple(out_index), tuple(in_index), full))
+
+    disjoint = all(s >= p for s, p in zip(spec.strides, spec.pool_size, strict=True))
+    exact_cover = disjoint and all(
+        spec.strides[dim] == spec.pool_size[dim]
+        and output_shape[axis] * spec.strides[dim] >= sizes[dim] + padding[dim][0]
+        for dim, axis in enumerate(spatial_axes)
+    )
+    return Plan(
+        input_shape=tuple(input_shape),
+        output_shape=tuple(output_shape),
+        spatial_axes=spatial_axes,
+        padding=padding,
+        window_size=math.prod(spec.pool_size),
+        offsets=tuple(offsets),
+        disjoint=disjoint,
+        exact_cover=exact_cover,
+        real_counts=tuple(real_counts),
+    )

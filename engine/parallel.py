@@ -1,0 +1,209 @@
+"""Splitting one pooling call into independent chunks and running them on a small thread pool.
+
+NumPy releases the GIL inside its ufunc loops, so chunks of one call run truly in parallel.
+A call is split only when X holds at least :data:`PARALLEL_MIN_ELEMENTS` elements, and then:
+
+- along the batch axis when ``m > 1``;
+- for a single sample, along the channel axis (``channels_first``) or along the first spatial
+  axis (``channels_last``) when windows do not overlap in that dim (so no input element is
+  written by two chunks in backward), each chunk being a sub-problem with explicit padding.
+
+Chunk boundaries fall on whole bytes of the bit-packed state planes, so every chunk packs its
+own bits; results are bit-identical to a single-threaded run.
+
+Environment
+-----------
+``POOLGRAD_ENGINE_THREADS``
+    Threads per call (read once, at first use). Default ``min(4, os.cpu_count())``;
+    ``1`` disables threading.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.geometry import Plan, make_plan
+from engine.spec import PoolSpec
+
+__all__ = ["PARALLEL_MIN_ELEMENTS", "Chunk", "run_chunks", "split", "thread_count"]
+
+PARALLEL_MIN_ELEMENTS = 1 << 18
+"""Below this many input elements the thread hand-off costs more than it saves."""
+
+THREADS_ENV = "POOLGRAD_ENGINE_THREADS"
+
+_lock = threading.Lock()
+_threads: int | None = None
+_executor: ThreadPoolExecutor | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One independent piece of a call: a sub-problem on views of X / dX and A / dA.
+
+    ``input_index`` / ``output_index`` are full-rank slice tuples into X and A; ``spec`` and
+    ``plan`` describe the sub-problem; its state bits are bytes ``[byte_start, byte_stop)`` of
+    every bit plane.
+    """
+
+    input_index: tuple[slice, ...]
+    output_index: tuple[slice, ...]
+    spec: PoolSpec
+    plan: Plan
+    byte_start: int
+    byte_stop: int
+
+
+def thread_count() -> int:
+    """Threads a large call is spread over (``POOLGRAD_ENGINE_THREADS``, read once)."""
+    global _threads
+    with _lock:
+        if _threads is None:
+            raw = os.environ.get(THREADS_ENV)
+            if raw is None:
+                _threads = min(4, os.cpu_count() or 1)
+            elif raw.strip().isdigit() and int(raw) >= 1:
+                _threads = int(raw)
+            else:
+                raise ValueError(f"{THREADS_ENV} must be a positive int, got {raw!r}")
+        return _threads
+
+
+def _executor_for(threads: int) -> ThreadPoolExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="poolgrad-engine")
+        return _executor
+
+
+def split(spec: PoolSpec, plan: Plan) -> list[Chunk]:
+    """Chunks covering the whole call; a single chunk when splitting would not pay."""
+    whole = Chunk(
+        input_index=(slice(None),) * len(plan.input_shape),
+        output_index=(slice(None),) * len(plan.output_shape),
+        spec=spec,
+        plan=plan,
+        byte_start=0,
+        byte_stop=-(-math.prod(plan.output_shape) // 8),
+    )
+    if math.prod(plan.input_shape) < PARALLEL_MIN_ELEMENTS:
+        return [whole]
+    threads = thread_count()
+    if threads == 1:
+        return [whole]
+    if plan.input_shape[0] > 1:
+        return _split_axis0(spec, plan, threads) or [whole]
+    if spec.layout == "channels_first":
+        return _split_channels(spec, plan, threads) or [whole]
+    return _split_first_spatial(spec, plan, threads) or [whole]
+
+
+def _boundaries(count: int, parts: int, row_elements: int) -> list[int]:
+    # Each boundary b must start a whole byte of the packed planes: b * row_elements % 8 == 0.
+    step = 8 // math.gcd(row_elements, 8)
+    cuts = sorted({min(count, round(count * i / parts / step) * step) for i in range(parts + 1)})
+    cuts[0], cuts[-1] = 0, count
+    return sorted(set(cuts))
+
+
+def _byte_range(start: int, stop: int, row_elements: int) -> tuple[int, int]:
+    return start * row_elements // 8, -(-stop * row_elements // 8)
+
+
+def _split_axis0(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk] | None:
+    count = plan.input_shape[0]
+    row = math.prod(plan.output_shape[1:])
+    cuts = _boundaries(count, threads, row)
+    if len(cuts) < 3:
+        return None
+    chunks = []
+    for start, stop in itertools.pairwise(cuts):
+        index = (slice(start, stop),) + (slice(None),) * (len(plan.input_shape) - 1)
+        sub_plan = make_plan(spec, (stop - start, *plan.input_shape[1:]))
+        chunks.append(Chunk(index, index, spec, sub_plan, *_byte_range(start, stop, row)))
+    return chunks
+
+
+def _split_channels(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk] | None:
+    # channels_first, one sample: channels are independent and contiguous in A's flat order.
+    count = plan.input_shape[1]
+    row = math.prod(plan.output_shape[2:])
+    cuts = _boundaries(count, threads, row)
+    if len(cuts) < 3:
+        return None
+    chunks = []
+    for start, stop in itertools.pairwise(cuts):
+        index = (slice(None), slice(start, stop)) + (slice(None),) * (len(plan.input_shape) - 2)
+        shape = (1, stop - start, *plan.input_shape[2:])
+        sub_plan = make_plan(spec, shape)
+        chunks.append(Chunk(index, index, spec, sub_plan, *_byte_range(start, stop, row)))
+    return chunks
+
+
+def _split_first_spatial(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk] | None:
+    # channels_last, one sample: cut the output rows of the first spatial dim. Windows must not
+    # overlap along it, else two chunks would both write an input row in backward.
+    pool, stride = spec.pool_size[0], spec.strides[0]
+    if stride < pool:
+        return None
+    axis = plan.spatial_axes[0]
+    size = plan.input_shape[axis]
+    before, after = plan.padding[0]
+    out = plan.output_shape[axis]
+    row = math.prod(plan.output_shape[axis + 1 :])
+    cuts = _boundaries(out, threads, row)
+    if len(cuts) < 3:
+        return None
+    chunks = []
+    for start, stop in itertools.pairwise(cuts):
+        last = stop == out
+        first_row = max(0, start * stride - before)
+        stop_row = size if last else (stop - 1) * stride - before + pool
+        padding = list(plan.padding)
+        padding[0] = (before if start == 0 else 0, after if last else 0)
+        sub_spec = PoolSpec(
+            mode=spec.mode,
+            pool_size=spec.pool_size,
+            strides=spec.strides,
+            padding=padding,
+            count_include_pad=spec.count_include_pad,
+            layout=spec.layout,
+            ties=spec.ties,
+            nan=spec.nan,
+        )
+        shape = list(plan.input_shape)
+        shape[axis] = stop_row - first_row
+        sub_plan = make_plan(sub_spec, tuple(shape))
+        input_index = [slice(None)] * len(shape)
+        output_index = [slice(None)] * len(shape)
+        input_index[axis] = slice(first_row, stop_row)
+        output_index[axis] = slice(start, stop)
+        chunks.append(
+            Chunk(
+                tuple(input_index),
+                tuple(output_index),
+                sub_spec,
+                sub_plan,
+                *_byte_range(start, stop, row),
+            )
+        )
+    return chunks
+
+
+def run_chunks(work: Callable[[Chunk], None], chunks: Sequence[Chunk]) -> None:
+    """Run ``work`` on every chunk: the calling thread takes the first, the pool the rest."""
+    if len(chunks) == 1:
+        work(chunks[0])
+        return
+    executor = _executor_for(thread_count())
+    futures = [executor.submit(work, chunk) for chunk in chunks[1:]]
+    work(chunks[0])
+    for future in futures:
+        future.result()

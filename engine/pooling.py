@@ -1,0 +1,308 @@
+"""forward and backward: max, min and avg pooling over 1 to 3 spatial dims.
+
+Each kernel loops over the ``prod(pool_size)`` window offsets (see :mod:`engine.geometry`),
+doing one vectorized NumPy operation per offset over all output positions at once: no Python
+loop over output positions or over the batch. Large inputs are split along the batch (or, for a
+single sample, along the outermost axis that keeps chunks independent) and the chunks run on a
+small thread pool (:mod:`engine.parallel`); results are bit-identical to a single-threaded run.
+
+Forward and backward of each mode sit side by side below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ShapeMismatchError, TensorError
+from engine.geometry import Plan, make_plan
+from engine.parallel import Chunk, run_chunks, split
+from engine.spec import PoolSpec
+from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
+
+__all__ = ["backward", "forward"]
+
+
+def forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    """Pool ``X`` under ``spec``; return the output and the state backward needs.
+
+    Parameters
+    ----------
+    X : ndarray, float16, float32 or float64
+        ``(m, *spatial, d)`` for ``channels_last``, ``(m, d, *spatial)`` for ``channels_first``.
+        Any memory order; read-only arrays are fine: X is never written and never kept.
+    spec : PoolSpec
+
+    Returns
+    -------
+    A : ndarray
+        A new C-contiguous array of X's dtype (native byte order), shape ``X.shape`` with each
+        spatial dim replaced by ``floor((in + before + after - p) / s) + 1``.
+    state : PoolState
+        max/min: one bit-packed winner plane per window offset, ``prod(pool_size) * A.size / 8``
+        bytes, already resolved under ``spec.ties``; avg: shapes only (plus one bit per output
+        when X holds NaN).
+
+    Raises
+    ------
+    TensorError
+        X is not an ndarray, has an unsupported dtype, the wrong rank, a zero-size dim, a window
+        larger than the padded input, or NaN under ``nan="reject"``.
+
+    Notes
+    -----
+    Cost: ``prod(pool_size)`` passes over the output for the pooled value and, for max/min, as
+    many comparisons and bit-packings for the winners. Padding is never materialized and never
+    wins: max/min windows start from the first real offset (or from -inf/+inf where padding
+    precedes it) and winner bits are only computed where the offset lands on a real element.
+    """
+    X = _checked_input(X, spec)
+    plan = make_plan(spec, X.shape)
+    A = np.empty(plan.output_shape, dtype=X.dtype)
+    if spec.mode == "avg":
+        return A, _avg_forward(X, spec, plan, A)
+    return A, _extreme_forward(X, spec, plan, A)
+
+
+def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
+    """Gradient of the pooled output with respect to X, from ``state`` and upstream ``dA``.
+
+    Parameters
+    ----------
+    state : PoolState
+        From :func:`forward` (or :meth:`PoolState.from_bytes`); never modified.
+    dA : ndarray of shape ``state.output_shape``, any real int or float dtype
+        Cast to ``state.dtype`` first; never modified.
+
+    Returns
+    -------
+    dX : ndarray
+        A new C-contiguous array of shape ``state.input_shape`` and dtype ``state.dtype``.
+        Padded positions receive nothing; elements outside every window get 0.
+
+    Raises
+    ------
+    ShapeMismatchError
+        dA's shape differs from ``state.output_shape``.
+    TensorError
+        dA is not an ndarray of real numbers.
+
+    Notes
+    -----
+    max/min: each window sends ``dA`` to its winners as resolved by forward (``ties="all"``:
+    every tied element gets the full ``dA``; ``"first"``: the first in row-major window order;
+    ``"split"``: ``dA / n_tied`` each); NaN windows have no winners. avg: each element gets
+    ``dA / divisor`` from every window covering it, except NaN windows. Overlapping windows
+    accumulate (in float32 for float16). Pure: the same state and dA give the same dX.
+    Cost: ``prod(pool_size)`` passes over the output, one strided write into dX each.
+    """
+    dA = _checked_gradient(state, dA)
+    plan = make_plan(state.spec, state.input_shape)
+    if state.spec.mode == "avg":
+        return _avg_backward(state, plan, dA)
+    return _extreme_backward(state, plan, dA)
+
+
+# -- max / min -------------------------------------------------------------------------------
+
+
+def _extreme_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> PoolState:
+    winners = np.zeros((plan.window_size, packed_plane_bytes(plan.output_shape)), np.uint8)
+
+    def work(chunk: Chunk) -> None:
+        _extreme_forward_chunk(
+            X[chunk.input_index],
+            chunk.spec,
+            chunk.plan,
+            A[chunk.output_index],
+            winners[:, chunk.byte_start : chunk.byte_stop],
+        )
+
+    run_chunks(work, split(spec, plan))
+    return PoolState(spec, plan.input_shape, plan.output_shape, X.dtype, winners=winners)
+
+
+def _extreme_forward_chunk(
+    X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, winners: np.ndarray
+) -> None:
+    better = np.maximum if spec.mode == "max" else np.minimum
+    offsets = plan.offsets
+    first = offsets[0]
+    if first is not None and first.full:
+        np.copyto(A, X[first.in_index])
+        rest = offsets[1:]
+    else:
+        # Padding precedes the first real element of some windows: start from the identity of
+        # the reduction. Every window holds a real element, so the identity never survives.
+        A.fill(-np.inf if spec.mode == "max" else np.inf)
+        rest = offsets
+    for offset in rest:
+        if offset is not None:
+            target = A[offset.out_index]
+            better(target, X[offset.in_index], out=target)
+
+    # NaN compares unequal to everything, so a NaN window (A is NaN) has no winners. Bits are
+    # computed only where the offset lands on a real element: padding never wins.
+    hit = np.empty(plan.output_shape, dtype=np.bool_)
+    untaken = np.ones(plan.output_shape, dtype=np.bool_) if spec.ties == "first" else None
+    for k, offset in enumerate(offsets):
+        if offset is None:
+            continue
+        if not offset.full:
+            hit.fill(False)
+        np.equal(X[offset.in_index], A[offset.out_index], out=hit[offset.out_index])
+        if untaken is not None:
+            np.logical_and(hit, untaken, out=hit)
+            # hit is a subset of untaken here, so xor clears exactly the windows just won.
+            np.logical_xor(untaken, hit, out=untaken)
+        winners[k] = np.packbits(hit)
+
+
+def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
+    winners = state.winners
+    if winners is None:
+        raise TensorError(f"state for mode {state.spec.mode!r} holds no winners")
+    dX = np.zeros(
+        plan.input_shape, dtype=state.dtype if plan.disjoint else _accumulate_dtype(state.dtype)
+    )
+
+    def work(chunk: Chunk) -> None:
+        _extreme_backward_chunk(
+            chunk.spec,
+            chunk.plan,
+            winners[:, chunk.byte_start : chunk.byte_stop],
+            dA[chunk.output_index],
+            dX[chunk.input_index],
+        )
+
+    run_chunks(work, split(state.spec, plan))
+    return dX.astype(state.dtype, copy=False)
+
+
+def _extreme_backward_chunk(
+    spec: PoolSpec, plan: Plan, winners: np.ndarray, dA: np.ndarray, dX: np.ndarray
+) -> None:
+    size = dA.size
+    gradient = dA
+    if spec.ties == "split":
+        counts = np.zeros(plan.output_shape, dtype=np.int32)
+        for k, offset in enumerate(plan.offsets):
+            if offset is not None:
+                counts += _unpack(winners[k], size, plan.output_shape)
+        # NaN windows have no winners (count 0) and send nothing: the divisor there is moot.
+        gradient = dA.astype(_accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
+    for k, offset in enumerate(plan.offsets):
+        if offset is None:
+            continue
+        mask = _unpack(winners[k], size, plan.output_shape)[offset.out_index]
+        target = dX[offset.in_index]
+        # where= rather than multiplying by the mask: inf or NaN in dA must not leak to losers.
+        if plan.disjoint:
+            np.copyto(target, gradient[offset.out_index], where=mask, casting="same_kind")
+        else:
+            np.add(target, gradient[offset.out_index], out=target, where=mask)
+
+
+# -- avg -------------------------------------------------------------------------------------
+
+
+def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> PoolState:
+    def work(chunk: Chunk) -> None:
+        _avg_forward_chunk(X[chunk.input_index], chunk.spec, chunk.plan, A[chunk.output_index])
+
+    run_chunks(work, split(spec, plan))
+    nan_windows = None
+    # A window holding NaN pools to NaN, so checking the small A keeps the NaN-free path cheap.
+    # inf - inf gives NaN too without any NaN in X, hence the exact mask from X below.
+    if spec.nan == "propagate" and np.isnan(A).any():
+        in_nan_window = np.zeros(plan.output_shape, dtype=np.bool_)
+        for offset in plan.offsets:
+            if offset is not None:
+                target = in_nan_window[offset.out_index]
+                np.logical_or(target, np.isnan(X[offset.in_index]), out=target)
+        if in_nan_window.any():
+            nan_windows = np.packbits(in_nan_window)
+    return PoolState(spec, plan.input_shape, plan.output_shape, X.dtype, nan_windows=nan_windows)
+
+
+def _avg_forward_chunk(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> None:
+    total = np.zeros(plan.output_shape, dtype=_accumulate_dtype(X.dtype))
+    for offset in plan.offsets:
+        if offset is not None:
+            target = total[offset.out_index]
+            np.add(target, X[offset.in_index], out=target)
+    np.divide(total, plan.divisor(spec.count_include_pad, spec.pool_size), out=total)
+    np.copyto(A, total, casting="same_kind")
+
+
+def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
+    accumulate = _accumulate_dtype(state.dtype)
+    gradient = dA.astype(accumulate)
+    if state.nan_windows is not None:
+        gradient[_unpack(state.nan_windows, dA.size, plan.output_shape)] = 0
+    dX = np.zeros(plan.input_shape, dtype=accumulate)
+
+    def work(chunk: Chunk) -> None:
+        _avg_backward_chunk(
+            chunk.spec, chunk.plan, gradient[chunk.output_index], dX[chunk.input_index]
+        )
+
+    run_chunks(work, split(state.spec, plan))
+    return dX.astype(state.dtype, copy=False)
+
+
+def _avg_backward_chunk(spec: PoolSpec, plan: Plan, gradient: np.ndarray, dX: np.ndarray) -> None:
+    share = gradient / plan.divisor(spec.count_include_pad, spec.pool_size)
+    for offset in plan.offsets:
+        if offset is None:
+            continue
+        target = dX[offset.in_index]
+        if plan.disjoint:
+            np.copyto(target, share[offset.out_index], casting="same_kind")
+        else:
+            np.add(target, share[offset.out_index], out=target, casting="same_kind")
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+
+def _accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    # float16 sums lose too much; accumulate in float32 and cast back once.
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def _unpack(plane: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.unpackbits(plane, count=size).view(np.bool_).reshape(shape)
+
+
+def _checked_input(X: object, spec: PoolSpec) -> np.ndarray:
+    if not isinstance(spec, PoolSpec):
+        raise TypeError(f"spec must be a PoolSpec, got {type(spec).__name__}")
+    if not isinstance(X, np.ndarray):
+        raise TensorError(f"X must be a numpy.ndarray, got {type(X).__name__}")
+    if X.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TensorError(f"X dtype {X.dtype} is not supported; use float16, float32 or float64")
+    if not X.dtype.isnative:
+        X = X.astype(X.dtype.newbyteorder("="))
+    if spec.nan == "reject":
+        nan_count = int(np.count_nonzero(np.isnan(X)))
+        if nan_count:
+            first = tuple(int(i) for i in np.argwhere(np.isnan(X))[0])
+            raise TensorError(
+                f"X holds {nan_count} NaN value(s), first at index {first}, and the spec has "
+                f"nan='reject'; X shape {X.shape}"
+            )
+    return X
+
+
+def _checked_gradient(state: PoolState, dA: object) -> np.ndarray:
+    if not isinstance(state, PoolState):
+        raise TypeError(f"state must be a PoolState, got {type(state).__name__}")
+    if not isinstance(dA, np.ndarray):
+        raise TensorError(f"dA must be a numpy.ndarray, got {type(dA).__name__}")
+    if dA.shape != state.output_shape:
+        raise ShapeMismatchError(f"dA has shape {dA.shape} but A has shape {state.output_shape}")
+    if dA.dtype.kind not in "iuf":
+        raise TensorError(f"dA dtype {dA.dtype} is not a real number type; use {state.dtype.name}")
+    return dA.astype(state.dtype, copy=False)

@@ -1,0 +1,277 @@
+"""What forward keeps for backward, and its versioned binary form.
+
+A :class:`PoolState` never holds X, A or materialized windows:
+
+- max/min: ``winners``, one bit-plane per window offset (row-major window order), each plane a
+  bit-packed boolean over the output positions in C order: bit set when the input element at
+  that offset of that window receives gradient under the spec's tie rule. Padding bits are never
+  set. Size: ``prod(pool_size) * A.size / 8`` bytes (non-overlapping float32: ``X.nbytes / 32``).
+- avg: nothing but shapes, plus ``nan_windows`` (one bit per output position, set where the
+  window holds a NaN) only when X held NaN under ``nan="propagate"``.
+
+Wire format (little-endian), version 1::
+
+    b"PGSTATE" | u8 version | u32 header length | header (UTF-8 JSON) | array bytes | u32 CRC32
+
+The JSON header holds ``spec`` (``PoolSpec.to_dict()``), ``input_shape``, ``output_shape``,
+``dtype`` and ``arrays``: a list of ``{"name", "dtype", "shape"}`` whose raw bytes follow in order.
+The CRC32 covers every byte before it. Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from engine.errors import EngineError, StateError
+from engine.geometry import make_plan
+from engine.spec import PoolSpec
+
+__all__ = ["SUPPORTED_DTYPES", "PoolState"]
+
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+_MAGIC = b"PGSTATE"
+_VERSION = 1
+_PREFIX = struct.Struct("<7sBI")
+_CRC = struct.Struct("<I")
+
+
+def packed_plane_bytes(output_shape: tuple[int, ...]) -> int:
+    """Bytes of one bit-packed plane over the output positions."""
+    return -(-math.prod(output_shape) // 8)
+
+
+class PoolState:
+    """What :func:`engine.backward` needs from one :func:`engine.forward` call, nothing more.
+
+    Read-only: ``spec``, ``input_shape``, ``output_shape``, ``dtype``; the bit arrays are
+    read-only views. ``nbytes`` counts the array bytes held (shapes and spec are a few hundred
+    bytes of metadata on top, as in ``to_bytes()``).
+    """
+
+    __slots__ = ("_dtype", "_input_shape", "_nan_windows", "_output_shape", "_spec", "_winners")
+
+    def __init__(
+        self,
+        spec: PoolSpec,
+        input_shape: tuple[int, ...],
+        output_shape: tuple[int, ...],
+        dtype: np.dtype[np.floating],
+        winners: np.ndarray | None = None,
+        nan_windows: np.ndarray | None = None,
+    ) -> None:
+        self._spec = spec
+        self._input_shape = tuple(int(n) for n in input_shape)
+        self._output_shape = tuple(int(n) for n in output_shape)
+        self._dtype = np.dtype(dtype)
+        self._winners = _frozen(winners)
+        self._nan_windows = _frozen(nan_windows)
+
+    @property
+    def spec(self) -> PoolSpec:
+        """The spec of the forward call."""
+        return self._spec
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of X (and of dX)."""
+        return self._input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of A (and of dA)."""
+        return self._output_shape
+
+    @property
+    def dtype(self) -> np.dtype[np.floating]:
+        """dtype of X, A and dX."""
+        return self._dtype
+
+    @property
+    def winners(self) -> np.ndarray | None:
+        """max/min: uint8 array ``(prod(pool_size), ceil(A.size / 8))`` of bit-packed planes."""
+        return self._winners
+
+    @property
+    def nan_windows(self) -> np.ndarray | None:
+        """avg with NaN in X: uint8 array ``(ceil(A.size / 8),)``, bit set for NaN windows."""
+        return self._nan_windows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data held (0 for avg without NaN)."""
+        return sum(a.nbytes for a in (self._winners, self._nan_windows) if a is not None)
+
+    def __repr__(self) -> str:
+        return (
+            f"PoolState(mode={self._spec.mode!r}, input_shape={self._input_shape}, "
+            f"output_shape={self._output_shape}, dtype={self._dtype.name}, nbytes={self.nbytes})"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize to the versioned binary format of this module (a copy, ``~nbytes`` + header).
+
+        ``PoolState.from_bytes(state.to_bytes())`` gives an equal state.
+        """
+        arrays = [
+            (name, array)
+            for name, array in (("winners", self._winners), ("nan_windows", self._nan_windows))
+            if array is not None
+        ]
+        header = {
+            "spec": self._spec.to_dict(),
+            "input_shape": list(self._input_shape),
+            "output_shape": list(self._output_shape),
+            "dtype": self._dtype.name,
+            "arrays": [
+                {"name": name, "dtype": "uint8", "shape": list(array.shape)}
+                for name, array in arrays
+            ],
+        }
+        header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        parts = [_PREFIX.pack(_MAGIC, _VERSION, len(header_bytes)), header_bytes]
+        parts.extend(np.ascontiguousarray(array, dtype="<u1").tobytes() for _, array in arrays)
+        body = b"".join(parts)
+        return body + _CRC.pack(zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | bytearray | memoryview) -> PoolState:
+        """Rebuild a state from :meth:`to_bytes` output; the arrays are copied out of ``blob``.
+
+        Raises
+        ------
+        StateError
+            If the blob is truncated, corrupt (CRC mismatch), of another version, or its header
+            is inconsistent with the spec and shapes it names.
+        """
+        data = bytes(blob)
+        minimum = _PREFIX.size + _CRC.size
+        if len(data) < minimum:
+            raise StateError(f"state blob is truncated: {len(data)} bytes, need at least {minimum}")
+        magic, version, header_length = _PREFIX.unpack_from(data)
+        if magic != _MAGIC:
+            raise StateError(f"state blob has magic {magic!r}, expected {_MAGIC!r}")
+        if version != _VERSION:
+            raise StateError(f"state blob has version {version}, this engine reads {_VERSION}")
+        (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+        body = data[: len(data) - _CRC.size]
+        if zlib.crc32(body) != crc:
+            raise StateError(
+                f"state blob is corrupt or truncated: CRC32 {zlib.crc32(body):#010x} "
+                f"does not match the stored {crc:#010x} ({len(data)} bytes)"
+            )
+        header_end = _PREFIX.size + header_length
+        if header_end > len(body):
+            raise StateError(
+                f"state blob header length {header_length} runs past the blob ({len(data)} bytes)"
+            )
+        try:
+            header = json.loads(body[_PREFIX.size : header_end].decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateError(f"state blob header is not valid JSON: {exc}") from exc
+        return cls._from_header(header, body, header_end)
+
+    @classmethod
+    def _from_header(cls, header: object, body: bytes, position: int) -> PoolState:
+        if not isinstance(header, Mapping):
+            raise StateError(f"state header must be a JSON object, got {header!r}")
+        expected = {"spec", "input_shape", "output_shape", "dtype", "arrays"}
+        if set(header) != expected:
+            raise StateError(f"state header has keys {sorted(header)}, expected {sorted(expected)}")
+        spec_dict = header["spec"]
+        if not isinstance(spec_dict, Mapping):
+            raise StateError(f"state header spec must be an object, got {spec_dict!r}")
+        try:
+            spec = PoolSpec.from_dict(spec_dict)
+        except EngineError as exc:
+            raise StateError(f"state header holds an invalid spec: {exc}") from exc
+        input_shape = _shape("input_shape", header["input_shape"])
+        try:
+            plan = make_plan(spec, input_shape)
+        except EngineError as exc:
+            raise StateError(
+                f"state header input_shape {input_shape} does not fit its spec: {exc}"
+            ) from exc
+        output_shape = _shape("output_shape", header["output_shape"])
+        if output_shape != plan.output_shape:
+            raise StateError(
+                f"state header output_shape {output_shape} does not match {plan.output_shape} "
+                f"computed from input_shape {input_shape} and the spec"
+            )
+        dtype_name = header["dtype"]
+        if dtype_name not in [d.name for d in SUPPORTED_DTYPES]:
+            raise StateError(f"state header dtype {dtype_name!r} is not float16/32/64")
+
+        plane = packed_plane_bytes(output_shape)
+        allowed = (
+            {"winners": (plan.window_size, plane)}
+            if spec.mode != "avg"
+            else {"nan_windows": (plane,)}
+        )
+        descriptors = header["arrays"]
+        if not isinstance(descriptors, list):
+            raise StateError(f"state header arrays must be a list, got {descriptors!r}")
+        arrays: dict[str, np.ndarray] = {}
+        for descriptor in descriptors:
+            if not isinstance(descriptor, Mapping) or set(descriptor) != {"name", "dtype", "shape"}:
+                raise StateError(f"state array descriptor is malformed: {descriptor!r}")
+            name = descriptor["name"]
+            if name not in allowed or name in arrays:
+                raise StateError(
+                    f"state array {name!r} is unexpected or repeated for mode {spec.mode!r}"
+                )
+            shape = _shape(f"arrays[{name}].shape", descriptor["shape"], allow_zero=True)
+            if descriptor["dtype"] != "uint8" or shape != allowed[name]:
+                raise StateError(
+                    f"state array {name!r} is {descriptor['dtype']} {shape}, expected uint8 "
+                    f"{allowed[name]}"
+                )
+            size = math.prod(shape)
+            if position + size > len(body):
+                raise StateError(
+                    f"state blob is truncated: array {name!r} needs {size} bytes at offset "
+                    f"{position}, blob body has {len(body)}"
+                )
+            arrays[name] = (
+                np.frombuffer(body, dtype=np.uint8, count=size, offset=position)
+                .reshape(shape)
+                .copy()
+            )
+            position += size
+        if spec.mode != "avg" and "winners" not in arrays:
+            raise StateError(f"state for mode {spec.mode!r} lacks its winners array")
+        if position != len(body):
+            raise StateError(
+                f"state blob has {len(body) - position} trailing bytes after its arrays"
+            )
+        return cls(
+            spec,
+            input_shape,
+            output_shape,
+            np.dtype(dtype_name),
+            winners=arrays.get("winners"),
+            nan_windows=arrays.get("nan_windows"),
+        )
+
+
+def _frozen(array: np.ndarray | None) -> np.ndarray | None:
+    if array is None:
+        return None
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _shape(field: str, value: object, *, allow_zero: bool = False) -> tuple[int, ...]:
+    lowest = 0 if allow_zero else 1
+    if not isinstance(value, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= lowest for n in value
+    ):
+        raise StateError(f"state header {field} must be a list of positive ints, got {value!r}")
+    return tuple(value)
