@@ -1,1 +1,83 @@
-"""poolgrad: the SDK for the poolgrad gradient-compute service (being written; see issue 4)."""
+"""poolgrad: the Python SDK for the poolgrad gradient-compute service.
+
+>>> from poolgrad import Client
+>>> with Client("http://127.0.0.1:8000") as client:          # doctest: +SKIP
+...     with client.session(mode="max", pool_size=(2, 2)) as s:
+...         A = s.forward(X)
+...         dX = s.backward(dA)
+...     A, dX = client.gradient(X, dA, mode="max", pool_size=2)
+
+NumPy arrays in and out (``.npy`` on the wire, JSON with ``tensor_format="json"``), one
+exception class per problem code under :class:`PoolgradError`, retries on what is safe to
+repeat (see :mod:`poolgrad._base`), and :class:`AsyncClient` as the ``async`` twin.
+``poolgrad.epynn.RemotePooling`` is a drop-in EpyNN Pooling layer computed on the service.
+"""
+
+from poolgrad._client import AsyncClient, AsyncSession, Client, Session
+from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from poolgrad._exceptions import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    BadRequestError,
+    CapacityError,
+    ConflictError,
+    InternalServerError,
+    InvalidSpecError,
+    InvalidTensorError,
+    MalformedTensorError,
+    NoForwardError,
+    NotAcceptableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PoolgradError,
+    PreconditionFailedError,
+    ServiceUnavailableError,
+    SessionNotFoundError,
+    ShapeMismatchError,
+    StaleStepError,
+    StoreUnavailableError,
+    UnauthorizedError,
+    UnprocessableEntityError,
+    UnsupportedMediaTypeError,
+)
+from poolgrad._types import PoolSpecKwargs, SessionInfo, TensorFormat
+from poolgrad._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AsyncSession",
+    "BadRequestError",
+    "CapacityError",
+    "Client",
+    "ConflictError",
+    "InternalServerError",
+    "InvalidSpecError",
+    "InvalidTensorError",
+    "MalformedTensorError",
+    "NoForwardError",
+    "NotAcceptableError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PoolSpecKwargs",
+    "PoolgradError",
+    "PreconditionFailedError",
+    "ServiceUnavailableError",
+    "Session",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "ShapeMismatchError",
+    "StaleStepError",
+    "StoreUnavailableError",
+    "TensorFormat",
+    "UnauthorizedError",
+    "UnprocessableEntityError",
+    "UnsupportedMediaTypeError",
+    "__version__",
+]

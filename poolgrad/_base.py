@@ -1,0 +1,440 @@
+"""What the sync and async clients share, with no I/O: configuration, requests, retry
+decisions and response parsing. The clients in :mod:`poolgrad._client` only send and sleep.
+
+Retry policy (``max_retries`` retries after the first attempt, capped exponential backoff
+with full jitter, ``Retry-After`` honoured up to :data:`MAX_RETRY_AFTER` seconds):
+
+* 429 and 503 are retried for every request: the server answers them before applying anything.
+* Transport failures (refused, reset, timeouts) are retried for every request that is safe to
+  repeat: ``GET``, ``DELETE``, ``/healthz``, ``/v1/gradient`` (stateless), backward (the state is
+  kept and ``If-Match`` pins the forward it belongs to) and forward (a repeat caches the same
+  input again; the step we use is the one in the answer we read, so a backward can never be
+  applied to another forward: at worst it is refused with ``stale_step``).
+* Session creation is retried on transport failures only when the request was certainly never
+  sent (connect errors, connect and pool timeouts): a read timeout may have created a session,
+  and a repeat would leak one.
+* Every other status is final and raised as its :class:`~poolgrad.APIError` subclass.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from poolgrad import wire
+from poolgrad._constants import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_AFTER,
+    MAX_RETRY_DELAY,
+    REQUEST_ID_HEADER,
+    RETRY_STATUSES,
+)
+from poolgrad._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    PoolgradError,
+    _connection_message,
+    _make_status_error,
+)
+from poolgrad._types import SessionInfo, TensorFormat
+from poolgrad._version import __version__
+
+SPEC_FIELDS: Final = (
+    "mode",
+    "pool_size",
+    "strides",
+    "padding",
+    "count_include_pad",
+    "layout",
+    "ties",
+    "nan",
+)
+
+# Failures that prove the request never reached the server.
+_UNSENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class Retry(enum.Enum):
+    """Which failures a request may be repeated after (see the module docstring)."""
+
+    SAFE = "safe"  # 429, 503 and every transport failure
+    UNSENT = "unsent"  # 429, 503 and failures before the request was sent
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """One logical request: the same options, and the same request id, for every attempt."""
+
+    method: str
+    path: str
+    retry: Retry
+    content: bytes | None = None
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- spec
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists and NumPy scalars to Python ones, recursively (JSON-able)."""
+    if isinstance(value, str | bool) or value is None:
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    raise TypeError(f"spec value {value!r} of type {type(value).__name__} is not JSON-able")
+
+
+def _check_fields(spec: Mapping[str, Any]) -> None:
+    unknown = sorted(set(spec) - set(SPEC_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown spec field(s) {unknown}; expected some of {list(SPEC_FIELDS)}")
+
+
+def spec_to_json(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The session body's spec fields; ``None`` fields are left to the server's default."""
+    _check_fields(spec)
+    return {name: _plain(value) for name, value in spec.items() if value is not None}
+
+
+def _ints(value: Any) -> str:
+    plain = _plain(value)
+    return ",".join(str(item) for item in plain) if isinstance(plain, list) else str(plain)
+
+
+def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The spec as ``/v1/gradient`` query parameters (docs/DECISIONS.md, "HTTP details")."""
+    _check_fields(spec)
+    query: dict[str, str] = {}
+    for name, value in spec.items():
+        if value is None:
+            continue
+        if name in ("pool_size", "strides"):
+            query[name] = _ints(value)
+        elif name == "padding" and not isinstance(value, str):
+            query[name] = ",".join(f"{before}:{after}" for before, after in _plain(value))
+        elif isinstance(value, bool):
+            query[name] = "true" if value else "false"
+        else:
+            query[name] = str(value)
+    return query
+
+
+# -------------------------------------------------------------------------- parsing
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (seconds or an HTTP date), else ``None``."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(seconds, 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def parse_etag_step(value: str | None) -> int | None:
+    """The step in an ``ETag: "<step>"`` (weak ``W/"<step>"`` accepted), else ``None``."""
+    if not value:
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    return int(tag) if tag.isdigit() else None
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    # wire decoders may return read-only views of the body; users expect to write.
+    return array if array.flags.writeable else array.copy(order="K")
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(int(dim) for dim in value) if isinstance(value, list) else None
+
+
+def session_info(body: Any) -> SessionInfo:
+    """Build :class:`SessionInfo` from a session answer."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise PoolgradError(f"the server answered a session request with {body!r}")
+    return SessionInfo(
+        id=body["id"],
+        spec=dict(body.get("spec") or {}),
+        step=int(body.get("step") or 0),
+        input_shape=_shape(body.get("input_shape")),
+        output_shape=_shape(body.get("output_shape")),
+        dtype=body.get("dtype"),
+        state_bytes=int(body.get("state_bytes") or 0),
+        expires_at=body.get("expires_at"),
+    )
+
+
+# ----------------------------------------------------------------------------- base
+
+
+class BaseClient:
+    """Configuration, request building, retry decisions and parsing; no I/O.
+
+    Parameters
+    ----------
+    base_url : str, optional
+        The service, e.g. ``"http://127.0.0.1:8000"``; else ``POOLGRAD_BASE_URL``, else
+        :data:`~poolgrad._constants.DEFAULT_BASE_URL`.
+    api_key : str, optional
+        Sent as ``Authorization: Bearer <key>``; else ``POOLGRAD_API_KEY``, else none.
+    timeout : float or httpx.Timeout or None
+        Per attempt; ``None`` waits forever. Default ``httpx.Timeout(60.0, connect=5.0)``.
+    max_retries : int
+        Retries after the first attempt (see the module docstring for which requests).
+    tensor_format : {"npy", "json"}
+        ``"npy"`` sends ``.npy`` tensors and safetensors named tensors; ``"json"`` sends JSON.
+    headers : mapping, optional
+        Extra headers on every request.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        tensor_format: TensorFormat = "npy",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if not url.startswith(("http://", "https://")):
+            source = "base_url=" if base_url is not None else BASE_URL_ENV
+            raise ValueError(
+                f"base URL {url!r} (from {source}) is not an http:// or https:// URL; "
+                f"pass base_url='http://host:port' to the client or set {BASE_URL_ENV}"
+            )
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        if tensor_format not in ("npy", "json"):
+            raise ValueError(f"tensor_format must be 'npy' or 'json', got {tensor_format!r}")
+        self.base_url = url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.tensor_format: TensorFormat = tensor_format
+        self._extra_headers = dict(headers or {})
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    # -------------------------------------------------------------------- headers
+
+    @property
+    def _tensor_media(self) -> str:
+        return wire.MEDIA_NPY if self.tensor_format == "npy" else wire.MEDIA_JSON
+
+    @property
+    def _named_media(self) -> str:
+        return wire.MEDIA_SAFETENSORS if self.tensor_format == "npy" else wire.MEDIA_JSON
+
+    def _default_headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"poolgrad-python/{__version__}", **self._extra_headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _build_request(
+        self, client: httpx.Client | httpx.AsyncClient, options: RequestOptions
+    ) -> httpx.Request:
+        """The request every attempt sends: one request id for the whole logical request."""
+        headers = {
+            **self._default_headers(),
+            REQUEST_ID_HEADER: uuid.uuid4().hex,
+            **options.headers,
+        }
+        return client.build_request(
+            options.method,
+            f"{self.base_url}{options.path}",
+            content=options.content,
+            params=options.params,
+            headers=headers,
+            timeout=self.timeout,
+        )
+
+    # ------------------------------------------------------------------- retries
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in ``[0, min(MAX_RETRY_DELAY, INITIAL_RETRY_DELAY * 2**n)]``."""
+        return self._random.uniform(0.0, min(MAX_RETRY_DELAY, INITIAL_RETRY_DELAY * 2.0**attempt))
+
+    def _retry_delay(
+        self,
+        options: RequestOptions,
+        attempt: int,
+        *,
+        response: httpx.Response | None = None,
+        error: httpx.TransportError | None = None,
+    ) -> float | None:
+        """Seconds to wait before retrying after ``attempt`` (0-based), or ``None``: give up."""
+        if attempt >= self.max_retries:
+            return None
+        if response is not None:
+            if response.status_code not in RETRY_STATUSES:
+                return None
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None:
+                return min(retry_after, MAX_RETRY_AFTER)
+            return self._backoff(attempt)
+        if error is None:
+            return None
+        if options.retry is Retry.UNSENT and not isinstance(error, _UNSENT_ERRORS):
+            return None
+        return self._backoff(attempt)
+
+    @staticmethod
+    def _final(response: httpx.Response) -> httpx.Response:
+        """The response when it succeeded, else its error raised."""
+        if response.is_success:
+            return response
+        raise _make_status_error(response)
+
+    @staticmethod
+    def _transport_error(request: httpx.Request, exc: httpx.TransportError) -> APIConnectionError:
+        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        return cls(_connection_message(request, exc), request=request)
+
+    # ------------------------------------------------------------------ requests
+
+    def _create_session_options(
+        self, spec: Mapping[str, Any], ttl_seconds: int | None
+    ) -> RequestOptions:
+        body = spec_to_json(spec)
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        return RequestOptions(
+            "POST",
+            "/v1/sessions",
+            Retry.UNSENT,
+            content=wire.dumps(body),
+            headers={"Content-Type": wire.MEDIA_JSON, "Accept": wire.MEDIA_JSON},
+        )
+
+    @staticmethod
+    def _session_options(method: str, session_id: str) -> RequestOptions:
+        return RequestOptions(method, f"/v1/sessions/{session_id}", Retry.SAFE,
+                              headers={"Accept": wire.MEDIA_JSON})  # fmt: skip
+
+    def _forward_options(self, session_id: str, X: npt.ArrayLike) -> RequestOptions:
+        media = self._tensor_media
+        return RequestOptions(
+            "POST",
+            f"/v1/sessions/{session_id}/forward",
+            Retry.SAFE,
+            content=wire.encode_tensor(np.asarray(X), media),
+            headers={"Content-Type": media, "Accept": media},
+        )
+
+    def _backward_options(
+        self, session_id: str, dA: npt.ArrayLike, step: int | None
+    ) -> RequestOptions:
+        media = self._tensor_media
+        headers = {"Content-Type": media, "Accept": media}
+        if step is not None:
+            headers["If-Match"] = f'"{step}"'
+        return RequestOptions(
+            "POST",
+            f"/v1/sessions/{session_id}/backward",
+            Retry.SAFE,
+            content=wire.encode_tensor(np.asarray(dA), media),
+            headers=headers,
+        )
+
+    def _gradient_options(
+        self, X: npt.ArrayLike, dA: npt.ArrayLike | None, spec: Mapping[str, Any]
+    ) -> RequestOptions:
+        media = self._named_media
+        tensors = {"X": np.asarray(X)}
+        if dA is not None:
+            tensors["dA"] = np.asarray(dA)
+        return RequestOptions(
+            "POST",
+            "/v1/gradient",
+            Retry.SAFE,
+            content=wire.encode_named(tensors, media),
+            params=spec_to_query(spec),
+            headers={"Content-Type": media, "Accept": media},
+        )
+
+    @staticmethod
+    def _health_options() -> RequestOptions:
+        return RequestOptions("GET", "/healthz", Retry.SAFE)
+
+    # ------------------------------------------------------------------- answers
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return wire.loads(response.content)
+        except wire.WireError as exc:
+            raise PoolgradError(
+                f"{response.request.method} {response.request.url} answered "
+                f"{response.status_code} with a body that is not JSON: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _tensor(response: httpx.Response) -> np.ndarray:
+        media = wire.media_type_of(response.headers.get("content-type"))
+        try:
+            return _writable(wire.decode_tensor(response.content, media))
+        except ValueError as exc:  # WireError, or a media type no decoder reads
+            raise PoolgradError(
+                f"{response.request.method} {response.request.url} answered a tensor "
+                f"that does not decode ({media or 'no Content-Type'}): {exc}"
+            ) from exc
+
+    @staticmethod
+    def _named(response: httpx.Response) -> dict[str, np.ndarray]:
+        media = wire.media_type_of(response.headers.get("content-type"))
+        try:
+            tensors = wire.decode_named(response.content, media)
+        except ValueError as exc:
+            raise PoolgradError(
+                f"{response.request.method} {response.request.url} answered named tensors "
+                f"that do not decode ({media or 'no Content-Type'}): {exc}"
+            ) from exc
+        return {name: _writable(array) for name, array in tensors.items()}
+
+    @staticmethod
+    def _health(response: httpx.Response) -> dict[str, Any]:
+        if wire.media_type_of(response.headers.get("content-type")) == wire.MEDIA_JSON:
+            body = BaseClient._json(response)
+            if isinstance(body, dict):
+                return body
+        return {"status": "ok"}

@@ -1,0 +1,399 @@
+"""The sync and async clients and their sessions: they only send and sleep.
+
+Everything else (configuration, requests, the retry policy, parsing) lives in
+:class:`poolgrad._base.BaseClient`, so the two twins cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Unpack
+
+import anyio
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from poolgrad._base import BaseClient, RequestOptions, parse_etag_step, session_info
+from poolgrad._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from poolgrad._exceptions import PoolgradError, SessionNotFoundError
+from poolgrad._types import PoolSpecKwargs, SessionInfo, TensorFormat
+
+__all__ = ["AsyncClient", "AsyncSession", "Client", "Session"]
+
+
+class _SessionState:
+    """What a session handle knows: its id, normalized spec and the step of its last forward."""
+
+    def __init__(self, created: Any) -> None:
+        info = session_info(created)
+        self.id: str = info.id
+        self.spec: dict[str, Any] = info.spec
+        self.ttl_seconds: int | None = created.get("ttl_seconds")
+        self.expires_at: str | None = info.expires_at
+        #: The step of the last forward through this handle (0 before any).
+        self.step: int = info.step
+        self._forward_step: int | None = None
+        self.deleted = False
+
+    def _record_forward(self, response: httpx.Response) -> None:
+        step = parse_etag_step(response.headers.get("etag"))
+        if step is None:
+            raise PoolgradError(
+                f"forward on session {self.id} answered without an ETag step "
+                f"(got {response.headers.get('etag')!r}); the backward could not be pinned to it"
+            )
+        self.step = self._forward_step = step
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, step={self.step}, spec={self.spec!r})"
+
+
+def _note_cleanup_failure(exc: BaseException | None, session_id: str, error: Exception) -> None:
+    if exc is None:
+        raise error
+    # The block's own exception matters more; keep the cleanup failure visible on it.
+    exc.add_note(f"deleting poolgrad session {session_id} on exit also failed: {error}")
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+class Session(_SessionState):
+    """A server-side pooling layer: ``forward`` caches its state, ``backward`` uses it.
+
+    Made by :meth:`Client.session` (a context manager) or :meth:`Client.create_session`.
+    ``with session:`` deletes it on exit, also when the block raises.
+    """
+
+    def __init__(self, client: Client, created: Any) -> None:
+        super().__init__(created)
+        self._client = client
+
+    def forward(self, X: npt.ArrayLike) -> np.ndarray:
+        """Pool ``X``; the server caches what backward needs and the step advances.
+
+        Returns a new writable array of X's dtype (``A``).
+        """
+        response = self._client._request(self._client._forward_options(self.id, X))
+        self._record_forward(response)
+        return self._client._tensor(response)
+
+    def backward(self, dA: npt.ArrayLike) -> np.ndarray:
+        """Gradient of the last forward *through this handle* (``If-Match`` pins its step).
+
+        Raises :class:`~poolgrad.StaleStepError` if another forward has replaced it, and
+        :class:`~poolgrad.NoForwardError` if there was none. Repeatable: the state is kept.
+        """
+        options = self._client._backward_options(self.id, dA, self._forward_step)
+        return self._client._tensor(self._client._request(options))
+
+    def info(self) -> SessionInfo:
+        """The server's description of the session (renews its idle TTL)."""
+        response = self._client._request(self._client._session_options("GET", self.id))
+        return session_info(self._client._json(response))
+
+    def delete(self) -> None:
+        """Delete the session on the server (a session already gone is not an error)."""
+        with contextlib.suppress(SessionNotFoundError):
+            self._client._request(self._client._session_options("DELETE", self.id))
+        self.deleted = True
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.delete()
+        except PoolgradError as error:
+            _note_cleanup_failure(exc, self.id, error)
+
+
+class _SessionContext:
+    """``with client.session(...) as s``: created on enter, deleted on exit."""
+
+    def __init__(self, client: Client, spec: Mapping[str, Any], ttl_seconds: int | None) -> None:
+        self._client = client
+        self._spec = spec
+        self._ttl_seconds = ttl_seconds
+        self._session: Session | None = None
+
+    def __enter__(self) -> Session:
+        self._session = self._client.create_session(ttl_seconds=self._ttl_seconds, **self._spec)
+        return self._session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            self._session.__exit__(exc_type, exc, traceback)
+
+
+class Client(BaseClient):
+    """Synchronous client. Use it as a context manager, or call :meth:`close`.
+
+    ``http_client`` lets you bring a configured ``httpx.Client`` (proxies, transports); it is
+    then yours to close. See :class:`~poolgrad._base.BaseClient` for the other arguments.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        tensor_format: TensorFormat = "npy",
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                         tensor_format=tensor_format, headers=headers)  # fmt: skip
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client()
+
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _request(self, options: RequestOptions) -> httpx.Response:
+        request = self._build_request(self._http, options)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(options, attempt, error=exc)
+                if delay is None:
+                    raise self._transport_error(request, exc) from exc
+            else:
+                delay = self._retry_delay(options, attempt, response=response)
+                if delay is None:
+                    return self._final(response)
+                response.close()
+            self._sleep(delay)
+            attempt += 1
+
+    def create_session(
+        self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
+    ) -> Session:
+        """Create a session now; delete it with :meth:`Session.delete` or ``with``."""
+        response = self._request(self._create_session_options(spec, ttl_seconds))
+        return Session(self, self._json(response))
+
+    def session(
+        self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
+    ) -> _SessionContext:
+        """``with client.session(mode="max", pool_size=(2, 2)) as s:`` created on enter,
+        deleted on exit (also when the block raises)."""
+        return _SessionContext(self, spec, ttl_seconds)
+
+    def gradient(
+        self, X: npt.ArrayLike, dA: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Forward and backward in one stateless request: ``A, dX``."""
+        tensors = self._named(self._request(self._gradient_options(X, dA, spec)))
+        return _pick(tensors, "A"), _pick(tensors, "dX")
+
+    def pool(self, X: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]) -> np.ndarray:
+        """Forward only, stateless: ``A``."""
+        return _pick(self._named(self._request(self._gradient_options(X, None, spec))), "A")
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the server's answer; raises if it cannot be reached."""
+        return self._health(self._request(self._health_options()))
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- async
+
+
+class AsyncSession(_SessionState):
+    """The async twin of :class:`Session`: ``await s.forward(X)``, ``async with``."""
+
+    def __init__(self, client: AsyncClient, created: Any) -> None:
+        super().__init__(created)
+        self._client = client
+
+    async def forward(self, X: npt.ArrayLike) -> np.ndarray:
+        """See :meth:`Session.forward`."""
+        response = await self._client._request(self._client._forward_options(self.id, X))
+        self._record_forward(response)
+        return self._client._tensor(response)
+
+    async def backward(self, dA: npt.ArrayLike) -> np.ndarray:
+        """See :meth:`Session.backward`."""
+        options = self._client._backward_options(self.id, dA, self._forward_step)
+        return self._client._tensor(await self._client._request(options))
+
+    async def info(self) -> SessionInfo:
+        """See :meth:`Session.info`."""
+        response = await self._client._request(self._client._session_options("GET", self.id))
+        return session_info(self._client._json(response))
+
+    async def delete(self) -> None:
+        """See :meth:`Session.delete`."""
+        with contextlib.suppress(SessionNotFoundError):
+            await self._client._request(self._client._session_options("DELETE", self.id))
+        self.deleted = True
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            # Shielded: a cancelled block must still release its server-side state.
+            with anyio.CancelScope(shield=True):
+                await self.delete()
+        except PoolgradError as error:
+            _note_cleanup_failure(exc, self.id, error)
+
+
+class _AsyncSessionContext:
+    """``async with client.session(...) as s``: created on enter, deleted on exit."""
+
+    def __init__(
+        self, client: AsyncClient, spec: Mapping[str, Any], ttl_seconds: int | None
+    ) -> None:
+        self._client = client
+        self._spec = spec
+        self._ttl_seconds = ttl_seconds
+        self._session: AsyncSession | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        self._session = await self._client.create_session(
+            ttl_seconds=self._ttl_seconds, **self._spec
+        )
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.__aexit__(exc_type, exc, traceback)
+
+
+class AsyncClient(BaseClient):
+    """Asynchronous twin of :class:`Client` (asyncio or trio): ``async with``, ``await``."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        tensor_format: TensorFormat = "npy",
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                         tensor_format=tensor_format, headers=headers)  # fmt: skip
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient()
+
+    async def _sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def _request(self, options: RequestOptions) -> httpx.Response:
+        request = self._build_request(self._http, options)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                delay = self._retry_delay(options, attempt, error=exc)
+                if delay is None:
+                    raise self._transport_error(request, exc) from exc
+            else:
+                delay = self._retry_delay(options, attempt, response=response)
+                if delay is None:
+                    return self._final(response)
+                await response.aclose()
+            await self._sleep(delay)
+            attempt += 1
+
+    async def create_session(
+        self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
+    ) -> AsyncSession:
+        """See :meth:`Client.create_session`."""
+        response = await self._request(self._create_session_options(spec, ttl_seconds))
+        return AsyncSession(self, self._json(response))
+
+    def session(
+        self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
+    ) -> _AsyncSessionContext:
+        """``async with client.session(...) as s:`` created on enter, deleted on exit."""
+        return _AsyncSessionContext(self, spec, ttl_seconds)
+
+    async def gradient(
+        self, X: npt.ArrayLike, dA: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Client.gradient`."""
+        tensors = self._named(await self._request(self._gradient_options(X, dA, spec)))
+        return _pick(tensors, "A"), _pick(tensors, "dX")
+
+    async def pool(self, X: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]) -> np.ndarray:
+        """See :meth:`Client.pool`."""
+        tensors = self._named(await self._request(self._gradient_options(X, None, spec)))
+        return _pick(tensors, "A")
+
+    async def health(self) -> dict[str, Any]:
+        """See :meth:`Client.health`."""
+        return self._health(await self._request(self._health_options()))
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _pick(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    try:
+        return tensors[name]
+    except KeyError:
+        raise PoolgradError(
+            f"the server's answer holds tensors {sorted(tensors)} but not {name!r}"
+        ) from None

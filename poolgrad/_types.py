@@ -1,0 +1,41 @@
+"""Public type aliases: the layer spec as keyword arguments and the session description."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias, TypedDict
+
+__all__ = ["PoolSpecKwargs", "SessionInfo", "TensorFormat"]
+
+Mode: TypeAlias = Literal["max", "min", "avg"]
+Padding: TypeAlias = Literal["valid", "same"] | Sequence[Sequence[int]]
+#: ``"npy"``: ``.npy`` tensors and safetensors named tensors; ``"json"``: JSON for both.
+TensorFormat: TypeAlias = Literal["npy", "json"]
+
+
+class PoolSpecKwargs(TypedDict, total=False):
+    """The layer spec (CONTRACT.md, "Layer spec"); a field left out takes the server default."""
+
+    mode: Mode
+    pool_size: int | Sequence[int]
+    strides: int | Sequence[int] | None
+    padding: Padding
+    count_include_pad: bool
+    layout: Literal["channels_last", "channels_first"]
+    ties: Literal["all", "first", "split"]
+    nan: Literal["propagate", "reject"]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What ``GET /v1/sessions/{id}`` answers; shapes and dtype are ``None`` before a forward."""
+
+    id: str
+    spec: dict[str, Any]
+    step: int
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    dtype: str | None
+    state_bytes: int
+    expires_at: str | None
