@@ -1,0 +1,341 @@
+"""poolgrad.wire: every format round-trips exactly, against numpy's and safetensors' own codecs,
+and every malformed or hostile body is refused with a WireError naming what is wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from poolgrad import wire
+
+FLOATS = ("float16", "float32", "float64")
+
+
+def arrays(dtypes: tuple[str, ...] = FLOATS) -> st.SearchStrategy[np.ndarray]:
+    return st.sampled_from(dtypes).flatmap(
+        lambda dtype: hnp.arrays(
+            dtype, hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=4)
+        )
+    )
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bit for bit in value, dtype and shape (NaN equal to NaN, -0.0 kept)."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and np.array_equal(a, b, equal_nan=True)
+        and np.array_equal(np.signbit(a), np.signbit(b))
+    )
+
+
+# ----------------------------------------------------------------------------- npy
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays((*FLOATS, "int32", "uint8", "bool")))
+def test_npy_round_trip_matches_numpy(array: np.ndarray) -> None:
+    body = wire.encode_npy(array)
+    decoded = wire.decode_npy(body)
+    assert same(decoded, array)
+    assert same(np.load(io.BytesIO(body), allow_pickle=False), array)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.asfortranarray(np.arange(24.0).reshape(2, 3, 4)),
+        np.arange(48.0, dtype=np.float32).reshape(4, 3, 4)[::2, :, 1:],
+        np.arange(6, dtype=">f8").reshape(2, 3),
+    ],
+    ids=["fortran", "non-contiguous", "big-endian"],
+)
+def test_npy_accepts_any_memory_layout(array: np.ndarray) -> None:
+    assert np.array_equal(wire.decode_npy(wire.encode_npy(array)), array)
+
+
+def test_npy_decoding_is_a_read_only_view() -> None:
+    body = wire.encode_npy(np.zeros((3, 3), np.float32))
+    decoded = wire.decode_npy(body)
+    assert not decoded.flags.writeable
+    assert decoded.base is not None
+
+
+def npy_with_header(header: str, data: bytes = b"") -> bytes:
+    raw = header.encode("latin1")
+    raw += b" " * (-(len(raw) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(raw)) + raw + data
+
+
+def pickled_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([1, "a", None], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+GOOD = wire.encode_npy(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "not a .npy file"),
+        (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
+        (GOOD[:9], "not a .npy file"),
+        (GOOD[:40], "truncated: its header ends at byte"),
+        (GOOD[:-1], r"truncated: shape \(2, 3\) of float32 needs 24 bytes, body holds 23"),
+        (GOOD + b"\x00", "followed by extra bytes"),
+        (pickled_npy(), "holds Python objects: pickled arrays are refused"),
+        (
+            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (10**9, 10**9), }"),
+            "header is malformed",
+        ),
+        (
+            npy_with_header(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
+                b"\x00" * 8,
+            ),
+            r"needs 4000000000000000000 bytes, body holds 8",
+        ),
+        (
+            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }"),
+            "negative dimension",
+        ),
+        (
+            npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
+            "structured dtype",
+        ),
+        (npy_with_header("__import__('os').system('true')"), "header is malformed"),
+        (b"\x93NUMPY\x07\x00" + b"\x00" * 8, r"format version 7\.0 is not supported"),
+        (
+            b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**6) + b"{}",
+            "header of 1000000 bytes exceeds the 65536 limit",
+        ),
+    ],
+    ids=[
+        "empty",
+        "zip",
+        "preamble",
+        "header-cut",
+        "data-cut",
+        "trailing",
+        "pickle",
+        "expression-shape",
+        "huge-shape",
+        "negative",
+        "structured",
+        "code-in-header",
+        "version",
+        "huge-header",
+    ],
+)
+def test_npy_refuses_malformed_bodies(body: bytes, message: str) -> None:
+    with pytest.raises(wire.WireError, match=message) as info:
+        wire.decode_npy(body)
+    assert info.value.code == "malformed_tensor"
+
+
+def test_npy_non_numeric_dtype_is_invalid_tensor_not_malformed() -> None:
+    body = wire.encode_npy(np.array(["ab", "cd"]))
+    with pytest.raises(wire.WireError, match="dtype <U2 is not numeric") as info:
+        wire.decode_npy(body)
+    assert info.value.code == "invalid_tensor"
+
+
+def test_npy_encoder_refuses_object_arrays() -> None:
+    with pytest.raises(wire.WireError, match="never pickled"):
+        wire.encode_npy(np.array([None], dtype=object))
+
+
+# ---------------------------------------------------------------------- JSON tensor
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays((*FLOATS, "int64", "uint16", "bool")))
+def test_json_round_trip_is_exact(array: np.ndarray) -> None:
+    assert same(wire.decode_json_tensor(wire.encode_json_tensor(array)), array)
+
+
+def test_json_names_non_finite_values() -> None:
+    array = np.array([np.nan, np.inf, -np.inf, -0.0, 1.5], dtype=np.float32)
+    obj = json.loads(wire.encode_json_tensor(array))
+    assert obj == {
+        "dtype": "float32",
+        "shape": [5],
+        "data": ["NaN", "Infinity", "-Infinity", -0.0, 1.5],
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "message", "code"),
+    [
+        ([1, 2], "tensor must be a JSON object with dtype, shape, data; got list", None),
+        ({"shape": [1], "data": [1], "extra": 1}, r"unknown field\(s\) \['extra'\]", None),
+        ({"dtype": "complex64", "shape": [1], "data": [1]}, "'complex64' is not supported", 1),
+        ({"dtype": "object", "shape": [1], "data": [1]}, "'object' is not supported", 1),
+        (
+            {"shape": [2, -1], "data": []},
+            r"shape must be a list of non-negative ints, got \[2, -1\]",
+            None,
+        ),
+        ({"shape": [2, True], "data": [1, 2]}, "shape must be a list of non-negative ints", None),
+        ({"shape": "2", "data": [1, 2]}, "shape must be a list", None),
+        ({"shape": [3], "data": [1, 2]}, r"holds 2 values but shape \[3\] needs 3", None),
+        (
+            {"shape": [10**12], "data": [1]},
+            r"holds 1 values but shape \[1000000000000\] needs",
+            None,
+        ),
+        ({"shape": [1], "data": "1"}, "data must be a flat list of numbers, got str", None),
+        ({"shape": [2], "data": [[1], [2]]}, "must be flat", None),
+        ({"shape": [2], "data": [1, "one"]}, r"data\[1\] = 'one' is not a number", None),
+        ({"shape": [1], "data": ["1.5"]}, r"data\[0\] = '1.5' is not a number", None),
+        ({"shape": [1], "data": ["nan"]}, r"data\[0\] = 'nan' is not a number", None),
+        ({"shape": [2], "data": [1, True]}, r"data\[1\] = True is not a number", None),
+        ({"shape": [1], "data": [None]}, r"data\[0\] = None is not a number", None),
+        ({"dtype": "int8", "shape": [1], "data": [300]}, "300 does not fit dtype int8", None),
+        ({"dtype": "int32", "shape": [1], "data": [1.5]}, "1.5 does not fit dtype int32", None),
+        ({"dtype": "int32", "shape": [1], "data": ["NaN"]}, "'NaN' is not a number", None),
+    ],
+)
+def test_json_refuses_bad_tensors(obj: object, message: str, code: int | None) -> None:
+    with pytest.raises(wire.WireError, match=message) as info:
+        wire.decode_json_tensor(json.dumps(obj).encode())
+    assert info.value.code == ("invalid_tensor" if code else "malformed_tensor")
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[" * 100_000, b"\xff\xfe"])
+def test_json_refuses_unparsable_bodies(body: bytes) -> None:
+    with pytest.raises(wire.WireError, match="not valid JSON"):
+        wire.decode_json_tensor(body)
+
+
+def test_json_dtype_defaults_to_float32() -> None:
+    decoded = wire.decode_json_tensor(b'{"shape": [2], "data": [1, 2]}')
+    assert decoded.dtype == np.float32
+
+
+# ---------------------------------------------------------------------- safetensors
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(), arrays((*FLOATS, "int8")))
+def test_safetensors_interoperates_with_the_reference_library(
+    x: np.ndarray, da: np.ndarray
+) -> None:
+    ours = wire.encode_safetensors({"X": x, "dA": da})
+    theirs = safetensors.numpy.load(ours)
+    assert same(theirs["X"], x)
+    assert same(theirs["dA"], da)
+    decoded = wire.decode_safetensors(safetensors.numpy.save({"X": x, "dA": da}))
+    assert same(decoded["X"], x)
+    assert same(decoded["dA"], da)
+
+
+def safetensors_with(header: object, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"\x01\x02", "shorter than its 8-byte prefix"),
+        (struct.pack("<Q", 2**40), "header of 1099511627776 bytes exceeds the 65536 limit"),
+        (struct.pack("<Q", 100) + b"{}", "truncated: header claims 100 bytes"),
+        (safetensors_with([1]), "header must be a JSON object, got list"),
+        (safetensors_with({"X": {"dtype": "F32"}}), "must hold dtype, shape, data_offsets"),
+        (
+            safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+            r"offsets \[0, 8\] outside its 0-byte buffer",
+        ),
+        (
+            safetensors_with(
+                {"X": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, b"\x00" * 4
+            ),
+            "needs 4000000000 bytes, offsets span 4",
+        ),
+        (
+            safetensors_with(
+                {"X": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\x00" * 4
+            ),
+            "outside its",
+        ),
+        (
+            safetensors_with({"X": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
+            r"bad shape \[-1\]",
+        ),
+    ],
+)
+def test_safetensors_refuses_malformed_bodies(body: bytes, message: str) -> None:
+    with pytest.raises(wire.WireError, match=message):
+        wire.decode_safetensors(body)
+
+
+def test_safetensors_unsupported_dtype_is_invalid_tensor() -> None:
+    body = safetensors_with({"X": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"0" * 8)
+    with pytest.raises(wire.WireError, match="unsupported dtype 'C64'") as info:
+        wire.decode_safetensors(body)
+    assert info.value.code == "invalid_tensor"
+
+
+# ---------------------------------------------------------------- by media type
+
+
+@pytest.mark.parametrize("media_type", [wire.MEDIA_SAFETENSORS, wire.MEDIA_JSON])
+def test_named_tensors_round_trip(media_type: str) -> None:
+    tensors = {"X": np.arange(8.0).reshape(1, 2, 2, 2), "dA": np.ones((1, 1, 1, 2), np.float16)}
+    decoded = wire.decode_named(wire.encode_named(tensors, media_type), media_type)
+    assert decoded.keys() == tensors.keys()
+    for name, value in tensors.items():
+        assert same(decoded[name], value)
+
+
+@pytest.mark.parametrize("media_type", [wire.MEDIA_NPY, wire.MEDIA_JSON])
+def test_tensor_round_trip_by_media_type(media_type: str) -> None:
+    array = np.arange(6, dtype=np.float64).reshape(3, 2)
+    assert same(wire.decode_tensor(wire.encode_tensor(array, media_type), media_type), array)
+
+
+def test_json_named_tensors_must_be_an_object() -> None:
+    with pytest.raises(wire.WireError, match="named tensors must be a JSON object"):
+        wire.decode_named(b"[]", wire.MEDIA_JSON)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("application/x-npy", wire.MEDIA_NPY),
+        ("Application/JSON; charset=utf-8", wire.MEDIA_JSON),
+        (None, ""),
+    ],
+)
+def test_media_type_of_drops_parameters(header: str | None, expected: str) -> None:
+    assert wire.media_type_of(header) == expected
+
+
+def test_problem_catalogue_covers_the_contract() -> None:
+    expected = {
+        "malformed_tensor": 400,
+        "unauthorized": 401,
+        "session_not_found": 404,
+        "no_forward": 409,
+        "stale_step": 412,
+        "payload_too_large": 413,
+        "unsupported_media_type": 415,
+        "not_acceptable": 406,
+        "invalid_spec": 422,
+        "invalid_tensor": 422,
+        "shape_mismatch": 422,
+        "capacity_exceeded": 429,
+        "store_unavailable": 503,
+    }
+    assert {code: wire.PROBLEMS[code].status for code in expected} == expected
