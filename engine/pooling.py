@@ -11,6 +11,7 @@ Forward and backward of each mode sit side by side below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,10 @@ def forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
     A = np.empty(plan.output_shape, dtype=X.dtype)
-    if spec.mode == "avg":
-        return A, _avg_forward(X, spec, plan, A)
-    return A, _extreme_forward(X, spec, plan, A)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if spec.mode == "avg":
+            return A, _avg_forward(X, spec, plan, A)
+        return A, _extreme_forward(X, spec, plan, A)
 
 
 def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
@@ -97,11 +99,12 @@ def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
     accumulate (in float32 for float16). Pure: the same state and dA give the same dX.
     Cost: ``prod(pool_size)`` passes over the output, one strided write into dX each.
     """
-    dA = _checked_gradient(state, dA)
-    plan = make_plan(state.spec, state.input_shape)
-    if state.spec.mode == "avg":
-        return _avg_backward(state, plan, dA)
-    return _extreme_backward(state, plan, dA)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dA = _checked_gradient(state, dA)
+        plan = make_plan(state.spec, state.input_shape)
+        if state.spec.mode == "avg":
+            return _avg_backward(state, plan, dA)
+        return _extreme_backward(state, plan, dA)
 
 
 # -- max / min -------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def _extreme_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -
             winners[:, chunk.byte_start : chunk.byte_stop],
         )
 
-    run_chunks(work, split(spec, plan))
+    _run_quietly(work, split(spec, plan))
     return PoolState(spec, plan.input_shape, plan.output_shape, X.dtype, winners=winners)
 
 
@@ -176,7 +179,7 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarra
             dX[chunk.input_index],
         )
 
-    run_chunks(work, split(state.spec, plan))
+    _run_quietly(work, split(state.spec, plan))
     return dX.astype(state.dtype, copy=False)
 
 
@@ -211,7 +214,7 @@ def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> Po
     def work(chunk: Chunk) -> None:
         _avg_forward_chunk(X[chunk.input_index], chunk.spec, chunk.plan, A[chunk.output_index])
 
-    run_chunks(work, split(spec, plan))
+    _run_quietly(work, split(spec, plan))
     nan_windows = None
     # A window holding NaN pools to NaN, so checking the small A keeps the NaN-free path cheap.
     # inf - inf gives NaN too without any NaN in X, hence the exact mask from X below.
@@ -248,7 +251,7 @@ def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
             chunk.spec, chunk.plan, gradient[chunk.output_index], dX[chunk.input_index]
         )
 
-    run_chunks(work, split(state.spec, plan))
+    _run_quietly(work, split(state.spec, plan))
     return dX.astype(state.dtype, copy=False)
 
 
@@ -265,6 +268,16 @@ def _avg_backward_chunk(spec: PoolSpec, plan: Plan, gradient: np.ndarray, dX: np
 
 
 # -- shared ----------------------------------------------------------------------------------
+
+
+def _run_quietly(work: Callable[[Chunk], None], chunks: list[Chunk]) -> None:
+    # inf - inf, float16 overflow and the like are data here (NaN / inf in the result, handled
+    # by the NaN rules), not warnings. errstate is per thread, so each chunk sets its own.
+    def quiet(chunk: Chunk) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            work(chunk)
+
+    run_chunks(quiet, chunks)
 
 
 def _accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:

@@ -57,8 +57,10 @@ def reference(
             elements = []  # (input position, value), row-major window order, real only
             for offset in itertools.product(*(range(p) for p in spec.pool_size)):
                 pos = tuple(
-                    o * s + k - before
-                    for o, s, k, (before, _) in zip(out_pos, spec.strides, offset, pads, strict=True)
+                    index * stride + k - before
+                    for index, stride, k, (before, _) in zip(
+                        out_pos, spec.strides, offset, pads, strict=True
+                    )
                 )
                 if all(0 <= i < n for i, n in zip(pos, spatial, strict=True)):
                     elements.append((pos, x[(sample, *pos, channel)]))
