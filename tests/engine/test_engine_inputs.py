@@ -1,0 +1,150 @@
+"""Input handling: refused tensors name their problem; odd memory layouts and dtypes work;
+nothing the caller passes is written; threaded chunks equal the single-threaded result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine.parallel
+from engine import (
+    PoolSpec,
+    ShapeMismatchError,
+    TensorError,
+    backward,
+    forward,
+)
+
+
+@pytest.mark.parametrize(
+    ("X", "spec", "message"),
+    [
+        (
+            np.zeros((2, 3, 4), np.float32),
+            PoolSpec(),
+            r"X has rank 3 but spec with 2 spatial dims needs rank 4 \(m, h, w, d\); "
+            r"got shape \(2, 3, 4\)",
+        ),
+        (
+            np.zeros((2, 3, 4, 5), np.float32),
+            PoolSpec(pool_size=[2, 2, 2], layout="channels_first"),
+            r"needs rank 5 \(m, d, t, h, w\); got shape \(2, 3, 4, 5\)",
+        ),
+        (
+            np.zeros((1, 4, 4, 1), np.int32),
+            PoolSpec(),
+            r"X dtype int32 is not supported; use float16, float32 or float64",
+        ),
+        (np.zeros((1, 4, 4, 1), np.complex64), PoolSpec(), r"X dtype complex64 is not supported"),
+        (np.zeros((0, 4, 4, 1)), PoolSpec(), r"zero-size dim; got shape \(0, 4, 4, 1\)"),
+        (
+            np.zeros((1, 4, 2, 1)),
+            PoolSpec(pool_size=3),
+            r"window 3 along spatial dim 1 \(w\) is larger than the padded input 2",
+        ),
+        (
+            np.array([[[0.0], [np.nan]]]),
+            PoolSpec(pool_size=[1], nan="reject"),
+            r"X holds 1 NaN value\(s\), first at index \(0, 1, 0\), and the spec has nan='reject'",
+        ),
+    ],
+)
+def test_refused_inputs_name_the_problem(X: np.ndarray, spec: PoolSpec, message: str) -> None:
+    with pytest.raises(TensorError, match=message):
+        forward(X, spec)
+
+
+def test_x_must_be_an_ndarray() -> None:
+    with pytest.raises(TensorError, match=r"X must be a numpy\.ndarray, got list"):
+        forward([[[[1.0]]]], PoolSpec(pool_size=1))  # type: ignore[arg-type]
+
+
+def test_refused_gradients_name_the_problem() -> None:
+    A, state = forward(np.zeros((1, 4, 4, 2), np.float32), PoolSpec())
+    with pytest.raises(ShapeMismatchError, match=r"dA has shape \(1, 2, 2\) but A has shape"):
+        backward(state, np.zeros((1, 2, 2)))
+    with pytest.raises(TensorError, match=r"dA dtype bool is not a real number type"):
+        backward(state, np.zeros(A.shape, bool))
+    with pytest.raises(TensorError, match=r"dA dtype complex128 is not a real number type"):
+        backward(state, np.zeros(A.shape, complex))
+
+
+@pytest.mark.parametrize("mode", ["max", "min", "avg"])
+def test_read_only_fortran_strided_and_big_endian_inputs(mode: str) -> None:
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((3, 10, 12, 4)).astype(np.float32)
+    spec = PoolSpec(mode=mode, pool_size=3, strides=2, padding="same")  # type: ignore[arg-type]
+    expected_A, expected_state = forward(base, spec)
+    dA = rng.standard_normal(expected_A.shape).astype(np.float32)
+    expected_dX = backward(expected_state, dA)
+
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    strided = np.repeat(base, 2, axis=3)[..., ::2]
+    variants = [read_only, np.asfortranarray(base), strided, base.astype(">f4")]
+    for X in variants:
+        before = X.copy()
+        A, state = forward(X, spec)
+        assert A.flags.c_contiguous
+        assert A.dtype == np.float32
+        np.testing.assert_array_equal(A, expected_A)
+        np.testing.assert_array_equal(backward(state, dA), expected_dX)
+        np.testing.assert_array_equal(X, before)
+
+
+def test_dA_is_cast_to_x_dtype_and_never_written() -> None:
+    X = np.arange(16, dtype=np.float16).reshape(1, 4, 4, 1)
+    A, state = forward(X, PoolSpec(mode="avg"))
+    dA = np.full(A.shape, 4, dtype=np.int64)
+    dA.flags.writeable = False
+    dX = backward(state, dA)
+    assert dX.dtype == np.float16
+    assert dX.ravel().tolist() == [1.0] * 16
+    dX64 = backward(state, np.full(A.shape, 1e6))  # 1e6 overflows float16: inf / 4 = inf
+    assert np.isinf(dX64).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs"),
+    [
+        ((6, 40, 40, 8), {}),
+        ((6, 40, 41, 8), {"mode": "min", "pool_size": 3, "strides": 2, "ties": "first"}),
+        ((1, 203, 200, 2), {"padding": "same", "ties": "split"}),
+        ((1, 200, 199, 3), {"mode": "avg", "pool_size": 3, "padding": [(1, 1), (2, 0)]}),
+        (
+            (1, 5, 120, 130),
+            {"layout": "channels_first", "mode": "avg", "pool_size": 3, "strides": 1},
+        ),
+        ((5, 3, 30, 30, 30), {"pool_size": [2, 2, 2], "layout": "channels_first", "strides": 1}),
+        ((1, 101, 100, 3), {"pool_size": 3, "strides": 1}),
+    ],
+)
+def test_threaded_chunks_equal_one_thread(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], kwargs: dict[str, object]
+) -> None:
+    rng = np.random.default_rng(9)
+    X = rng.integers(-2, 3, shape).astype(np.float32)
+    X.flat[::97] = np.nan
+    spec = PoolSpec(**kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1 << 62)
+    A1, state1 = forward(X, spec)
+    dA = rng.integers(-3, 4, A1.shape).astype(np.float32)
+    dX1 = backward(state1, dA)
+    monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(engine.parallel, "_threads", 3)
+    A3, state3 = forward(X, spec)
+    np.testing.assert_array_equal(A3, A1)
+    assert state3.to_bytes() == state1.to_bytes()
+    np.testing.assert_array_equal(backward(state3, dA), dX1)
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.parallel, "_threads", None)
+    monkeypatch.setenv("POOLGRAD_ENGINE_THREADS", "3")
+    assert engine.parallel.thread_count() == 3
+    monkeypatch.setattr(engine.parallel, "_threads", None)
+    monkeypatch.setenv("POOLGRAD_ENGINE_THREADS", "many")
+    with pytest.raises(
+        ValueError, match="POOLGRAD_ENGINE_THREADS must be a positive int, got 'many'"
+    ):
+        engine.parallel.thread_count()
