@@ -1,0 +1,159 @@
+"""Answers and transport failures become the SDK's exceptions, one function doing the mapping."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import respx
+
+import poolgrad
+from poolgrad import AsyncClient, Client, wire
+from poolgrad._exceptions import _make_status_error
+from tests.sdk.conftest import MOCK_URL, problem
+
+CONTRACT_CODES = {
+    "malformed_tensor": poolgrad.MalformedTensorError,
+    "unauthorized": poolgrad.UnauthorizedError,
+    "session_not_found": poolgrad.SessionNotFoundError,
+    "no_forward": poolgrad.NoForwardError,
+    "stale_step": poolgrad.StaleStepError,
+    "payload_too_large": poolgrad.PayloadTooLargeError,
+    "unsupported_media_type": poolgrad.UnsupportedMediaTypeError,
+    "not_acceptable": poolgrad.NotAcceptableError,
+    "invalid_spec": poolgrad.InvalidSpecError,
+    "invalid_tensor": poolgrad.InvalidTensorError,
+    "shape_mismatch": poolgrad.ShapeMismatchError,
+    "capacity_exceeded": poolgrad.CapacityError,
+    "store_unavailable": poolgrad.StoreUnavailableError,
+}
+
+
+def response(answer: httpx.Response) -> httpx.Response:
+    answer.request = httpx.Request("POST", f"{MOCK_URL}/v1/sessions")
+    return answer
+
+
+@pytest.mark.parametrize(("code", "cls"), CONTRACT_CODES.items())
+def test_every_contract_code_has_its_own_class(code: str, cls: type[poolgrad.APIError]) -> None:
+    status = wire.PROBLEMS[code].status
+    error = _make_status_error(response(problem(status, code, f"detail naming {code}")))
+    assert type(error) is cls
+    assert isinstance(error, poolgrad.APIError)
+    assert isinstance(error, poolgrad.PoolgradError)
+    assert (error.status, error.code) == (status, code)
+    assert error.title == wire.PROBLEMS[code].title
+    assert error.detail == f"detail naming {code}"
+    assert error.request_id == "srv-req-1"
+    assert f"detail naming {code}" in str(error)
+    assert "srv-req-1" in str(error)
+
+
+@pytest.mark.parametrize("code", sorted(wire.PROBLEMS))
+def test_every_catalogued_code_maps_to_a_class_of_its_status(code: str) -> None:
+    status = wire.PROBLEMS[code].status
+    error = _make_status_error(response(problem(status, code)))
+    assert error.status == status
+    assert error.code == code
+    generic = {500: poolgrad.InternalServerError, 405: poolgrad.APIError, 408: poolgrad.APIError}
+    assert isinstance(error, CONTRACT_CODES.get(code, generic.get(status, poolgrad.APIError)))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        (422, {"code": "something_new", "detail": "x"}, poolgrad.UnprocessableEntityError),
+        (404, {"detail": "no such route"}, poolgrad.NotFoundError),
+        (400, {"code": "stale_step", "detail": "wrong status"}, poolgrad.BadRequestError),
+        (409, {"code": "conflict"}, poolgrad.ConflictError),
+        (412, {}, poolgrad.PreconditionFailedError),
+        (503, {}, poolgrad.ServiceUnavailableError),
+        (502, None, poolgrad.InternalServerError),
+        (418, None, poolgrad.APIError),
+    ],
+)
+def test_unknown_or_missing_codes_fall_back_on_the_status(
+    status: int, body: dict[str, str] | None, cls: type[poolgrad.APIError]
+) -> None:
+    answer = (
+        httpx.Response(status, json=body)
+        if body is not None
+        else httpx.Response(status, text="<html>bad gateway</html>")
+    )
+    error = _make_status_error(response(answer))
+    assert type(error) is cls
+    assert error.status == status
+    if body is None:
+        assert error.code is None
+        assert error.detail == "<html>bad gateway</html>"
+        assert error.body == "<html>bad gateway</html>"
+
+
+def test_unauthorized_names_both_ways_to_pass_a_key() -> None:
+    error = _make_status_error(response(problem(401, "unauthorized", "missing bearer token")))
+    assert "api_key=" in str(error)
+    assert "POOLGRAD_API_KEY" in str(error)
+
+
+def test_connection_refused_is_an_api_connection_error_naming_the_fixes() -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL, max_retries=0) as client:
+        router.get("/healthz").mock(side_effect=httpx.ConnectError("refused"))
+        with pytest.raises(poolgrad.APIConnectionError) as caught:
+            client.health()
+    error = caught.value
+    assert not isinstance(error, poolgrad.APITimeoutError)
+    assert isinstance(error.__cause__, httpx.ConnectError)
+    assert "base_url=" in str(error)
+    assert "POOLGRAD_BASE_URL" in str(error)
+    assert error.request_id is not None
+
+
+@pytest.mark.parametrize(
+    "exc", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout]
+)
+def test_every_timeout_is_an_api_timeout_error(exc: type[httpx.TimeoutException]) -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL, max_retries=0) as client:
+        router.get("/healthz").mock(side_effect=exc)
+        with pytest.raises(poolgrad.APITimeoutError) as caught:
+            client.health()
+    assert isinstance(caught.value, poolgrad.APIConnectionError)
+    assert isinstance(caught.value.__cause__, exc)
+
+
+def test_error_carries_the_request_id_the_client_sent() -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
+        route = router.post("/v1/gradient").mock(
+            return_value=httpx.Response(
+                422,
+                json={"status": 422, "code": "invalid_spec", "detail": "mode 'mean'"},
+                headers={"Content-Type": wire.MEDIA_PROBLEM},
+            )
+        )
+        with pytest.raises(poolgrad.InvalidSpecError, match="mode 'mean'") as caught:
+            client.gradient(np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 1, 1)), mode="max")
+    assert caught.value.request_id is None  # this answer did not echo it ...
+    sent = route.calls.last.request.headers["X-Request-ID"]
+    assert len(sent) == 32  # ... but every request carries one
+
+
+@pytest.mark.anyio
+async def test_async_client_maps_answers_and_transport_failures() -> None:
+    async with AsyncClient(MOCK_URL, max_retries=0) as client:
+        with respx.mock(base_url=MOCK_URL) as router:
+            router.post("/v1/sessions").mock(return_value=problem(422, "invalid_spec", "ties 'x'"))
+            router.get("/healthz").mock(side_effect=httpx.ReadTimeout)
+            with pytest.raises(poolgrad.InvalidSpecError, match="ties 'x'") as caught:
+                await client.create_session(ties="first")
+            assert caught.value.request_id == "srv-req-1"
+            with pytest.raises(poolgrad.APITimeoutError) as timeout:
+                await client.health()
+            assert isinstance(timeout.value.__cause__, httpx.ReadTimeout)
+
+
+def test_undecodable_success_body_is_a_poolgrad_error_not_a_wire_error() -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
+        router.post("/v1/gradient").mock(
+            return_value=httpx.Response(200, content=b"\x00" * 3, headers={"Content-Type": "x/y"})
+        )
+        with pytest.raises(poolgrad.PoolgradError, match="do not decode"):
+            client.gradient(np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 1, 1)))
