@@ -1,0 +1,53 @@
+"""``python -m service`` and ``poolgrad-server``: run the service under uvicorn.
+
+Settings come from ``POOLGRAD_*`` environment variables (:class:`service.settings.Settings`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app, limits_of
+from service.settings import Settings
+from service.stores import store_from_url
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    """Start the server; exits with a message naming the setting when one is unusable."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"poolgrad-server: invalid POOLGRAD_* settings:\n{exc}") from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        store = store_from_url(settings.store_url, limits_of(settings))
+    except ValueError as exc:
+        raise SystemExit(f"poolgrad-server: {exc}") from None
+    if settings.workers > 1:
+        raise SystemExit(
+            f"poolgrad-server: POOLGRAD_WORKERS={settings.workers} is refused with the in-memory "
+            f"store (POOLGRAD_STORE_URL={settings.store_url!r}): each worker process would hold "
+            "its own sessions, and a request reaching another worker would not find its "
+            "session. Use the Redis store (POOLGRAD_STORE_URL=redis://host:6379/0) to run "
+            "several workers, or set POOLGRAD_WORKERS=1."
+        )
+    uvicorn.run(
+        create_app(settings, store),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,  # the request middleware logs one richer line per request
+    )
+
+
+if __name__ == "__main__":
+    main()

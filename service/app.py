@@ -1,0 +1,97 @@
+"""The app factory: ``create_app(settings, store)`` wires settings, store, compute, metrics,
+routes, error handlers and middleware into one FastAPI app.
+
+Everything a request needs is attached to ``app.state`` when the app is built, so requests
+work without the lifespan having run (httpx's ASGI transport does not run it); the lifespan
+only adds the background reaper and closes the store on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from service.compute import Compute
+from service.errors import StoreUnavailable
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
+from service.problems import install_handlers
+from service.routes import router
+from service.settings import Settings
+from service.stores import Limits, SessionStore, store_from_url
+
+__all__ = ["create_app", "limits_of"]
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = """\
+Gradients of pooling layers as a service. A session caches the state of its last forward
+pass, so backward needs only dA. Tensors travel as `.npy` or JSON (`Content-Type` picks the
+decoder, `Accept` the encoder); errors are `application/problem+json` with a stable `code`.
+"""
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The store limits the settings ask for."""
+    return Limits(max_sessions=settings.max_sessions, max_state_bytes=settings.max_state_bytes)
+
+
+def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
+    """A ready app; ``settings`` default to the environment, ``store`` to ``settings.store_url``.
+
+    Raises ``ValueError`` naming the URL when ``store_url`` names no known backend.
+    """
+    settings = settings if settings is not None else Settings()
+    store = store if store is not None else store_from_url(settings.store_url, limits_of(settings))
+    metrics = Metrics(store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_reap_forever(store, settings.reap_interval_seconds))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await store.close()
+
+    app = FastAPI(
+        title="poolgrad",
+        version=_version(),
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.compute = Compute(store, settings, metrics)
+    install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
+    app.include_router(router)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    return app
+
+
+async def _reap_forever(store: SessionStore, interval_seconds: float) -> None:
+    """Reclaim expired sessions every ``interval_seconds``; a store outage only skips a round."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            reclaimed = await store.reap()
+        except StoreUnavailable as exc:
+            logger.warning("reaper: %s", exc.detail)
+            continue
+        if reclaimed:
+            logger.info("reaper: reclaimed %d expired session(s)", reclaimed)
+
+
+def _version() -> str:
+    try:
+        return version("poolgrad")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"

@@ -1,0 +1,282 @@
+"""The one code path behind every route: sessions, forward, backward, the stateless gradient.
+
+It knows nothing of HTTP. Callers hand in how to decode the request tensor(s) and how to encode
+the result (the HTTP routes pass :mod:`poolgrad.wire` functions for the negotiated media types;
+other protocols can pass their own), and decode, engine call and encode of one request run
+together in a worker thread, so the event loop never waits on NumPy.
+
+Forward and backward of one session run under the store's per-session lock: a backward always
+sees the state of one complete forward, and a forward that fails at any point (bad tensor,
+engine refusal, budget full) leaves the stored record exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import anyio.to_thread
+import numpy as np
+
+from engine import PoolSpec, PoolState, backward, forward
+from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
+from poolgrad.wire import WireError
+from service.errors import (
+    InternalError,
+    InvalidSpec,
+    InvalidTensor,
+    NoForward,
+    ServiceError,
+    ShapeMismatch,
+    StaleStep,
+    from_wire_error,
+)
+from service.metrics import Metrics
+from service.settings import Settings
+from service.stores import SessionRecord, SessionStore
+
+__all__ = [
+    "NAMED_INPUTS",
+    "Compute",
+    "SessionInfo",
+    "StepCondition",
+    "Stepped",
+    "new_session_id",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Tensor names the stateless gradient accepts; ``dA`` is optional.
+NAMED_INPUTS = ("X", "dA")
+
+
+def new_session_id() -> str:
+    """An unguessable session id: 192 random bits, URL-safe (32 characters)."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What the API shows of a session (never its state)."""
+
+    id: str
+    spec: Mapping[str, Any]
+    ttl_seconds: float
+    step: int
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    dtype: str | None
+    state_bytes: int
+    expires_at: str
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionInfo:
+        """The view of ``record`` just after its TTL was renewed."""
+        expires = datetime.now(UTC) + timedelta(seconds=record.ttl_seconds)
+        return cls(
+            id=record.id,
+            spec=record.spec,
+            ttl_seconds=record.ttl_seconds,
+            step=record.step,
+            input_shape=record.input_shape,
+            output_shape=record.output_shape,
+            dtype=record.dtype,
+            state_bytes=record.state_bytes,
+            expires_at=expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+
+
+@dataclass(frozen=True)
+class Stepped(Generic[T]):
+    """An encoded result and the session step it belongs to."""
+
+    payload: T
+    step: int
+
+
+@dataclass(frozen=True)
+class StepCondition:
+    """A precondition on the cached step (HTTP ``If-Match``): one of ``steps`` must be current.
+
+    ``raw`` is what the client sent, quoted back in the error.
+    """
+
+    raw: str
+    steps: frozenset[int]
+
+    def check(self, session_id: str, step: int) -> None:
+        if step not in self.steps:
+            raise StaleStep(
+                f"If-Match {self.raw!r} does not name step {step}, the step session "
+                f"{session_id!r} caches now"
+            )
+
+
+class Compute:
+    """Sessions and gradients over one :class:`SessionStore`; shared by every protocol."""
+
+    def __init__(self, store: SessionStore, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+
+    # ----------------------------------------------------------------- sessions
+
+    async def create_session(self, fields: Mapping[str, Any], owner: str) -> SessionInfo:
+        """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``)."""
+        spec_fields = dict(fields)
+        ttl_seconds = self._ttl(spec_fields.pop("ttl_seconds", None))
+        spec = parse_spec(spec_fields)
+        record = SessionRecord(
+            id=new_session_id(), owner=owner, spec=spec.to_dict(), ttl_seconds=ttl_seconds
+        )
+        await self.store.create(record)
+        return SessionInfo.of(record)
+
+    async def get_session(self, session_id: str, owner: str) -> SessionInfo:
+        return SessionInfo.of(await self.store.get(session_id, owner))
+
+    async def delete_session(self, session_id: str, owner: str) -> None:
+        # Under the lock, so a forward in flight cannot write the session back after it is gone.
+        async with self.store.lock(session_id):
+            await self.store.delete(session_id, owner)
+
+    # ------------------------------------------------------------------ compute
+
+    async def forward(
+        self,
+        session_id: str,
+        owner: str,
+        decode: Callable[[], np.ndarray],
+        encode: Callable[[np.ndarray], T],
+    ) -> Stepped[T]:
+        """Run forward on the decoded X, cache the new state (step + 1), return encoded A."""
+        async with self.store.lock(session_id):
+            record = await self.store.get(session_id, owner)
+
+            def work() -> tuple[T, bytes, PoolState]:
+                X = decode()
+                spec = PoolSpec.from_dict(record.spec)
+                A, state = self._timed("forward", forward, X, spec)
+                return encode(A), state.to_bytes(), state
+
+            payload, blob, state = await self._run(work)
+            updated = record.with_state(
+                blob,
+                state_bytes=state.nbytes,
+                input_shape=state.input_shape,
+                output_shape=state.output_shape,
+                dtype=state.dtype.name,
+            )
+            await self.store.put(updated)
+            return Stepped(payload, updated.step)
+
+    async def backward(
+        self,
+        session_id: str,
+        owner: str,
+        decode: Callable[[], np.ndarray],
+        encode: Callable[[np.ndarray], T],
+        condition: StepCondition | None = None,
+    ) -> Stepped[T]:
+        """dX for the decoded dA against the cached state, which stays (backward repeats)."""
+        async with self.store.lock(session_id):
+            record = await self.store.get(session_id, owner)
+            cached = record.state
+            if cached is None:
+                raise NoForward(
+                    f"session {session_id!r} has no cached forward state (step {record.step}): "
+                    "run forward first"
+                )
+            if condition is not None:
+                condition.check(session_id, record.step)
+
+            def work() -> T:
+                dA = decode()
+                state = PoolState.from_bytes(cached)
+                return encode(self._timed("backward", backward, state, dA))
+
+            return Stepped(await self._run(work), record.step)
+
+    async def gradient(
+        self,
+        spec_fields: Mapping[str, Any],
+        decode: Callable[[], Mapping[str, np.ndarray]],
+        encode: Callable[[dict[str, np.ndarray]], T],
+    ) -> T:
+        """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``)."""
+        spec = parse_spec(spec_fields)
+
+        def work() -> T:
+            tensors = decode()
+            unknown = sorted(set(tensors) - set(NAMED_INPUTS))
+            if unknown:
+                raise InvalidTensor(
+                    f"unknown tensor name(s) {unknown}: send 'X' and optionally 'dA'"
+                )
+            if "X" not in tensors:
+                raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
+            A, state = self._timed("forward", forward, tensors["X"], spec)
+            results = {"A": A}
+            if "dA" in tensors:
+                results["dX"] = self._timed("backward", backward, state, tensors["dA"])
+            return encode(results)
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ttl(self, value: object) -> float:
+        if value is None:
+            return self.settings.session_ttl_seconds
+        limit = self.settings.max_ttl_seconds
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 < value <= limit
+        ):
+            raise InvalidSpec(f"ttl_seconds must be a number > 0 and <= {limit:g}, got {value!r}")
+        return value
+
+    def _timed(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self.metrics.engine_seconds.labels(operation).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _run(work: Callable[[], T]) -> T:
+        """Run ``work`` in a worker thread, translating engine and wire errors at this boundary."""
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except ServiceError:
+            raise
+        except WireError as exc:
+            raise from_wire_error(exc) from exc
+        except StateError as exc:
+            logger.error("cached state could not be read: %s", exc)
+            raise InternalError("the cached forward state could not be read") from exc
+        except SpecError as exc:
+            raise InvalidSpec(str(exc)) from exc
+        except TensorError as exc:
+            raise InvalidTensor(str(exc)) from exc
+        except ShapeMismatchError as exc:
+            raise ShapeMismatch(str(exc)) from exc
+
+
+def parse_spec(fields: Mapping[str, Any]) -> PoolSpec:
+    """A validated spec from JSON-like fields; :class:`InvalidSpec` naming the bad one."""
+    try:
+        return PoolSpec.from_dict(fields)
+    except SpecError as exc:
+        raise InvalidSpec(str(exc)) from exc

@@ -1,0 +1,83 @@
+"""FastAPI dependencies as typed aliases: the app's collaborators and the caller's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.compute import Compute
+from service.errors import Unauthorized
+from service.metrics import Metrics
+from service.settings import Settings
+from service.stores import SessionStore
+
+__all__ = ["ComputeDep", "MetricsDep", "OwnerDep", "SettingsDep", "StoreDep", "owner_of"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="Required when the server sets POOLGRAD_API_KEYS: `Authorization: Bearer <key>`.",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.store
+    return store
+
+
+def get_compute(request: Request) -> Compute:
+    compute: Compute = request.app.state.compute
+    return compute
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[SessionStore, Depends(get_store)]
+ComputeDep = Annotated[Compute, Depends(get_compute)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def owner_of(key: str) -> str:
+    """What a session records as its owner: a hash of the key, never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_owner(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The caller's owner id: ``""`` without API keys; with keys, a valid bearer key or 401."""
+    if not settings.api_keys:
+        return ""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise Unauthorized(
+            "this server requires an API key: send 'Authorization: Bearer <key>'",
+            headers=challenge,
+        )
+    presented = credentials.credentials.encode()
+    valid = False
+    for key in settings.api_keys:
+        # No early exit: the time taken does not tell which key, or how much of it, matched.
+        valid |= hmac.compare_digest(presented, key.get_secret_value().encode())
+    if not valid:
+        raise Unauthorized(
+            f"the bearer key presented ({len(presented)} bytes) is not a valid API key",
+            headers=challenge,
+        )
+    return owner_of(credentials.credentials)
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,97 @@
+"""Prometheus metrics, one registry per app so several apps can live in one process (tests).
+
+Request counts and latency are recorded by the request middleware, engine seconds by
+:mod:`service.compute`; session gauges are read from the store at scrape time (so they are
+right for a shared store too), and the expired/refused counters are what this process's store
+reclaimed and refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.errors import StoreUnavailable
+from service.stores import SessionStore
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _StoreCounters(Collector):
+    """Counters kept by the store instance itself (it reclaims and refuses on its own)."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "poolgrad_sessions_expired",
+            "Sessions reclaimed after their idle TTL ran out.",
+            value=self._store.expired_total,
+        )
+        yield CounterMetricFamily(
+            "poolgrad_sessions_refused",
+            "Session writes refused because the session count or state-byte budget was full.",
+            value=self._store.refused_total,
+        )
+
+
+class Metrics:
+    """The collectors of one app, registered in its own :class:`CollectorRegistry`."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "poolgrad_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "poolgrad_request_duration_seconds",
+            "Time from request start to the end of the response, by method and route template.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.engine_seconds = Histogram(
+            "poolgrad_engine_seconds",
+            "Time spent in the engine's forward or backward, excluding decode and encode.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sessions_live = Gauge(
+            "poolgrad_sessions_live",
+            "Sessions held by the store (expired ones count until reclaimed).",
+            registry=self.registry,
+        )
+        self.state_bytes = Gauge(
+            "poolgrad_state_bytes",
+            "Bytes of cached forward state held by the store.",
+            registry=self.registry,
+        )
+        self.registry.register(_StoreCounters(store))
+
+    async def render(self) -> bytes:
+        """The Prometheus text exposition, with the session gauges read from the store now."""
+        try:
+            usage = await self.store.usage()
+        except StoreUnavailable as exc:
+            # Metrics stay available while the store is not; the gauges keep their last value.
+            logger.warning("metrics: store usage unavailable: %s", exc.detail)
+        else:
+            self.sessions_live.set(usage.sessions)
+            self.state_bytes.set(usage.state_bytes)
+        return generate_latest(self.registry)

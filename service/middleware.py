@@ -1,0 +1,132 @@
+"""The request middleware: request id, one log line, request metrics, and the last-resort 500.
+
+Pure ASGI (no ``BaseHTTPMiddleware``), so bodies stream through untouched in both directions.
+It is the outermost layer of our own, so everything below it, routing included, is timed,
+counted and logged, and an unexpected exception becomes a 500 problem that names the request
+id but none of the internals (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from poolgrad import wire
+from service.metrics import Metrics
+from service.problems import problem_body
+
+__all__ = ["RequestMiddleware", "valid_request_id"]
+
+logger = logging.getLogger("service.access")
+
+_REQUEST_ID_HEADER = b"x-request-id"
+
+
+def valid_request_id(value: str) -> bool:
+    """A client's ``X-Request-ID`` is kept when it is 1-128 visible ASCII characters."""
+    return 1 <= len(value) <= 128 and all("!" <= char <= "~" for char in value)
+
+
+class RequestMiddleware:
+    """Wraps every HTTP request of the app it is given."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != _REQUEST_ID_HEADER
+                ]
+                headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise
+            status = 500
+            await _send_internal_error(send_with_id, request_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        method = scope["method"]
+        route = _route_template(scope)
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.latency.labels(method, route).observe(seconds)
+        state: dict[str, Any] = scope.get("state") or {}
+        session_id = (scope.get("path_params") or {}).get("session_id") or state.get("session_id")
+        logger.info(
+            "%s %s %d %.1fms session=%s request_id=%s",
+            method,
+            route,
+            status,
+            seconds * 1000,
+            session_id or "-",
+            request_id,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "session_id": session_id,
+                "request_id": request_id,
+            },
+        )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == _REQUEST_ID_HEADER:
+            text: str = value.decode("latin-1")
+            if valid_request_id(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (bounded label values), or ``unmatched``."""
+    path: object = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = problem_body(
+        "internal_error", "the server failed to handle this request; see its log", request_id
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", wire.MEDIA_PROBLEM.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,90 @@
+"""Service settings: one pydantic-settings class read from ``POOLGRAD_*`` environment variables.
+
+Every field has a default, so ``Settings()`` with an empty environment serves on
+``127.0.0.1:8000`` with the embedded in-memory store. Tests build ``Settings(...)`` with the
+short limits they need instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["MIB", "Settings"]
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """How one service process runs; environment variables are ``POOLGRAD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POOLGRAD_",
+        case_sensitive=False,
+        extra="ignore",
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Loopback by default; containers set ``0.0.0.0``."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on."""
+
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes. More than one needs a shared store (Redis): with the in-memory
+    store each process would hold a different set of sessions, so start-up refuses it."""
+
+    store_url: str = "memory://"
+    """Where sessions live: ``memory://`` (embedded, this process only)."""
+
+    session_ttl_seconds: float = Field(default=600.0, gt=0)
+    """Idle time after which a session and its cached state are dropped; every use renews it.
+    A client may ask for another value per session, up to ``max_ttl_seconds``."""
+
+    max_ttl_seconds: float = Field(default=86_400.0, gt=0)
+    """Largest ``ttl_seconds`` a client may ask for when creating a session."""
+
+    max_sessions: int = Field(default=10_000, ge=1)
+    """Most sessions held at once; creating one more is a 429 ``capacity_exceeded``."""
+
+    max_state_bytes: int = Field(default=1024 * MIB, ge=1)
+    """Budget for the cached forward state of all sessions together, in bytes; a forward whose
+    state would exceed it is a 429 ``capacity_exceeded`` and leaves the previous state intact."""
+
+    max_body_bytes: int = Field(default=64 * MIB, ge=1)
+    """Largest request body, in bytes; larger bodies are refused with 413 while being read,
+    before they are held in memory, whether or not ``Content-Length`` is sent."""
+
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
+    trickles bytes cannot hold a connection and a buffer forever."""
+
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Comma-separated bearer keys. Empty: no authentication. Set: every ``/v1`` request needs
+    ``Authorization: Bearer <key>`` and sees only the sessions its key created."""
+
+    retry_after_seconds: int = Field(default=1, ge=0)
+    """``Retry-After`` sent with 429 (capacity) and 503 (store unavailable)."""
+
+    reap_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often the background reaper reclaims expired sessions and their state bytes."""
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Level of the ``service`` loggers and uvicorn's; one line per request at ``info``."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Accept the comma-separated environment form as well as a sequence."""
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
