@@ -132,7 +132,10 @@ class RemotePooling:
         """Nothing to initialize: pooling has no parameters."""
 
     def forward(self, A: npt.ArrayLike) -> np.ndarray:
-        """Pool ``A`` (m, h, w, d) on the service; returns (m, oh, ow, d) of A's dtype."""
+        """Pool ``A`` (m, h, w, d) on the service; returns (m, oh, ow, d) of A's dtype.
+
+        Costs one request and one copy of the output (to EpyNN's memory layout).
+        """
         X = np.asarray(A)
         self.compute_shapes(X)
         session = self._open_session()
@@ -140,13 +143,22 @@ class RemotePooling:
             out = session.forward(X)
         except SessionNotFoundError:
             out = self._reopen_session().forward(X)
+        # Laid out in memory as EpyNN's Pooling lays out its output (windows outermost):
+        # the next layers reduce in memory order, so the same values in another layout
+        # would round differently and a training run would drift in the last bits.
+        A_out = np.moveaxis(np.empty_like(out, shape=np.moveaxis(out, 0, 2).shape), 2, 0)
+        A_out[...] = out
         self.fc["X"] = X
-        self.fc["A"] = self.fc["Z"] = out
+        self.fc["A"] = self.fc["Z"] = A_out
         self.update_shapes(self.fc, self.fs)
-        return out
+        return A_out
 
     def backward(self, dX: npt.ArrayLike) -> np.ndarray:
-        """Gradient for the input of the last forward, from the next layer's ``dX``."""
+        """Gradient for the input of the last forward, from the next layer's ``dX``.
+
+        Costs one request (two if the session was lost) and one copy, into the memory
+        layout of the forward's input as EpyNN's ``np.zeros_like(X)`` gives.
+        """
         dA = np.asarray(dX)
         self.bc["dA"] = dA
         session = self._open_session()
@@ -156,9 +168,12 @@ class RemotePooling:
             session = self._reopen_session()
             session.forward(self.fc["X"])
             grad = session.backward(dA)
-        self.bc["dX"] = grad
+        # Laid out like the input, as EpyNN's own gradient is (see forward for why).
+        dX_out = np.empty_like(self.fc["X"], dtype=grad.dtype)
+        dX_out[...] = grad
+        self.bc["dX"] = dX_out
         self.update_shapes(self.bc, self.bs)
-        return grad
+        return dX_out
 
     def compute_gradients(self) -> None:
         """Nothing to compute: pooling has no parameters."""
