@@ -138,16 +138,18 @@ def parse_if_match(value: str | None) -> StepCondition | None:
     return StepCondition(raw=value, steps=frozenset(steps))
 
 
-_QUERY_FIELDS = ("mode", "pool_size", "strides", "padding", "count_include_pad", "layout", "ties",
-                 "nan")  # fmt: skip
+_QUERY_FIELDS = (
+    "mode", "pool_size", "strides", "padding", "count_include_pad", "layout", "ties", "nan",
+)  # fmt: skip
 
 
 def spec_from_query(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Spec fields from ``/v1/gradient`` query parameters (docs/DECISIONS.md).
 
-    ``pool_size=2`` is an int (a 2-D square), ``pool_size=3,3,3`` a list; ``strides`` likewise
-    (an int applies to every dim); ``padding`` is ``valid``, ``same`` or ``before:after`` pairs
-    per dim, comma-separated; ``count_include_pad`` is ``true`` or ``false``. Values are only
+    ``pool_size=2`` is an int (a 2-D square), ``pool_size=3,3,3`` a list and ``pool_size=2,``
+    the one-element list ``[2]``; ``strides`` likewise (an int applies to every dim);
+    ``padding`` is ``valid``, ``same`` or ``before:after`` pairs per dim, comma-separated;
+    ``count_include_pad`` is ``true`` or ``false``. Values are only
     parsed here; the engine validates them.
     """
     fields: dict[str, Any] = {}
@@ -165,8 +167,10 @@ def spec_from_query(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
 def _query_value(name: str, value: str) -> Any:
     if name in ("pool_size", "strides"):
         if "," not in value:
-            return _query_int(name, value)
-        return [_query_int(name, item) for item in value.split(",")]
+            return _query_int(name, value, value)
+        # A trailing comma is the only way to write a one-element list: "2," is [2] (1-D).
+        items = value.removesuffix(",").split(",")
+        return [_query_int(name, item, value) for item in items]
     if name == "padding":
         if value in ("valid", "same") or ":" not in value:
             return value
@@ -178,11 +182,13 @@ def _query_value(name: str, value: str) -> Any:
     return value
 
 
-def _query_int(name: str, text: str) -> int:
+def _query_int(name: str, text: str, value: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise InvalidSpec(f"{name} must be an int or comma-separated ints, got {text!r}") from None
+        raise InvalidSpec(
+            f"{name} must be an int or comma-separated ints, got {value!r} (item {text!r})"
+        ) from None
 
 
 def _query_pair(value: str, pair: str) -> list[int]:

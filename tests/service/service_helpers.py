@@ -1,0 +1,84 @@
+"""Helpers shared by the service tests: encoding, session set-up, problem and state checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+
+from engine import PoolSpec, backward, forward
+from poolgrad import wire
+
+NPY = {"Content-Type": wire.MEDIA_NPY}
+JSON = {"Content-Type": wire.MEDIA_JSON}
+
+# Values spread apart so every window has one clear winner.
+X1 = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)[:, ::-1] * 0.5 - 7.0
+DA1 = np.linspace(-1.0, 1.0, 2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+
+
+def npy(array: np.ndarray) -> bytes:
+    return wire.encode_npy(array)
+
+
+def expected(X: np.ndarray, dA: np.ndarray | None = None, **spec: Any) -> tuple[Any, Any]:
+    """What the engine answers in-process: (A, dX)."""
+    A, state = forward(X, PoolSpec(**spec))
+    return A, None if dA is None else backward(state, dA)
+
+
+async def new_session(client: httpx.AsyncClient, **fields: Any) -> str:
+    response = await client.post("/v1/sessions", json=fields)
+    assert response.status_code == 201, response.text
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+async def run_forward(client: httpx.AsyncClient, session_id: str, X: np.ndarray) -> httpx.Response:
+    response = await client.post(f"/v1/sessions/{session_id}/forward", content=npy(X), headers=NPY)
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def primed_session(client: httpx.AsyncClient, **fields: Any) -> str:
+    """A session that has run forward on ``X1`` (step 1)."""
+    session_id = await new_session(client, **fields)
+    await run_forward(client, session_id, X1)
+    return session_id
+
+
+def assert_problem(response: httpx.Response, status: int, code: str, *named: str) -> None:
+    """A problem+json answer with this status and code whose detail names every ``named``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == wire.MEDIA_PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["title"] == wire.PROBLEMS[code].title
+    assert body["type"] == "about:blank"
+    assert body["request_id"] == response.headers["x-request-id"]
+    for value in named:
+        assert value in body["detail"], (value, body["detail"])
+
+
+async def assert_state_intact(
+    client: httpx.AsyncClient,
+    session_id: str,
+    *,
+    step: int = 1,
+    X: np.ndarray = X1,
+    dA: np.ndarray = DA1,
+    **spec: Any,
+) -> None:
+    """The server still answers, and the session still holds the state of ``X`` at ``step``."""
+    assert (await client.get("/healthz")).status_code == 200
+    info = await client.get(f"/v1/sessions/{session_id}")
+    assert info.status_code == 200, info.text
+    assert info.json()["step"] == step
+    response = await client.post(
+        f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == f'"{step}"'
+    np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X, dA, **spec)[1])
