@@ -44,15 +44,21 @@ SUITE: list[tuple[tuple[int, int, int, int], int, int]] = [
 DTYPES = (np.float32, np.float64)
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``run`` over ``repeats`` calls, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(runs: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time of each of ``runs`` over ``repeats`` rounds, after one warm-up call.
+
+    The runs are interleaved round by round so that load from other processes on a shared
+    machine hits every contender alike.
+    """
+    for run in runs:
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, samples in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
 
 
 def seed_forward_backward(X: np.ndarray, dA: np.ndarray, pool: int, stride: int) -> np.ndarray:
@@ -115,15 +121,14 @@ def main() -> None:
             ) -> None:
                 torch.autograd.grad(F.max_pool2d(x, pool, stride), x, da)
 
-            engine_s = median_seconds(run_engine, repeats)
-            torch_s = median_seconds(run_torch, repeats)
+            engine_s, torch_s = median_seconds([run_engine, run_torch], repeats)
 
             def run_seed(
                 X: np.ndarray = X, dA: np.ndarray = dA, pool: int = pool, stride: int = stride
             ) -> None:
                 seed_forward_backward(X, dA, pool, stride)
 
-            seed_s = median_seconds(run_seed, seed_repeats)
+            (seed_s,) = median_seconds([run_seed], seed_repeats)
             engine_vs_torch.append(engine_s / torch_s)
             seed_vs_engine.append(seed_s / engine_s)
             print(

@@ -37,12 +37,16 @@ class Offset:
     """One window offset: which output positions it reaches and which inputs they read.
 
     ``out_index`` and ``in_index`` are full-rank tuples of slices (views, no copy) of equal
-    shape; ``full`` is True when the offset reaches every output position (no padding on it).
+    shape; ``full`` is True when the offset reaches every output position (no padding on it);
+    ``primary`` when the offset is below the stride in every dim: primary offsets of all
+    windows read pairwise distinct input elements, so backward may assign them, then add the
+    rest.
     """
 
     out_index: tuple[slice, ...]
     in_index: tuple[slice, ...]
     full: bool
+    primary: bool
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         real_counts.append(counts)
 
     offsets: list[Offset | None] = []
-    for combo in itertools.product(*runs):
+    window_offsets = itertools.product(*(range(pool) for pool in spec.pool_size))
+    for combo, window_offset in zip(itertools.product(*runs), window_offsets, strict=True):
         reached = [run for run in combo if run is not None]
         if len(reached) < len(combo):
             offsets.append(None)
@@ -162,7 +167,8 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
             out_index[axis] = slice(first, stop)
             in_index[axis] = slice(start, start + (stop - first - 1) * stride + 1, stride)
             full = full and first == 0 and stop == output_shape[axis]
-        offsets.append(Offset(tuple(out_index), tuple(in_index), full))
+        primary = all(o < s for o, s in zip(window_offset, spec.strides, strict=True))
+        offsets.append(Offset(tuple(out_index), tuple(in_index), full, primary))
 
     disjoint = all(s >= p for s, p in zip(spec.strides, spec.pool_size, strict=True))
     exact_cover = disjoint and all(

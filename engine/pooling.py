@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ShapeMismatchError, TensorError
-from engine.geometry import Plan, make_plan
+from engine.geometry import Offset, Plan, make_plan
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
 from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
@@ -199,17 +199,21 @@ def _extreme_backward_chunk(
         shares = dA.astype(_accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
         gradient = shares.astype(dX.dtype, copy=False)
     contribution = None if plan.disjoint else np.empty(plan.output_shape, dtype=dX.dtype)
-    for k, offset in enumerate(plan.offsets):
-        if offset is None:
-            continue
+    # Primary offsets first: they write distinct elements, so they assign; the rest add.
+    for k, offset in sorted(_reached(plan), key=lambda item: not item[1].primary):
         mask = _unpack(winners[k], size, plan.output_shape)[offset.out_index]
         target = dX[offset.in_index]
-        if contribution is None:
+        if contribution is None or offset.primary:
             _select(gradient[offset.out_index], mask, target)
         else:
             part = contribution[offset.out_index]
             _select(gradient[offset.out_index], mask, part)
             np.add(target, part, out=target)
+
+
+def _reached(plan: Plan) -> list[tuple[int, Offset]]:
+    """(plane index, offset) for the window offsets that land on real elements."""
+    return [(k, offset) for k, offset in enumerate(plan.offsets) if offset is not None]
 
 
 def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
@@ -271,11 +275,10 @@ def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
 
 def _avg_backward_chunk(spec: PoolSpec, plan: Plan, gradient: np.ndarray, dX: np.ndarray) -> None:
     share = gradient / plan.divisor(spec.count_include_pad, spec.pool_size)
-    for offset in plan.offsets:
-        if offset is None:
-            continue
+    # Primary offsets first: they write distinct elements, so they assign; the rest add.
+    for _, offset in sorted(_reached(plan), key=lambda item: not item[1].primary):
         target = dX[offset.in_index]
-        if plan.disjoint:
+        if plan.disjoint or offset.primary:
             np.copyto(target, share[offset.out_index], casting="same_kind")
         else:
             np.add(target, share[offset.out_index], out=target, casting="same_kind")
