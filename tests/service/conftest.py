@@ -10,11 +10,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from service_helpers import client_for
 
 from service import Settings, create_app
 from service.stores import SessionStore
-
-BASE_URL = "http://poolgrad.test"
 
 
 @pytest.fixture
@@ -42,10 +41,6 @@ def make_app() -> Callable[..., FastAPI]:
 @pytest.fixture
 def app(make_app: Callable[..., FastAPI]) -> FastAPI:
     return make_app()
-
-
-def client_for(app: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL, **kwargs)
 
 
 @pytest.fixture

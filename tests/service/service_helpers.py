@@ -6,16 +6,23 @@ from typing import Any
 
 import httpx
 import numpy as np
+from fastapi import FastAPI
 
 from engine import PoolSpec, backward, forward
 from poolgrad import wire
 
+BASE_URL = "http://poolgrad.test"
 NPY = {"Content-Type": wire.MEDIA_NPY}
 JSON = {"Content-Type": wire.MEDIA_JSON}
 
 # Values spread apart so every window has one clear winner.
 X1 = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)[:, ::-1] * 0.5 - 7.0
 DA1 = np.linspace(-1.0, 1.0, 2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+
+
+def client_for(app: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client on ``app`` over the ASGI transport (the lifespan does not run)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL, **kwargs)
 
 
 def npy(array: np.ndarray) -> bytes:

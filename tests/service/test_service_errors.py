@@ -1,0 +1,97 @@
+"""The contract's error rows not driven by the body: unknown sessions and routes, ordering
+conditions (no forward, stale step), media types on every tensor route."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from service_helpers import DA1, NPY, X1, assert_problem, new_session, npy, primed_session
+
+pytestmark = pytest.mark.anyio
+
+UNKNOWN = "no-such-session-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("GET", "", None),
+        ("DELETE", "", None),
+        ("POST", "/forward", npy(X1)),
+        ("POST", "/backward", npy(DA1)),
+    ],
+)
+async def test_unknown_session_is_404_naming_it(
+    client: httpx.AsyncClient, method: str, suffix: str, body: bytes | None
+) -> None:
+    response = await client.request(
+        method, f"/v1/sessions/{UNKNOWN}{suffix}", content=body, headers=NPY if body else {}
+    )
+    assert_problem(response, 404, "session_not_found", UNKNOWN)
+
+
+async def test_deleted_session_is_404(client: httpx.AsyncClient) -> None:
+    session_id = await primed_session(client)
+    await client.delete(f"/v1/sessions/{session_id}")
+    response = await client.post(
+        f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY
+    )
+    assert_problem(response, 404, "session_not_found", session_id)
+
+
+async def test_backward_before_forward_is_409(client: httpx.AsyncClient) -> None:
+    session_id = await new_session(client)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY
+    )
+    assert_problem(response, 409, "no_forward", session_id, "step 0")
+
+
+async def test_if_match_of_a_replaced_step_is_412(client: httpx.AsyncClient) -> None:
+    session_id = await primed_session(client)
+    await client.post(f"/v1/sessions/{session_id}/forward", content=npy(X1), headers=NPY)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/backward",
+        content=npy(DA1),
+        headers={**NPY, "If-Match": '"1"'},
+    )
+    assert_problem(response, 412, "stale_step", '"1"', "step 2")
+
+
+@pytest.mark.parametrize("suffix", ["forward", "backward"])
+async def test_tensor_routes_refuse_unknown_media_types(
+    client: httpx.AsyncClient, suffix: str
+) -> None:
+    session_id = await primed_session(client)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/{suffix}",
+        content=b"1,2,3",
+        headers={"Content-Type": "text/csv; charset=utf-8"},
+    )
+    assert_problem(response, 415, "unsupported_media_type", "text/csv")
+    response = await client.post(
+        f"/v1/sessions/{session_id}/{suffix}",
+        content=npy(X1 if suffix == "forward" else DA1),
+        headers={**NPY, "Accept": "application/xml, text/*"},
+    )
+    assert_problem(response, 406, "not_acceptable", "application/xml, text/*")
+
+
+async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v2/everything"), 404, "not_found", "/v2/everything")
+
+
+async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/v1/sessions")
+    assert_problem(response, 405, "method_not_allowed", "PUT", "/v1/sessions")
+    assert "POST" in response.headers["allow"]
+
+
+async def test_invalid_content_length_is_400(client: httpx.AsyncClient) -> None:
+    session_id = await new_session(client)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/forward",
+        content=npy(X1),
+        headers={**NPY, "Content-Length": "lots"},
+    )
+    assert_problem(response, 400, "bad_request", "'lots'")

@@ -1,0 +1,144 @@
+"""The stateless ``POST /v1/gradient``: named tensors, spec in the query string."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from service_helpers import DA1, X1, assert_problem, expected
+
+from poolgrad import wire
+
+pytestmark = pytest.mark.anyio
+
+SAFETENSORS = {"Content-Type": wire.MEDIA_SAFETENSORS}
+JSON = {"Content-Type": wire.MEDIA_JSON}
+
+
+@pytest.mark.parametrize("media", [wire.MEDIA_SAFETENSORS, wire.MEDIA_JSON])
+async def test_gradient_equals_the_engine(client: httpx.AsyncClient, media: str) -> None:
+    response = await client.post(
+        "/v1/gradient",
+        params={"mode": "max", "pool_size": "2,2", "ties": "split"},
+        content=wire.encode_named({"X": X1, "dA": DA1}, media),
+        headers={"Content-Type": media},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media
+    tensors = wire.decode_named(response.content, media)
+    A, dX = expected(X1, DA1, mode="max", pool_size=(2, 2), ties="split")
+    assert set(tensors) == {"A", "dX"}
+    np.testing.assert_array_equal(tensors["A"], A)
+    np.testing.assert_array_equal(tensors["dX"], dX)
+
+
+async def test_gradient_without_da_answers_a_only(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/gradient",
+        params={"mode": "avg"},
+        content=wire.encode_safetensors({"X": X1}),
+        headers={**SAFETENSORS, "Accept": wire.MEDIA_JSON},
+    )
+    assert response.headers["content-type"] == wire.MEDIA_JSON
+    tensors = wire.decode_named(response.content, wire.MEDIA_JSON)
+    assert set(tensors) == {"A"}
+    np.testing.assert_array_equal(tensors["A"], expected(X1, mode="avg")[0])
+
+
+@pytest.mark.parametrize(
+    ("query", "spec"),
+    [
+        ("pool_size=2", {"pool_size": 2}),
+        ("pool_size=3,3&strides=1", {"pool_size": (3, 3), "strides": 1}),
+        ("pool_size=2,&layout=channels_first", {"pool_size": (2,), "layout": "channels_first"}),
+        ("pool_size=2,3&strides=1,2&padding=1:0,0:2", {"pool_size": (2, 3), "strides": (1, 2),
+                                                      "padding": ((1, 0), (0, 2))}),
+        ("mode=avg&padding=same&count_include_pad=true",
+         {"mode": "avg", "padding": "same", "count_include_pad": True}),
+        ("mode=min&ties=first&nan=reject", {"mode": "min", "ties": "first", "nan": "reject"}),
+    ],
+)  # fmt: skip
+async def test_query_spec_reaches_the_engine(
+    client: httpx.AsyncClient, query: str, spec: dict[str, object]
+) -> None:
+    X = X1.reshape(2, 4, 12) if spec.get("pool_size") == (2,) else X1
+    dA_shape = expected(X, **spec)[0].shape
+    dA = np.linspace(-2, 2, int(np.prod(dA_shape)), dtype=np.float32).reshape(dA_shape)
+    response = await client.post(
+        f"/v1/gradient?{query}",
+        content=wire.encode_safetensors({"X": X, "dA": dA}),
+        headers=SAFETENSORS,
+    )
+    assert response.status_code == 200, response.text
+    tensors = wire.decode_safetensors(response.content)
+    A, dX = expected(X, dA, **spec)
+    np.testing.assert_array_equal(tensors["A"], A)
+    np.testing.assert_array_equal(tensors["dX"], dX)
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("kernel=3", ("'kernel'",)),
+        ("pool_size=two", ("'two'",)),
+        ("pool_size=2,,2", ("'2,,2'",)),
+        ("pool_size=0", ("pool_size", "0")),
+        ("strides=-1", ("strides", "-1")),
+        ("padding=1-1,0:0", ("'1-1'",)),
+        ("count_include_pad=yes", ("'yes'",)),
+        ("mode=median", ("'median'",)),
+        ("mode=max&mode=avg", ("'mode'", "more than once")),
+    ],
+)
+async def test_bad_query_spec_is_422(
+    client: httpx.AsyncClient, query: str, named: tuple[str, ...]
+) -> None:
+    response = await client.post(
+        f"/v1/gradient?{query}", content=wire.encode_safetensors({"X": X1}), headers=SAFETENSORS
+    )
+    assert_problem(response, 422, "invalid_spec", *named)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "status", "code", "named"),
+    [
+        ({"X": X1, "dZ": DA1}, 422, "invalid_tensor", ("'dZ'",)),
+        ({"dA": DA1}, 422, "invalid_tensor", ("'X'", "'dA'")),
+        ({"X": X1, "dA": DA1[:, :1]}, 422, "shape_mismatch", ("(2, 1, 2, 3)",)),
+        ({"X": X1.astype(np.int16)}, 422, "invalid_tensor", ("int16",)),
+    ],
+)
+async def test_bad_named_tensors_are_refused(
+    client: httpx.AsyncClient,
+    tensors: dict[str, np.ndarray],
+    status: int,
+    code: str,
+    named: tuple[str, ...],
+) -> None:
+    response = await client.post(
+        "/v1/gradient", content=wire.encode_safetensors(tensors), headers=SAFETENSORS
+    )
+    assert_problem(response, status, code, *named)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code", "named"),
+    [
+        (b"\x08\x00\x00\x00\x00\x00\x00\x00{}", SAFETENSORS, 400, "malformed_tensor",
+         ("10 bytes", "truncated")),
+        (b'{"X": [1, 2]}', JSON, 400, "malformed_tensor", ("X",)),
+        (b"X=1", {"Content-Type": wire.MEDIA_NPY}, 415, "unsupported_media_type", ("x-npy",)),
+        (wire.encode_safetensors({"X": X1}), {**SAFETENSORS, "Accept": wire.MEDIA_NPY}, 406,
+         "not_acceptable", ("x-npy",)),
+    ],
+)  # fmt: skip
+async def test_gradient_body_errors(
+    client: httpx.AsyncClient,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+    named: tuple[str, ...],
+) -> None:
+    response = await client.post("/v1/gradient", content=body, headers=headers)
+    assert_problem(response, status, code, *named)
