@@ -122,7 +122,10 @@ def spec_to_json(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _ints(value: Any) -> str:
     plain = _plain(value)
-    return ",".join(str(item) for item in plain) if isinstance(plain, list) else str(plain)
+    if not isinstance(plain, list):
+        return str(plain)  # an int: pool_size=2 is the 2-D square, strides=2 every dim
+    # "3," is the one-element list [3] (1-D); a bare "3" would be the int.
+    return ",".join(str(item) for item in plain) + ("," if len(plain) == 1 else "")
 
 
 def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:

@@ -191,6 +191,14 @@ class Client(BaseClient):
         response = self._request(self._create_session_options(spec, ttl_seconds))
         return Session(self, self._json(response))
 
+    def get_session(self, session_id: str) -> Session:
+        """A handle on an existing session (e.g. made by another process with the same key).
+
+        Its :meth:`Session.backward` pins no step until it has made a forward itself.
+        """
+        response = self._request(self._session_options("GET", session_id))
+        return Session(self, self._json(response))
+
     def session(
         self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
     ) -> _SessionContext:
@@ -350,6 +358,11 @@ class AsyncClient(BaseClient):
     ) -> AsyncSession:
         """See :meth:`Client.create_session`."""
         response = await self._request(self._create_session_options(spec, ttl_seconds))
+        return AsyncSession(self, self._json(response))
+
+    async def get_session(self, session_id: str) -> AsyncSession:
+        """See :meth:`Client.get_session`."""
+        response = await self._request(self._session_options("GET", session_id))
         return AsyncSession(self, self._json(response))
 
     def session(
