@@ -8,12 +8,12 @@ import httpx
 import numpy as np
 import pytest
 import respx
+from sdk_helpers import MOCK_URL, SESSION_ID, created, npy, problem
 
 import poolgrad
 from poolgrad import AsyncClient, Client, wire
 from poolgrad._base import spec_to_json, spec_to_query
 from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_TIMEOUT
-from tests.sdk.conftest import MOCK_URL, SESSION_ID, created, npy, problem
 
 FORWARD = f"/v1/sessions/{SESSION_ID}/forward"
 BACKWARD = f"/v1/sessions/{SESSION_ID}/backward"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
@@ -15,7 +15,9 @@ import pytest
 
 from poolgrad import Client
 from poolgrad.epynn import RemotePooling
-from tests.conftest import LiveServer
+
+if TYPE_CHECKING:
+    from tests.conftest import LiveServer
 
 matplotlib.use("Agg")  # EpyNN imports pyplot; never open a window
 # EpyNN 1.2.13 reads an alias NumPy 2 moved.

@@ -6,11 +6,11 @@ import httpx
 import numpy as np
 import pytest
 import respx
+from sdk_helpers import MOCK_URL, problem
 
 import poolgrad
 from poolgrad import AsyncClient, Client, wire
 from poolgrad._exceptions import _make_status_error
-from tests.sdk.conftest import MOCK_URL, problem
 
 CONTRACT_CODES = {
     "malformed_tensor": poolgrad.MalformedTensorError,

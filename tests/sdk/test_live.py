@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import pytest
 import poolgrad
 from engine import PoolSpec, backward, forward
 from poolgrad import AsyncClient, Client
-from tests.conftest import LiveServer
+
+if TYPE_CHECKING:
+    from tests.conftest import LiveServer
 
 
 @pytest.fixture
@@ -216,9 +219,10 @@ def test_capacity_is_retried_with_retry_after_then_raised(
 
 
 def test_connection_refused_is_retried_then_raised(sleeps: list[float]) -> None:
-    from tests.conftest import free_port
-
-    with Client(f"http://127.0.0.1:{free_port()}") as client:
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}") as client:
         client._sleep = sleeps.append  # type: ignore[method-assign]
         with pytest.raises(poolgrad.APIConnectionError, match="POOLGRAD_BASE_URL"):
             client.health()

@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 import respx
+from sdk_helpers import MOCK_URL, SESSION_ID, created, info, named, npy, problem
 
 import poolgrad
 from poolgrad import AsyncClient, AsyncSession, Client, Session
 from poolgrad._base import parse_retry_after
 from poolgrad._constants import MAX_RETRY_AFTER, MAX_RETRY_DELAY
-from tests.sdk.conftest import MOCK_URL, SESSION_ID, created, info, named, npy, problem
 
 X = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
 A = np.array([[[[5.0], [7.0]], [[13.0], [15.0]]]], dtype=np.float32)
