@@ -25,6 +25,11 @@ from service.errors import (
 __all__ = ["negotiate", "parse_if_match", "read_body", "request_media_type", "spec_from_query"]
 
 
+#: Sent with a refusal that leaves body bytes unread: the server then closes the connection
+#: instead of reading and discarding the rest (uvicorn would, to keep the connection alive).
+_CLOSE = {"Connection": "close"}
+
+
 async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
     """The whole body, refused with 413 as soon as it is known to pass ``limit`` bytes.
 
@@ -39,7 +44,8 @@ async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
             raise BadRequest(f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise PayloadTooLarge(
-                f"Content-Length {int(declared)} exceeds the limit of {limit} bytes"
+                f"Content-Length {int(declared)} exceeds the limit of {limit} bytes",
+                headers=_CLOSE,
             )
     chunks: list[bytes] = []
     received = 0
@@ -50,12 +56,14 @@ async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
                 if received > limit:
                     raise PayloadTooLarge(
                         f"body exceeds the limit of {limit} bytes ({received} bytes received "
-                        "so far)"
+                        "so far)",
+                        headers=_CLOSE,
                     )
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise RequestTimeout(
-            f"body not received within {timeout:g} s ({received} bytes arrived)"
+            f"body not received within {timeout:g} s ({received} bytes arrived)",
+            headers=_CLOSE,
         ) from exc
     return b"".join(chunks)
 

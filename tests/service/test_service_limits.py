@@ -55,6 +55,7 @@ async def test_declared_oversized_body_is_413_unread(make_app: Callable[..., Fas
         )
         assert_problem(response, 413, "payload_too_large", "65536", str(LIMIT))
         assert body.sent == 0
+        assert response.headers["connection"] == "close"  # the rest is never read
         await assert_state_intact(client, session_id)
 
 

@@ -1,0 +1,85 @@
+"""Concurrency: the engine runs in worker threads, so requests really overlap. Distinct sessions
+never mix, and one session's forward and backward never interleave (no torn state)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+from service_helpers import NPY, expected, new_session, npy
+
+from poolgrad import wire
+
+pytestmark = pytest.mark.anyio
+
+SHAPE = (4, 16, 16, 8)
+
+
+def distinct_input(seed: int) -> np.ndarray:
+    """Values all different, in an order that depends on ``seed`` (so winners differ)."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.prod(SHAPE)).reshape(SHAPE).astype(np.float64)
+
+
+async def test_parallel_pairs_on_distinct_sessions_get_their_own_results(
+    client: httpx.AsyncClient,
+) -> None:
+    async def pair(seed: int) -> None:
+        X = distinct_input(seed)
+        A_expected, _ = expected(X)
+        dA = np.full(A_expected.shape, float(seed + 1))
+        session_id = await new_session(client)
+        forward = await client.post(
+            f"/v1/sessions/{session_id}/forward", content=npy(X), headers=NPY
+        )
+        np.testing.assert_array_equal(wire.decode_npy(forward.content), A_expected)
+        backward = await client.post(
+            f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY
+        )
+        np.testing.assert_array_equal(wire.decode_npy(backward.content), expected(X, dA)[1])
+
+    async with asyncio.TaskGroup() as group:
+        for seed in range(24):
+            group.create_task(pair(seed))
+
+
+async def test_racing_forward_and_backward_on_one_session_never_tear(
+    client: httpx.AsyncClient,
+) -> None:
+    inputs = [distinct_input(seed) for seed in range(3)]
+    dA = np.linspace(-1, 1, np.prod(expected(inputs[0])[0].shape)).reshape(
+        expected(inputs[0])[0].shape
+    )
+    dX_of = [expected(X, dA)[1] for X in inputs]
+    session_id = await new_session(client)
+    await client.post(f"/v1/sessions/{session_id}/forward", content=npy(inputs[0]), headers=NPY)
+    step_input = {1: 0}
+    seen: list[tuple[int, np.ndarray]] = []
+
+    async def forward(index: int) -> None:
+        response = await client.post(
+            f"/v1/sessions/{session_id}/forward", content=npy(inputs[index]), headers=NPY
+        )
+        assert response.status_code == 200
+        step_input[int(response.headers["etag"].strip('"'))] = index
+
+    async def backward() -> None:
+        response = await client.post(
+            f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY
+        )
+        assert response.status_code == 200
+        seen.append((int(response.headers["etag"].strip('"')), wire.decode_npy(response.content)))
+
+    async with asyncio.TaskGroup() as group:
+        for round_ in range(30):
+            group.create_task(forward(round_ % 3))
+            group.create_task(backward())
+            group.create_task(backward())
+
+    assert sorted(step_input) == list(range(1, 32))  # every forward got its own step
+    assert len(seen) == 60
+    for step, dX in seen:
+        # The dX is exactly the one of the forward that made the step the answer names.
+        np.testing.assert_array_equal(dX, dX_of[step_input[step]])
