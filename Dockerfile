@@ -20,7 +20,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m pip install --no-cache-dir --constraint /tmp/constraints.txt \
         "poolgrad[server] @ file://$(ls /wheels/poolgrad-*.whl)" \
  && rm /tmp/constraints.txt \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin poolgrad
+ && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin poolgrad
 USER 10001
 EXPOSE 8000
 # The standard library only: the image carries no curl.

@@ -1,0 +1,38 @@
+"""README.md stays true: its settings table names every setting with its real default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from service.settings import Settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# Read by the engine itself (engine/parallel.py), not by the service's Settings.
+ENGINE_ONLY = {"POOLGRAD_ENGINE_THREADS"}
+
+
+def readme_settings() -> dict[str, str]:
+    text = README.read_text()
+    table = text.split("<!-- settings-table -->", 1)[1].split("<!-- /settings-table -->", 1)[0]
+    rows = re.findall(r"^\| `(POOLGRAD_\w+)` \| ([^|]+) \|", table, flags=re.MULTILINE)
+    return {name: default.strip().strip("`") for name, default in rows}
+
+
+def as_written(default: object) -> str:
+    if default == ():
+        return "empty"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def test_every_setting_is_in_the_readme_with_its_default() -> None:
+    documented = readme_settings()
+    actual = {
+        f"POOLGRAD_{name.upper()}": field.default for name, field in Settings.model_fields.items()
+    }
+    assert set(documented) - ENGINE_ONLY == set(actual)
+    assert {name: documented[name] for name in actual} == {
+        name: as_written(default) for name, default in actual.items()
+    }
