@@ -81,8 +81,9 @@ def test_every_spec_field_round_trips_equal_to_the_engine(
             dX = session.backward(dA)
             again = session.backward(dA)  # the state is kept: backward repeats
         A_stateless, dX_stateless = client.gradient(X, dA, **spec)
+        A_only = client.pool(X, **spec)  # no dA: forward only
     for got, want in [(A, A_ref), (dX, dX_ref), (again, dX_ref),
-                      (A_stateless, A_ref), (dX_stateless, dX_ref)]:  # fmt: skip
+                      (A_stateless, A_ref), (dX_stateless, dX_ref), (A_only, A_ref)]:  # fmt: skip
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype
     assert session.spec == PoolSpec(**spec).to_dict()
@@ -250,4 +251,5 @@ async def test_async_client_round_trips_and_cleans_up(live_server: LiveServer) -
         A, dX = await client.gradient(X, dA, mode="min")
         np.testing.assert_array_equal(A, A_ref)
         np.testing.assert_array_equal(dX, dX_ref)
+        np.testing.assert_array_equal(await client.pool(X, mode="min"), A_ref)
         assert isinstance(await client.health(), dict)
