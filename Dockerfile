@@ -1,26 +1,27 @@
-# poolgrad server image: build the wheel in one stage, install it into a clean runtime stage.
+# poolgrad server image. Stage 1 builds the wheel and installs it, with the pinned
+# constraints, into a virtualenv; stage 2 copies only that virtualenv onto a clean base.
 # Every setting comes from POOLGRAD_* environment variables (see README.md).
 
 FROM python:3.12-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY engine ./engine
 COPY service ./service
 COPY poolgrad ./poolgrad
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/poolgrad \
+ && /opt/poolgrad/bin/python -m pip install --constraint constraints.txt \
+        "poolgrad[server] @ file://$(ls /wheels/poolgrad-*.whl)"
 
 FROM python:3.12-slim AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/poolgrad/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     POOLGRAD_HOST=0.0.0.0 \
     POOLGRAD_PORT=8000
-COPY constraints.txt /tmp/constraints.txt
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --constraint /tmp/constraints.txt \
-        "poolgrad[server] @ file://$(ls /wheels/poolgrad-*.whl)" \
- && rm /tmp/constraints.txt \
- && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin poolgrad
+COPY --from=build /opt/poolgrad /opt/poolgrad
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin poolgrad
 USER 10001
 EXPOSE 8000
 # The standard library only: the image carries no curl.
