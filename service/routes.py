@@ -96,7 +96,7 @@ _JSON_TENSOR = {
         },
     },
 }
-_PROBLEM_REF = {"$ref": "#/components/schemas/ProblemModel"}
+_PROBLEM_SCHEMA = ProblemModel.model_json_schema()
 _BINARY = {"type": "string", "format": "binary"}
 _TENSOR_CONTENT = {wire.MEDIA_NPY: {"schema": _BINARY}, wire.MEDIA_JSON: {"schema": _JSON_TENSOR}}
 
@@ -120,9 +120,8 @@ def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
         by_status.setdefault(wire.PROBLEMS[code].status, []).append(code)
     return {
         status: {
-            "model": ProblemModel,
             "description": ", ".join(f"`{code}`" for code in status_codes),
-            "content": {wire.MEDIA_PROBLEM: {"schema": _PROBLEM_REF}},
+            "content": {wire.MEDIA_PROBLEM: {"schema": _PROBLEM_SCHEMA}},
         }
         for status, status_codes in sorted(by_status.items())
     }

@@ -232,7 +232,11 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
         assert f"`{code}`" in documented, code
     backward = paths["/v1/sessions/{session_id}/backward"]["post"]
     assert {"404", "409", "412", "413", "415", "422"} <= set(backward["responses"])
-    assert "ProblemModel" in document["components"]["schemas"]
+    problem = backward["responses"]["412"]["content"]
+    assert set(problem) == {wire.MEDIA_PROBLEM}
+    assert {"status", "code", "title", "detail"} <= set(
+        problem[wire.MEDIA_PROBLEM]["schema"]["properties"]
+    )
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
