@@ -10,6 +10,7 @@ basic-indexing views: the kernels loop over window offsets, never over output po
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -99,8 +100,11 @@ def _resolve_padding(spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[tuple[int,
     return spec.padding
 
 
+@functools.lru_cache(maxsize=256)
 def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
     """Resolve padding and output shape of ``spec`` on an input of ``input_shape``.
+
+    Memoized (the plan is immutable): a call and its batch pieces reuse their plans.
 
     Raises
     ------
@@ -149,6 +153,7 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
             counts[first:stop] += 1
             dim_runs.append((first, stop, first * stride + o - before))
         runs.append(dim_runs)
+        counts.flags.writeable = False
         real_counts.append(counts)
 
     offsets: list[Offset | None] = []

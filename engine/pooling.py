@@ -11,6 +11,7 @@ Forward and backward of each mode sit side by side below.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -166,11 +167,10 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarra
     winners = state.winners
     if winners is None:
         raise TensorError(f"state for mode {state.spec.mode!r} holds no winners")
-    # Exactly covered inputs get every element written once (winner or +0.0): no zeroing.
-    allocate = np.empty if plan.exact_cover else np.zeros
-    dX = allocate(
-        plan.input_shape, dtype=state.dtype if plan.disjoint else _accumulate_dtype(state.dtype)
-    )
+    # Disjoint windows: exactly covered inputs get every element written once (winner or +0.0),
+    # so no zeroing. Overlapping windows: every element is written once, phase by phase.
+    allocate = np.zeros if plan.disjoint and not plan.exact_cover else np.empty
+    dX = allocate(plan.input_shape, dtype=state.dtype)
 
     def work(chunk: Chunk) -> None:
         _extreme_backward_chunk(
@@ -182,14 +182,15 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarra
         )
 
     _run_quietly(work, split(state.spec, plan))
-    return dX.astype(state.dtype, copy=False)
+    return dX
 
 
 def _extreme_backward_chunk(
     spec: PoolSpec, plan: Plan, winners: np.ndarray, dA: np.ndarray, dX: np.ndarray
 ) -> None:
     size = dA.size
-    gradient = dA.astype(dX.dtype, copy=False)
+    accumulate = _accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
+    gradient = dA.astype(accumulate, copy=False)
     if spec.ties == "split":
         counts = np.zeros(plan.output_shape, dtype=np.int32)
         for k, offset in enumerate(plan.offsets):
@@ -197,18 +198,77 @@ def _extreme_backward_chunk(
                 counts += _unpack(winners[k], size, plan.output_shape)
         # NaN windows have no winners (count 0) and send nothing: the divisor there is moot.
         shares = dA.astype(_accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
-        gradient = shares.astype(dX.dtype, copy=False)
-    contribution = None if plan.disjoint else np.empty(plan.output_shape, dtype=dX.dtype)
-    # Primary offsets first: they write distinct elements, so they assign; the rest add.
-    for k, offset in sorted(_reached(plan), key=lambda item: not item[1].primary):
+        gradient = shares.astype(accumulate, copy=False)
+    bits = np.empty(plan.output_shape, dtype=f"i{gradient.itemsize}")
+
+    def masked(k: int, offset: Offset, out: np.ndarray) -> None:
         mask = _unpack(winners[k], size, plan.output_shape)[offset.out_index]
-        target = dX[offset.in_index]
-        if contribution is None or offset.primary:
-            _select(gradient[offset.out_index], mask, target)
-        else:
+        _select(gradient[offset.out_index], mask, out, bits[offset.out_index])
+
+    if plan.disjoint:
+        # Each offset owns its input elements: one strided write per offset, no accumulation.
+        for k, offset in _reached(plan):
+            masked(k, offset, dX[offset.in_index])
+        return
+    contribution = np.empty(plan.output_shape, dtype=accumulate)
+    for phase_index, members in _phases(spec, plan, dX.shape):
+        target = dX[phase_index]
+        if not members:
+            target.fill(0)
+            continue
+        total = np.empty(target.shape, dtype=accumulate)
+        (k, offset, box), *rest = members
+        masked(k, offset, total[box])
+        _zero_outside(total, box, plan.spatial_axes)
+        for k, offset, box in rest:
             part = contribution[offset.out_index]
-            _select(gradient[offset.out_index], mask, part)
-            np.add(target, part, out=target)
+            masked(k, offset, part)
+            np.add(total[box], part, out=total[box])
+        np.copyto(target, total, casting="same_kind")
+
+
+def _phases(
+    spec: PoolSpec, plan: Plan, input_shape: tuple[int, ...]
+) -> list[tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]]]]:
+    """Group the reached window offsets of overlapping windows by stride phase.
+
+    The phase ``r`` (one residue per spatial dim) is the strided view ``X[..., r::s, ...]``;
+    the phase views partition X. Every offset reads inputs of one phase only, as a contiguous
+    box of that phase's view, so contributions sum in a contiguous buffer per phase and reach
+    dX in one strided write. Returns, per phase in row-major order, the phase's index into X
+    and its ``(plane index, offset, box)`` members in row-major window order.
+    """
+    groups: dict[tuple[int, ...], list[tuple[int, Offset, tuple[slice, ...]]]] = {}
+    for k, offset in _reached(plan):
+        phase: list[int] = []
+        box = list(offset.out_index)
+        for axis, stride in zip(plan.spatial_axes, spec.strides, strict=True):
+            start = offset.in_index[axis].start
+            run = offset.out_index[axis]
+            phase.append(start % stride)
+            box[axis] = slice(start // stride, start // stride + run.stop - run.start)
+        groups.setdefault(tuple(phase), []).append((k, offset, tuple(box)))
+    residue_ranges = [
+        range(min(stride, input_shape[axis]))
+        for stride, axis in zip(spec.strides, plan.spatial_axes, strict=True)
+    ]
+    phases = []
+    for residues in itertools.product(*residue_ranges):
+        index = [slice(None)] * len(input_shape)
+        for axis, stride, residue in zip(plan.spatial_axes, spec.strides, residues, strict=True):
+            index[axis] = slice(residue, None, stride)
+        phases.append((tuple(index), groups.get(residues, [])))
+    return phases
+
+
+def _zero_outside(total: np.ndarray, box: tuple[slice, ...], axes: tuple[int, ...]) -> None:
+    """Zero what lies outside ``box`` (a slice per axis, full on non-spatial axes)."""
+    for axis in axes:
+        edge = [slice(None)] * total.ndim
+        edge[axis] = slice(0, box[axis].start)
+        total[tuple(edge)] = 0
+        edge[axis] = slice(box[axis].stop, None)
+        total[tuple(edge)] = 0
 
 
 def _reached(plan: Plan) -> list[tuple[int, Offset]]:
@@ -216,12 +276,15 @@ def _reached(plan: Plan) -> list[tuple[int, Offset]]:
     return [(k, offset) for k, offset in enumerate(plan.offsets) if offset is not None]
 
 
-def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray, bits: np.ndarray) -> None:
     """``out = values where mask else +0.0``, bit for bit: inf and NaN in dA never leak to
     losers (as ``values * mask`` would), and no branch per element (masked ufuncs with
-    ``where=`` run several times slower on random masks)."""
-    bits = np.dtype(f"i{values.itemsize}")
-    np.bitwise_and(values.view(bits), np.negative(mask, dtype=bits), out=out.view(bits))
+    ``where=`` run several times slower on random masks). ``mask`` is uint8 0/1 and is
+    overwritten; ``bits`` is integer scratch of ``values``'s shape and item size."""
+    # uint8 0/1 -> 0/255 (-1 as int8), sign-extended to all ones: cheaper than a bool cast.
+    np.negative(mask, out=mask)
+    np.copyto(bits, mask.view(np.int8))
+    np.bitwise_and(values.view(bits.dtype), bits, out=out.view(bits.dtype))
 
 
 # -- avg -------------------------------------------------------------------------------------
