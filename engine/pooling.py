@@ -11,6 +11,7 @@ Forward and backward of each mode sit side by side below.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -123,7 +124,7 @@ def _extreme_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -
             winners[:, chunk.byte_start : chunk.byte_stop],
         )
 
-    _run_quietly(work, split(spec, plan))
+    _run_quietly(work, split(spec, plan, X.dtype.itemsize))
     return PoolState(spec, plan.input_shape, plan.output_shape, X.dtype, winners=winners)
 
 
@@ -181,7 +182,7 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarra
             dX[chunk.input_index],
         )
 
-    _run_quietly(work, split(state.spec, plan))
+    _run_quietly(work, split(state.spec, plan, state.dtype.itemsize))
     return dX
 
 
@@ -211,7 +212,7 @@ def _extreme_backward_chunk(
             masked(k, offset, dX[offset.in_index])
         return
     contribution = np.empty(plan.output_shape, dtype=accumulate)
-    for phase_index, members in _phases(spec, plan, dX.shape):
+    for phase_index, members in _phases(spec, dX.shape):
         target = dX[phase_index]
         if not members:
             target.fill(0)
@@ -227,8 +228,9 @@ def _extreme_backward_chunk(
         np.copyto(target, total, casting="same_kind")
 
 
+@functools.lru_cache(maxsize=256)
 def _phases(
-    spec: PoolSpec, plan: Plan, input_shape: tuple[int, ...]
+    spec: PoolSpec, input_shape: tuple[int, ...]
 ) -> list[tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]]]]:
     """Group the reached window offsets of overlapping windows by stride phase.
 
@@ -236,8 +238,9 @@ def _phases(
     the phase views partition X. Every offset reads inputs of one phase only, as a contiguous
     box of that phase's view, so contributions sum in a contiguous buffer per phase and reach
     dX in one strided write. Returns, per phase in row-major order, the phase's index into X
-    and its ``(plane index, offset, box)`` members in row-major window order.
+    and its ``(plane index, offset, box)`` members in row-major window order (memoized).
     """
+    plan = make_plan(spec, input_shape)
     groups: dict[tuple[int, ...], list[tuple[int, Offset, tuple[slice, ...]]]] = {}
     for k, offset in _reached(plan):
         phase: list[int] = []
@@ -294,7 +297,7 @@ def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> Po
     def work(chunk: Chunk) -> None:
         _avg_forward_chunk(X[chunk.input_index], chunk.spec, chunk.plan, A[chunk.output_index])
 
-    _run_quietly(work, split(spec, plan))
+    _run_quietly(work, split(spec, plan, X.dtype.itemsize))
     nan_windows = None
     # A window holding NaN pools to NaN, so checking the small A keeps the NaN-free path cheap.
     # inf - inf gives NaN too without any NaN in X, hence the exact mask from X below.
@@ -332,7 +335,7 @@ def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
             chunk.spec, chunk.plan, gradient[chunk.output_index], dX[chunk.input_index]
         )
 
-    _run_quietly(work, split(state.spec, plan))
+    _run_quietly(work, split(state.spec, plan, state.dtype.itemsize))
     return dX.astype(state.dtype, copy=False)
 
 

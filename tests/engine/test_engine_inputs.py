@@ -127,11 +127,13 @@ def test_threaded_chunks_equal_one_thread(
     X.flat[::97] = np.nan
     spec = PoolSpec(**kwargs)  # type: ignore[arg-type]
     monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1 << 62)
+    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 1 << 62)
     A1, state1 = forward(X, spec)
     dA = rng.integers(-3, 4, A1.shape).astype(np.float32)
     dX1 = backward(state1, dA)
     monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(engine.parallel, "_threads", 3)
+    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 4000)
     A3, state3 = forward(X, spec)
     np.testing.assert_array_equal(A3, A1)
     assert state3.to_bytes() == state1.to_bytes()
