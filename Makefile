@@ -1,7 +1,7 @@
 # poolgrad: every target creates the virtualenv and installs what it needs first.
 #   make serve   the server on the embedded in-memory store (http://127.0.0.1:8000)
 #   make test    lint, type-check and run every test
-#   make bench   the engine benchmark (ratios against PyTorch and the seed's loop)
+#   make bench   the benchmarks: engine vs PyTorch and the seed's loop; HTTP vs engine + echo
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,6 +30,7 @@ pytest: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.service
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,139 @@
+"""Benchmark: what the HTTP service adds on top of the engine, against a plain echo endpoint.
+
+Run from the repository root (it starts its own servers on free loopback ports)::
+
+    .venv/bin/python -m bench.service            # full suite
+    .venv/bin/python -m bench.service --quick    # fewer repeats
+
+For each case (channels_last float32 input, max pooling 2x2/2) it prints the median wall time of
+one forward+backward pair
+
+- ``engine``: :func:`engine.forward` + :func:`engine.backward` in this process;
+- ``http``: ``POST /v1/sessions/{id}/forward`` then ``/backward`` with ``.npy`` bodies against a
+  real ``python -m service`` (uvicorn, in-memory store), over one keep-alive connection;
+- ``echo``: the same two request bodies posted to a plain FastAPI endpoint under the same uvicorn
+  that returns its body unchanged (``bench/echo.py``): the cost of moving those bytes through
+  the stack and doing nothing else. It returns X where the service returns the smaller A, so it
+  is, if anything, an upper bound of the transport's share;
+
+then the ratios http/engine and http/(engine + echo): the latter is the service's own overhead
+(decoding, validation, the store, encoding) beyond computing and transporting, 1.0 being none.
+Timings are only comparable as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+
+import engine
+from bench.engine import median_seconds
+from poolgrad import wire
+
+SUITE: list[tuple[int, int, int, int]] = [
+    (32, 28, 28, 1),
+    (64, 32, 32, 32),
+    (8, 112, 112, 64),
+    (1, 512, 512, 1),
+]
+STARTUP_SECONDS = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Run ``command`` (which must serve ``/healthz`` on $POOLGRAD_PORT); yield its base URL."""
+    port = _free_port()
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "POOLGRAD_HOST": "127.0.0.1", "POOLGRAD_PORT": str(port), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command)} did not start (exit {process.poll()})")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 21
+    quiet = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(256 * 2**20)}
+    service_cmd = [sys.executable, "-m", "service"]
+    echo_cmd = [sys.executable, "-m", "bench.echo"]
+    spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
+    rng = np.random.default_rng(0)
+    npy = {"Content-Type": wire.MEDIA_NPY}
+
+    with (
+        _server(service_cmd, quiet) as service_url,
+        _server(echo_cmd, quiet) as echo_url,
+        httpx.Client(timeout=120.0) as http,
+    ):
+        header = f"{'X shape':>18} {'engine ms':>10} {'http ms':>9} {'echo ms':>9}"
+        print(f"{header} {'http/engine':>12} {'http/(engine+echo)':>19}")
+        overheads: list[float] = []
+        for shape in SUITE:
+            X = rng.standard_normal(shape).astype(np.float32)
+            A, _ = engine.forward(X, spec)
+            dA = rng.standard_normal(A.shape).astype(np.float32)
+            x_body, da_body = wire.encode_npy(X), wire.encode_npy(dA)
+            created = http.post(f"{service_url}/v1/sessions", json=spec.to_dict())
+            created.raise_for_status()
+            session = f"{service_url}/v1/sessions/{created.json()['id']}"
+
+            def run_engine(X: np.ndarray = X, dA: np.ndarray = dA) -> None:
+                _, state = engine.forward(X, spec)
+                engine.backward(state, dA)
+
+            def run_http(session: str = session, x: bytes = x_body, da: bytes = da_body) -> None:
+                http.post(f"{session}/forward", content=x, headers=npy).raise_for_status()
+                http.post(f"{session}/backward", content=da, headers=npy).raise_for_status()
+
+            def run_echo(x: bytes = x_body, da: bytes = da_body) -> None:
+                http.post(f"{echo_url}/echo", content=x, headers=npy).raise_for_status()
+                http.post(f"{echo_url}/echo", content=da, headers=npy).raise_for_status()
+
+            t_engine, t_http, t_echo = median_seconds([run_engine, run_http, run_echo], repeats)
+            http.delete(session)
+            overhead = t_http / (t_engine + t_echo)
+            overheads.append(overhead)
+            print(
+                f"{shape!s:>18} {t_engine * 1e3:10.2f} {t_http * 1e3:9.2f} {t_echo * 1e3:9.2f} "
+                f"{t_http / t_engine:12.2f} {overhead:19.2f}"
+            )
+        geomean = math.exp(sum(map(math.log, overheads)) / len(overheads))
+        print(f"geometric mean http/(engine+echo): {geomean:.2f}")
+
+
+if __name__ == "__main__":
+    main()
