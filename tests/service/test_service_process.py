@@ -1,0 +1,110 @@
+"""The server process under stress from outside: SIGTERM with a request in flight, and a long
+run of hostile requests that must neither kill it nor make it grow."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from service_helpers import DA1, JSON, NPY, X1, expected, npy
+
+from poolgrad import wire
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits(
+    start_server: Callable[..., Any],
+) -> None:
+    server = start_server()
+    process: subprocess.Popen[bytes] = server.process
+    with httpx.Client(base_url=server.base_url, timeout=30.0) as http:
+        session_id = http.post("/v1/sessions", json={}).json()["id"]
+        body = npy(X1)
+
+        def upload() -> Iterator[bytes]:
+            yield body[:64]
+            # The request is in flight (headers and part of the body sent): stop the server.
+            process.send_signal(signal.SIGTERM)
+            yield body[64:]
+
+        response = http.post(f"/v1/sessions/{session_id}/forward", content=upload(), headers=NPY)
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X1)[0])
+    # uvicorn re-raises the captured SIGTERM once shut down, as a process manager expects.
+    assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.output()
+
+
+def pickled_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def hostile_requests(session: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(path, body, headers) of requests the server must refuse, one of each kind."""
+    huge_header = npy(np.zeros(1, np.float32)).replace(b"(1,)", b"(99999, 99999)")
+    forward = f"{session}/forward"
+    return [
+        (forward, pickled_npy(), NPY),
+        (forward, npy(X1)[:-7], NPY),
+        (forward, huge_header, NPY),
+        (forward, b'{"dtype": "float32", "shape": [1, 2', JSON),
+        (forward, npy(X1), {"Content-Type": "text/plain"}),
+        (forward, npy(X1[0]), NPY),
+        (forward, npy(X1.astype(np.int32)), NPY),
+        (forward, b"\x00" * (2 * 1024 * 1024), NPY),
+        (f"{session}/backward", npy(DA1[:1]), NPY),
+        ("/v1/sessions", b'{"pool_size": [0, 2]}', JSON),
+        ("/v1/sessions", b'{"pool_size": 2, "colour": "red"}', JSON),
+        (
+            "/v1/gradient?mode=max&pool_size=99,99",
+            wire.encode_named({"X": X1}, wire.MEDIA_JSON),
+            JSON,
+        ),
+    ]
+
+
+def test_hostile_requests_neither_kill_nor_grow_the_server(
+    start_server: Callable[..., Any],
+) -> None:
+    server = start_server(POOLGRAD_MAX_BODY_BYTES=str(1024 * 1024), POOLGRAD_LOG_LEVEL="warning")
+    pid = server.process.pid
+    with httpx.Client(base_url=server.base_url, timeout=30.0) as http:
+        session = f"/v1/sessions/{http.post('/v1/sessions', json={}).json()['id']}"
+        assert http.post(f"{session}/forward", content=npy(X1), headers=NPY).status_code == 200
+        requests = hostile_requests(session)
+
+        def barrage(rounds: int) -> None:
+            for _ in range(rounds):
+                for path, body, headers in requests:
+                    status = http.post(path, content=body, headers=headers).status_code
+                    assert 400 <= status < 500, (path, status)
+
+        barrage(20)  # allocator and import warm-up
+        before = rss_bytes(pid)
+        barrage(100)
+        grown = rss_bytes(pid) - before
+
+        assert server.process.poll() is None
+        info = http.get(session).json()
+        assert info["step"] == 1
+        response = http.post(f"{session}/backward", content=npy(DA1), headers=NPY)
+        np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X1, DA1)[1])
+    # 1,200 refused requests, several of them megabytes: a leak of even one body each would
+    # show as hundreds of MiB.
+    assert grown < 32 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
+    assert os.path.exists(f"/proc/{pid}")
