@@ -192,19 +192,19 @@ def _extreme_backward_chunk(
     size = dA.size
     accumulate = _accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
     gradient = dA.astype(accumulate, copy=False)
+    # All planes at once as uint8 0/1 (planes of offsets that only land on padding are 0).
+    masks = np.unpackbits(winners, axis=1, count=size).reshape(-1, *plan.output_shape)
     if spec.ties == "split":
-        counts = np.zeros(plan.output_shape, dtype=np.int32)
-        for k, offset in enumerate(plan.offsets):
-            if offset is not None:
-                counts += _unpack(winners[k], size, plan.output_shape)
+        counts = np.sum(masks, axis=0, dtype=np.int32)
         # NaN windows have no winners (count 0) and send nothing: the divisor there is moot.
         shares = dA.astype(_accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
         gradient = shares.astype(accumulate, copy=False)
-    bits = np.empty(plan.output_shape, dtype=f"i{gradient.itemsize}")
+    # 0/1 -> 0/255, i.e. int8 0/-1: sign-extended, all bits clear or set at any width.
+    np.negative(masks, out=masks)
+    signed = masks.view(np.int8)
 
     def masked(k: int, offset: Offset, out: np.ndarray) -> None:
-        mask = _unpack(winners[k], size, plan.output_shape)[offset.out_index]
-        _select(gradient[offset.out_index], mask, out, bits[offset.out_index])
+        _select(gradient[offset.out_index], signed[k][offset.out_index], out)
 
     if plan.disjoint:
         # Each offset owns its input elements: one strided write per offset, no accumulation.
@@ -317,15 +317,13 @@ def _reached(plan: Plan) -> list[tuple[int, Offset]]:
     return [(k, offset) for k, offset in enumerate(plan.offsets) if offset is not None]
 
 
-def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray, bits: np.ndarray) -> None:
-    """``out = values where mask else +0.0``, bit for bit: inf and NaN in dA never leak to
-    losers (as ``values * mask`` would), and no branch per element (masked ufuncs with
-    ``where=`` run several times slower on random masks). ``mask`` is uint8 0/1 and is
-    overwritten; ``bits`` is integer scratch of ``values``'s shape and item size."""
-    # uint8 0/1 -> 0/255 (-1 as int8), sign-extended to all ones: cheaper than a bool cast.
-    np.negative(mask, out=mask)
-    np.copyto(bits, mask.view(np.int8))
-    np.bitwise_and(values.view(bits.dtype), bits, out=out.view(bits.dtype))
+def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+    """``out = values where mask else +0.0`` for an int8 ``mask`` of 0 / -1, bit for bit: inf
+    and NaN in dA never leak to losers (as ``values * mask`` would), and no branch per element
+    (masked ufuncs with ``where=`` run several times slower on random masks). One mixed-type
+    ufunc pass: NumPy widens the mask in small buffers, never as a whole array."""
+    bits = np.dtype(f"i{values.itemsize}")
+    np.bitwise_and(values.view(bits), mask, out=out.view(bits))
 
 
 # -- avg -------------------------------------------------------------------------------------
