@@ -1,0 +1,180 @@
+"""The kernels' alternative paths agree with each other and with the naive reference.
+
+max/min backward has three ways to write dX: disjoint windows write each offset straight into
+dX; overlapping windows sum each stride phase in a buffer and write the phases through one
+phase-major view of dX (sizes divisible by the strides) or one strided write per phase (not
+divisible). Batches are also cut into L2-sized pieces. Every path is checked on random,
+tie-heavy and NaN inputs, with uncovered remainders and padding, for every tie rule and layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from pool_reference import reference
+
+import engine.parallel
+import engine.pooling
+from engine import PoolSpec, backward, forward
+from engine.geometry import Plan, make_plan
+
+TIES = ("all", "first", "split")
+LAYOUTS = ("channels_last", "channels_first")
+
+# (channels_last shape, pool, strides, padding): which path each one takes is in its id.
+GEOMETRIES = [
+    pytest.param((3, 8, 8, 2), 2, 2, "valid", id="disjoint-exact"),
+    pytest.param((3, 9, 7, 2), 2, 2, "valid", id="disjoint-remainder"),
+    pytest.param((2, 9, 10, 3), 2, 3, "valid", id="disjoint-gaps"),
+    pytest.param((2, 7, 7, 2), 2, 2, "same", id="disjoint-padded"),
+    pytest.param((3, 8, 10, 2), 3, 2, "valid", id="overlap-merged"),
+    pytest.param((2, 8, 8, 3), 3, 2, "same", id="overlap-merged-padded"),
+    pytest.param((2, 9, 8, 2), 3, 2, "valid", id="overlap-per-phase"),
+    pytest.param((2, 7, 9, 2), (3, 2), (1, 2), "same", id="overlap-mixed"),
+    pytest.param((1, 11, 10, 2), 3, 2, [[1, 2], [2, 0]], id="overlap-explicit-pad"),
+]
+
+
+def _inputs(shape: tuple[int, ...], layout: str) -> Iterator[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(sum(shape))
+    tie_heavy = rng.integers(-1, 2, shape).astype(np.float64)
+    with_nan = rng.standard_normal(shape)
+    with_nan.flat[:: max(1, with_nan.size // 5)] = np.nan
+    for name, X in (
+        ("random", rng.standard_normal(shape)),
+        ("tie-heavy", tie_heavy),
+        ("nan", with_nan),
+    ):
+        yield name, (X if layout == "channels_last" else np.moveaxis(X, -1, 1).copy())
+
+
+def _spec(pool: object, strides: object, padding: object, layout: str, ties: str) -> PoolSpec:
+    return PoolSpec(
+        pool_size=pool,  # type: ignore[arg-type]
+        strides=strides,  # type: ignore[arg-type]
+        padding=padding,  # type: ignore[arg-type]
+        layout=layout,  # type: ignore[arg-type]
+        ties=ties,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES)
+def test_every_backward_path_matches_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    pool: object,
+    strides: object,
+    padding: object,
+    layout: str,
+    ties: str,
+    mode: str,
+) -> None:
+    spec = dataclasses.replace(_spec(pool, strides, padding, layout, ties), mode=mode)
+    for dtype in (np.float32, np.float16):
+        for name, X64 in _inputs(shape, layout):
+            X = X64.astype(dtype)
+            A, state = forward(X, spec)
+            dA = np.random.default_rng(1).integers(-4, 5, A.shape).astype(dtype)
+            dX = backward(state, dA)
+            expected_A, expected_dX = reference(X, spec, dA)
+            assert expected_dX is not None
+            np.testing.assert_array_equal(A, expected_A, err_msg=name)
+            assert dX.dtype == X.dtype
+            if ties == "split":
+                np.testing.assert_allclose(dX, expected_dX, rtol=2e-3, atol=2e-3, err_msg=name)
+            else:
+                np.testing.assert_array_equal(dX, expected_dX, err_msg=name)
+            # Padding never wins nor receives gradient: covered by the reference; NaN windows
+            # pass nothing, so a gradient lands only where X is not NaN.
+            assert not np.any(dX[np.isnan(X)]), name
+
+
+def _general_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
+    """The plan with ``disjoint`` forced off: backward then takes the phase path."""
+    plan = make_plan(spec, input_shape)
+    return dataclasses.replace(plan, disjoint=False, exact_cover=False)
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES[:4])
+def test_disjoint_path_equals_the_phase_path(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    pool: object,
+    strides: object,
+    padding: object,
+    layout: str,
+    ties: str,
+) -> None:
+    spec = _spec(pool, strides, padding, layout, ties)
+    for dtype in (np.float64, np.float32, np.float16):
+        for name, X64 in _inputs(shape, layout):
+            X = X64.astype(dtype)
+            A, state = forward(X, spec)
+            dA = np.random.default_rng(2).standard_normal(A.shape).astype(dtype)
+            dA.flat[::7] = np.inf
+            fast = backward(state, dA)
+            with monkeypatch.context() as patch:
+                patch.setattr(engine.pooling, "make_plan", _general_plan)
+                general = backward(state, dA)
+            # Bit for bit, signed zeros and NaN (from inf * share in "split") included.
+            assert fast.dtype == general.dtype == X.dtype
+            assert fast.tobytes() == general.tobytes(), (name, dtype)
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES[4:6])
+def test_phase_major_write_equals_per_phase_writes(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    pool: object,
+    strides: object,
+    padding: object,
+    layout: str,
+    ties: str,
+) -> None:
+    spec = _spec(pool, strides, padding, layout, ties)
+    for name, X64 in _inputs(shape, layout):
+        X = X64.astype(np.float32)
+        A, state = forward(X, spec)
+        dA = np.random.default_rng(3).standard_normal(A.shape).astype(np.float32)
+        merged = backward(state, dA)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine.pooling, "_phase_major", lambda *args: None)
+            per_phase = backward(state, dA)
+        assert merged.tobytes() == per_phase.tobytes(), name
+
+
+@pytest.mark.parametrize("ties", TIES)
+@pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES)
+def test_batch_pieces_equal_one_piece(
+    monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, ...],
+    pool: object,
+    strides: object,
+    padding: object,
+    ties: str,
+) -> None:
+    spec = _spec(pool, strides, padding, "channels_last", ties)
+    batch = (16, *shape[1:])
+    X = np.random.default_rng(4).integers(-1, 2, batch).astype(np.float32)
+    X.flat[::11] = np.nan
+    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 1 << 62)
+    A1, state1 = forward(X, spec)
+    dA = np.random.default_rng(5).integers(-3, 4, A1.shape).astype(np.float32)
+    dX1 = backward(state1, dA)
+    # Pieces of about one sample, on one thread.
+    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", X[0].nbytes)
+    A16, state16 = forward(X, spec)
+    assert len(engine.parallel.split(spec, make_plan(spec, X.shape), X.itemsize)) > 1
+    np.testing.assert_array_equal(A16, A1)
+    assert state16.to_bytes() == state1.to_bytes()
+    np.testing.assert_array_equal(backward(state16, dA), dX1)
