@@ -1,4 +1,8 @@
-"""FastAPI dependencies as typed aliases: the app's collaborators and the caller's identity."""
+"""FastAPI dependencies as typed aliases: the app's collaborators and the caller's identity.
+
+All are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in its
+thread pool, a thread hop per dependency per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -23,22 +27,22 @@ _bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> SessionStore:
+async def get_store(request: Request) -> SessionStore:
     store: SessionStore = request.app.state.store
     return store
 
 
-def get_compute(request: Request) -> Compute:
+async def get_compute(request: Request) -> Compute:
     compute: Compute = request.app.state.compute
     return compute
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -54,7 +58,7 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def get_owner(
+async def get_owner(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
