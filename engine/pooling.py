@@ -2,9 +2,22 @@
 
 Each kernel loops over the ``prod(pool_size)`` window offsets (see :mod:`engine.geometry`),
 doing one vectorized NumPy operation per offset over all output positions at once: no Python
-loop over output positions or over the batch. Large inputs are split along the batch (or, for a
-single sample, along the outermost axis that keeps chunks independent) and the chunks run on a
-small thread pool (:mod:`engine.parallel`); results are bit-identical to a single-threaded run.
+loop over output positions or over the batch. Batches are cut into pieces of about 1 MiB of X
+that stay in L2 (a loop over pieces, not over samples); large inputs are spread over a small
+thread pool, a single sample along the outermost axis that keeps chunks independent
+(:mod:`engine.parallel`). Results are bit-identical however the call is cut.
+
+max/min backward takes one of two paths, chosen from the geometry alone:
+
+- disjoint windows (stride >= pool in every dim): each offset's gradient is written straight
+  into its strided view of dX, once, no accumulation; only an uncovered remainder is zeroed;
+- overlapping windows: dX is split into stride phases (``X[..., r::s, ...]``); each offset
+  feeds one phase, so each phase's contributions are summed in a contiguous buffer and reach
+  dX in one write, for all phases at once through a phase-major view of dX when every
+  spatial size divides by its stride.
+
+Both apply the tie rule resolved at forward time (``ties`` only changes which winner bits are
+set, plus a per-window share for ``"split"``).
 
 Forward and backward of each mode sit side by side below.
 """
@@ -99,7 +112,10 @@ def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
     ``"split"``: ``dA / n_tied`` each); NaN windows have no winners. avg: each element gets
     ``dA / divisor`` from every window covering it, except NaN windows. Overlapping windows
     accumulate (in float32 for float16). Pure: the same state and dA give the same dX.
-    Cost: ``prod(pool_size)`` passes over the output, one strided write into dX each.
+    Cost, max/min: one unpacking of the winner bits, then per window offset one masked
+    select (a bitwise pass, so inf/NaN in dA never reach losers); disjoint windows write it
+    into dX directly, overlapping ones add it into their stride phase's buffer, written into
+    dX once (see the module docstring). avg: one pass per offset.
     """
     with np.errstate(invalid="ignore", over="ignore"):
         dA = _checked_gradient(state, dA)
