@@ -24,6 +24,8 @@ Environment
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -99,7 +101,45 @@ def _executor_for(threads: int) -> ThreadPoolExecutor:
 
 def split(spec: PoolSpec, plan: Plan, itemsize: int) -> list[Chunk]:
     """Chunks covering the whole call (X of ``itemsize`` bytes per element), in order; a single
-    chunk when splitting would not pay."""
+    chunk when splitting would not pay. Memoized on everything it depends on; a single chunk
+    carries ``plan`` itself."""
+    chunks = _split(
+        spec, plan.input_shape, itemsize, thread_count(), PIECE_BYTES, PARALLEL_MIN_ELEMENTS
+    )
+    if len(chunks) == 1:
+        return [dataclasses.replace(chunks[0], plan=plan)]
+    return list(chunks)
+
+
+@functools.lru_cache(maxsize=256)
+def _split(
+    spec: PoolSpec,
+    input_shape: tuple[int, ...],
+    itemsize: int,
+    thread_setting: int,
+    piece_bytes: int,
+    parallel_min_elements: int,
+) -> tuple[Chunk, ...]:
+    return tuple(
+        _compute_split(
+            spec,
+            make_plan(spec, input_shape),
+            itemsize,
+            thread_setting,
+            piece_bytes,
+            parallel_min_elements,
+        )
+    )
+
+
+def _compute_split(
+    spec: PoolSpec,
+    plan: Plan,
+    itemsize: int,
+    thread_setting: int,
+    piece_bytes: int,
+    parallel_min_elements: int,
+) -> list[Chunk]:
     whole = Chunk(
         input_index=(slice(None),) * len(plan.input_shape),
         output_index=(slice(None),) * len(plan.output_shape),
@@ -109,10 +149,10 @@ def split(spec: PoolSpec, plan: Plan, itemsize: int) -> list[Chunk]:
         byte_stop=-(-math.prod(plan.output_shape) // 8),
     )
     elements = math.prod(plan.input_shape)
-    threads = thread_count() if elements >= PARALLEL_MIN_ELEMENTS else 1
+    threads = thread_setting if elements >= parallel_min_elements else 1
     if plan.input_shape[0] > 1:
         # A whole number of pieces per thread, each about PIECE_BYTES of X.
-        per_thread = max(1, round(elements * itemsize / PIECE_BYTES / threads))
+        per_thread = max(1, round(elements * itemsize / piece_bytes / threads))
         if threads * per_thread == 1:
             return [whole]
         return _split_axis0(spec, plan, threads * per_thread) or [whole]
