@@ -20,7 +20,12 @@ import numpy as np
 from engine.errors import TensorError
 from engine.spec import PoolSpec
 
-__all__ = ["Offset", "Plan", "axis_names", "make_plan"]
+__all__ = ["MAX_WORK", "Offset", "Plan", "axis_names", "make_plan"]
+
+#: Most (output element, window element) pairs one call may visit: the bound on its time and
+#: on a max/min state's size (one bit per pair, 128 MiB at the bound). Ordinary layers are far
+#: below it; it refuses what would otherwise be minutes of work from a small request.
+MAX_WORK = 1 << 30
 
 _SPATIAL_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("t", "h", "w")}
 
@@ -109,8 +114,8 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
     Raises
     ------
     TensorError
-        If the rank does not match the spec, a dim is zero, or a window is larger than the
-        padded input.
+        If the rank does not match the spec, a dim is zero, a window is larger than the
+        padded input, or the call would visit more than :data:`MAX_WORK` window elements.
     """
     rank = spec.ndim + 2
     names = axis_names(spec)
@@ -129,8 +134,6 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
     padding = _resolve_padding(spec, sizes)
 
     output_shape = list(input_shape)
-    runs: list[list[tuple[int, int, int] | None]] = []
-    real_counts = []
     for dim, axis in enumerate(spatial_axes):
         size, pool, stride = sizes[dim], spec.pool_size[dim], spec.strides[dim]
         before, after = padding[dim]
@@ -140,8 +143,21 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
                 f"padded input {size + before + after} (size {size}, padding {(before, after)}); "
                 f"X shape {input_shape}, pool_size {spec.pool_size}"
             )
-        out = (size + before + after - pool) // stride + 1
-        output_shape[axis] = out
+        output_shape[axis] = (size + before + after - pool) // stride + 1
+    work = math.prod(spec.pool_size) * math.prod(output_shape)
+    if work > MAX_WORK:
+        raise TensorError(
+            f"X shape {input_shape} with pool_size {spec.pool_size} and strides {spec.strides} "
+            f"gives {math.prod(output_shape)} outputs of {math.prod(spec.pool_size)} elements "
+            f"each: {work} element visits, more than the {MAX_WORK} one call may make"
+        )
+
+    runs: list[list[tuple[int, int, int] | None]] = []
+    real_counts = []
+    for dim, axis in enumerate(spatial_axes):
+        size, pool, stride = sizes[dim], spec.pool_size[dim], spec.strides[dim]
+        before = padding[dim][0]
+        out = output_shape[axis]
         counts = np.zeros(out, dtype=np.int64)
         dim_runs: list[tuple[int, int, int] | None] = []
         for o in range(pool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal, TypeAlias, cast
@@ -10,7 +11,16 @@ import numpy as np
 
 from engine.errors import SpecError
 
-__all__ = ["MAX_SPATIAL_DIMS", "ExplicitPadding", "Layout", "Mode", "Nan", "PoolSpec", "Ties"]
+__all__ = [
+    "MAX_SPATIAL_DIMS",
+    "MAX_WINDOW_SIZE",
+    "ExplicitPadding",
+    "Layout",
+    "Mode",
+    "Nan",
+    "PoolSpec",
+    "Ties",
+]
 
 Mode: TypeAlias = Literal["max", "min", "avg"]
 Ties: TypeAlias = Literal["all", "first", "split"]
@@ -19,6 +29,10 @@ Nan: TypeAlias = Literal["propagate", "reject"]
 ExplicitPadding: TypeAlias = tuple[tuple[int, int], ...]
 
 MAX_SPATIAL_DIMS = 3
+#: Most elements one window may span. The kernels loop over window offsets in Python, so the
+#: window's size bounds the cost of one call however small its input (a 65,536-element window
+#: is a 256 x 256 global pool).
+MAX_WINDOW_SIZE = 1 << 16
 
 _MODES: tuple[Mode, ...] = ("max", "min", "avg")
 _TIES: tuple[Ties, ...] = ("all", "first", "split")
@@ -59,8 +73,16 @@ def _pool_size(value: object) -> tuple[int, ...]:
         size = int(cast(int, value))
         if size < 1:
             raise SpecError(f"pool_size must be a positive int, got {value!r}")
-        return (size, size)
-    return _int_tuple("pool_size", value, lowest=1)
+        sizes: tuple[int, ...] = (size, size)
+    else:
+        sizes = _int_tuple("pool_size", value, lowest=1)
+    window = math.prod(sizes)
+    if window > MAX_WINDOW_SIZE:
+        raise SpecError(
+            f"pool_size {list(sizes)} spans {window} elements per window, more than the "
+            f"{MAX_WINDOW_SIZE} allowed"
+        )
+    return sizes
 
 
 def _strides(value: object, pool_size: tuple[int, ...]) -> tuple[int, ...]:

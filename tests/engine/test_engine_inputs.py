@@ -43,6 +43,14 @@ from engine import (
             r"window 3 along spatial dim 1 \(w\) is larger than the padded input 2",
         ),
         (
+            # Two 255 x 255 windows of padding around a 4 x 4 input: tiny X, minutes of work.
+            np.zeros((1, 4, 4, 1), np.float32),
+            PoolSpec(pool_size=255, strides=1, padding=[[254, 254], [254, 254]]),
+            r"X shape \(1, 4, 4, 1\) with pool_size \(255, 255\) and strides \(1, 1\) gives "
+            r"66564 outputs of 65025 elements each: 4328324100 element visits, more than the "
+            r"1073741824 one call may make",
+        ),
+        (
             np.array([[[0.0], [np.nan]]]),
             PoolSpec(pool_size=[1], nan="reject"),
             r"X holds 1 NaN value\(s\), first at index \(0, 1, 0\), and the spec has nan='reject'",

@@ -30,6 +30,7 @@ def test_defaults_are_the_contract_defaults() -> None:
         ({"pool_size": 3, "strides": 1}, (3, 3), (1, 1)),
         ({"pool_size": [2, 3, 4], "strides": 2}, (2, 3, 4), (2, 2, 2)),
         ({"pool_size": [5]}, (5,), (5,)),
+        ({"pool_size": 256}, (256, 256), (256, 256)),  # the largest window allowed
         ({"pool_size": (2, 3), "strides": [1, 2]}, (2, 3), (1, 2)),
     ],
 )
@@ -67,6 +68,12 @@ def test_explicit_padding_becomes_int_pairs_and_spec_is_hashable() -> None:
         ({"pool_size": "22"}, r"pool_size must be an int or a list .* got '22'"),
         ({"pool_size": []}, r"pool_size must have 1 to 3 entries .* got 0"),
         ({"pool_size": [2, 2, 2, 2]}, r"pool_size must have 1 to 3 entries .* got 4"),
+        (
+            {"pool_size": [100_000, 100_000], "padding": "same"},
+            r"pool_size \[100000, 100000\] spans 10000000000 elements per window, more than "
+            r"the 65536 allowed",
+        ),
+        ({"pool_size": [41, 40, 40]}, r"spans 65600 elements per window"),
         ({"strides": 0}, r"strides must be a positive int, got 0"),
         ({"strides": [1, 2, 3]}, r"strides has 3 entries \[1, 2, 3\] but pool_size has 2"),
         ({"strides": [1, False]}, r"strides\[1\] must be a positive int, got False"),

@@ -70,6 +70,12 @@ def hostile_requests(session: str) -> list[tuple[str, bytes, dict[str, str]]]:
         (f"{session}/backward", npy(DA1[:1]), NPY),
         ("/v1/sessions", b'{"pool_size": [0, 2]}', JSON),
         ("/v1/sessions", b'{"pool_size": 2, "colour": "red"}', JSON),
+        ("/v1/sessions", b'{"pool_size": [100000, 100000], "padding": "same"}', JSON),
+        (
+            "/v1/gradient?pool_size=255&strides=1&padding=254:254,254:254",
+            wire.encode_named({"X": X1}, wire.MEDIA_JSON),
+            JSON,
+        ),
         (
             "/v1/gradient?mode=max&pool_size=99,99",
             wire.encode_named({"X": X1}, wire.MEDIA_JSON),
