@@ -10,7 +10,6 @@ basic-indexing views: the kernels loop over window offsets, never over output po
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import TensorError
-from engine.spec import PoolSpec
+from engine.memo import WeighedMemo
+from engine.spec import MAX_WINDOW_SIZE, PoolSpec
 
-__all__ = ["MAX_WORK", "Offset", "Plan", "axis_names", "make_plan"]
+__all__ = ["MAX_WORK", "PLAN_MEMO_OFFSETS", "Offset", "Plan", "axis_names", "make_plan"]
 
 #: Most (output element, window element) pairs one call may visit: the bound on its time and
 #: on a max/min state's size (one bit per pair, 128 MiB at the bound). Ordinary layers are far
@@ -105,11 +105,17 @@ def _resolve_padding(spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[tuple[int,
     return spec.padding
 
 
-@functools.lru_cache(maxsize=256)
+#: Window offsets that memoized plans may hold in all (one largest plan, about 40 MB).
+PLAN_MEMO_OFFSETS = MAX_WINDOW_SIZE
+
+_plans: WeighedMemo[Plan] = WeighedMemo(PLAN_MEMO_OFFSETS, lambda plan: len(plan.offsets))
+
+
 def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
     """Resolve padding and output shape of ``spec`` on an input of ``input_shape``.
 
-    Memoized (the plan is immutable): a call and its batch pieces reuse their plans.
+    Memoized within a memory budget (:class:`~engine.memo.WeighedMemo`; the plan is
+    immutable): a call and its batch pieces reuse their plans.
 
     Raises
     ------
@@ -117,6 +123,10 @@ def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         If the rank does not match the spec, a dim is zero, a window is larger than the
         padded input, or the call would visit more than :data:`MAX_WORK` window elements.
     """
+    return _plans.get((spec, tuple(input_shape)), lambda: _build_plan(spec, tuple(input_shape)))
+
+
+def _build_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
     rank = spec.ndim + 2
     names = axis_names(spec)
     if len(input_shape) != rank:

@@ -25,7 +25,6 @@ Environment
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import os
@@ -34,7 +33,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.geometry import Plan, make_plan
+from engine.geometry import PLAN_MEMO_OFFSETS, Plan, make_plan
+from engine.memo import WeighedMemo
 from engine.spec import PoolSpec
 
 __all__ = [
@@ -111,7 +111,15 @@ def split(spec: PoolSpec, plan: Plan, itemsize: int) -> list[Chunk]:
     return list(chunks)
 
 
-@functools.lru_cache(maxsize=256)
+def _split_weight(chunks: tuple[Chunk, ...]) -> int:
+    # The chunks keep their plans alive: weigh each distinct plan once, by its offsets.
+    plans = {id(chunk.plan): chunk.plan for chunk in chunks}
+    return len(chunks) + sum(len(plan.offsets) for plan in plans.values())
+
+
+_splits: WeighedMemo[tuple[Chunk, ...]] = WeighedMemo(PLAN_MEMO_OFFSETS, _split_weight)
+
+
 def _split(
     spec: PoolSpec,
     input_shape: tuple[int, ...],
@@ -120,16 +128,14 @@ def _split(
     piece_bytes: int,
     parallel_min_elements: int,
 ) -> tuple[Chunk, ...]:
-    return tuple(
-        _compute_split(
-            spec,
-            make_plan(spec, input_shape),
-            itemsize,
-            thread_setting,
-            piece_bytes,
-            parallel_min_elements,
+    def compute() -> tuple[Chunk, ...]:
+        plan = make_plan(spec, input_shape)
+        return tuple(
+            _compute_split(spec, plan, itemsize, thread_setting, piece_bytes, parallel_min_elements)
         )
-    )
+
+    key = (spec, input_shape, itemsize, thread_setting, piece_bytes, parallel_min_elements)
+    return _splits.get(key, compute)
 
 
 def _compute_split(

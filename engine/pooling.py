@@ -24,7 +24,6 @@ Forward and backward of each mode sit side by side below.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ShapeMismatchError, TensorError
-from engine.geometry import Offset, Plan, make_plan
+from engine.geometry import PLAN_MEMO_OFFSETS, Offset, Plan, make_plan
+from engine.memo import WeighedMemo
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
 from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
@@ -278,10 +278,18 @@ def _phase_major(
     return dX.reshape(split_shape).transpose(*phase_axes, *other_axes)
 
 
-@functools.lru_cache(maxsize=256)
-def _phases(
-    spec: PoolSpec, input_shape: tuple[int, ...]
-) -> list[tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]], tuple[int, ...]]]:
+_Phase = tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]], tuple[int, ...]]
+
+_phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(
+    PLAN_MEMO_OFFSETS, lambda phases: sum(1 + len(members) for _, members, _ in phases)
+)
+
+
+def _phases(spec: PoolSpec, input_shape: tuple[int, ...]) -> list[_Phase]:
+    return _phase_memo.get((spec, input_shape), lambda: _group_phases(spec, input_shape))
+
+
+def _group_phases(spec: PoolSpec, input_shape: tuple[int, ...]) -> list[_Phase]:
     """Group the reached window offsets of overlapping windows by stride phase.
 
     The phase ``r`` (one residue per spatial dim) is the strided view ``X[..., r::s, ...]``;

@@ -1,0 +1,63 @@
+"""The geometry memos stay within their budget whatever shapes callers send, and still serve
+repeated calls from memory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import engine.geometry
+from engine import PoolSpec, backward, forward
+from engine.memo import WeighedMemo
+
+
+def test_memo_keeps_recent_entries_within_its_budget() -> None:
+    memo: WeighedMemo[str] = WeighedMemo(10, len)
+    calls: list[str] = []
+
+    def compute(value: str) -> str:
+        calls.append(value)
+        return value
+
+    assert memo.get("a", lambda: compute("aaaa")) == "aaaa"
+    assert memo.get("b", lambda: compute("bbbb")) == "bbbb"
+    assert memo.get("a", lambda: compute("never")) == "aaaa"  # a hit, and now most recent
+    assert memo.get("c", lambda: compute("cccc")) == "cccc"  # 12 > 10: drops b, not a
+    assert memo.held == 8
+    assert memo.get("a", lambda: compute("never")) == "aaaa"
+    assert memo.get("b", lambda: compute("bbbb")) == "bbbb"  # recomputed
+    assert calls == ["aaaa", "bbbb", "cccc", "bbbb"]
+    assert memo.held <= 10
+
+
+def test_memo_returns_but_never_keeps_what_outweighs_it() -> None:
+    memo: WeighedMemo[str] = WeighedMemo(3, len)
+    assert memo.get("big", lambda: "xxxx") == "xxxx"
+    assert len(memo) == 0
+    assert memo.held == 0
+
+
+def test_many_large_window_shapes_do_not_grow_the_plan_memo() -> None:
+    # 256 x 256 windows over distinct input shapes: each plan holds 65,536 offsets (about
+    # 40 MB); an entry-counted cache would keep every one a client cared to send.
+    spec = PoolSpec(mode="max", pool_size=256, strides=1)
+    for width in range(256, 259):
+        plan = engine.geometry.make_plan(spec, (1, 256, width, 1))
+        assert len(plan.offsets) == 256 * 256
+        assert engine.geometry._plans.held <= engine.geometry.PLAN_MEMO_OFFSETS
+    assert len(engine.geometry._plans) <= 1
+
+
+def test_a_largest_window_still_computes_through_the_bounded_memos() -> None:
+    spec = PoolSpec(mode="max", pool_size=256, strides=128)
+    X = np.random.default_rng(0).standard_normal((2, 256, 384, 1)).astype(np.float32)
+    A, state = forward(X, spec)
+    dX = backward(state, np.ones_like(A))
+    np.testing.assert_array_equal(A[0, 0, 1], X[0, :256, 128:384].max(axis=(0, 1)))
+    assert dX.sum() == A.size  # one winner per window, no ties in normal data
+
+
+def test_repeated_calls_reuse_their_plan() -> None:
+    spec = PoolSpec(pool_size=3, strides=2)
+    shape = (2, 9, 9, 3)
+    first = engine.geometry.make_plan(spec, shape)
+    assert engine.geometry.make_plan(spec, shape) is first
