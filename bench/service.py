@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 import engine
-from bench.engine import median_seconds
+from bench.engine import timings
 from poolgrad import wire
 
 SUITE: list[tuple[int, int, int, int]] = [
@@ -123,7 +123,8 @@ def main() -> None:
                 http.post(f"{echo_url}/echo", content=x, headers=npy).raise_for_status()
                 http.post(f"{echo_url}/echo", content=da, headers=npy).raise_for_status()
 
-            t_engine, t_http, t_echo = median_seconds([run_engine, run_http, run_echo], repeats)
+            medians = timings([run_engine, run_http, run_echo], repeats)
+            t_engine, t_http, t_echo = (median for median, _ in medians)
             http.delete(session)
             overhead = t_http / (t_engine + t_echo)
             overheads.append(overhead)
