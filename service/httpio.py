@@ -30,13 +30,13 @@ __all__ = ["negotiate", "parse_if_match", "read_body", "request_media_type", "sp
 _CLOSE = {"Connection": "close"}
 
 
-async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
+async def read_body(request: Request, *, limit: int, timeout: float, hint: str = "") -> bytes:
     """The whole body, refused with 413 as soon as it is known to pass ``limit`` bytes.
 
     A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise
     (chunked, or a client that lies) bytes are counted as they arrive and reading stops at the
     first chunk past the limit, so at most ``limit`` plus one chunk is ever buffered. The whole
-    body must arrive within ``timeout`` seconds (408).
+    body must arrive within ``timeout`` seconds (408). ``hint`` ends the 413's detail.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -44,7 +44,7 @@ async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
             raise BadRequest(f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise PayloadTooLarge(
-                f"Content-Length {int(declared)} exceeds the limit of {limit} bytes",
+                f"Content-Length {int(declared)} exceeds the limit of {limit} bytes{hint}",
                 headers=_CLOSE,
             )
     chunks: list[bytes] = []
@@ -56,7 +56,7 @@ async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
                 if received > limit:
                     raise PayloadTooLarge(
                         f"body exceeds the limit of {limit} bytes ({received} bytes received "
-                        "so far)",
+                        f"so far){hint}",
                         headers=_CLOSE,
                     )
                 chunks.append(chunk)

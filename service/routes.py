@@ -25,6 +25,7 @@ from service.httpio import (
 )
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.problems import ProblemModel
+from service.settings import Settings
 
 __all__ = ["router"]
 
@@ -154,14 +155,27 @@ def _session_payload(info: SessionInfo) -> dict[str, Any]:
     }
 
 
+async def _read(request: Request, settings: Settings, media_type: str) -> bytes:
+    """The body, under the limit for its media type: JSON parses into Python objects many times
+    its size, so it has its own, smaller limit."""
+    if media_type == wire.MEDIA_JSON:
+        return await read_body(
+            request,
+            limit=min(settings.max_body_bytes, settings.max_json_body_bytes),
+            timeout=settings.body_timeout_seconds,
+            hint=" for JSON; send large tensors as application/x-npy or safetensors",
+        )
+    return await read_body(
+        request, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+
+
 async def _spec_body(request: Request, settings: SettingsDep) -> dict[str, Any]:
     """The session-creation body: a JSON object, or nothing at all for every default."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
         request_media_type(request, (wire.MEDIA_JSON,))
-    body = await read_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
-    )
+    body = await _read(request, settings, wire.MEDIA_JSON)
     if content_type is None and body:
         request_media_type(request, (wire.MEDIA_JSON,))
     try:
@@ -179,9 +193,7 @@ async def _tensor_body(request: Request, settings: SettingsDep) -> tuple[bytes, 
     """Body, its media type and the answer's media type: 415 and 406 before reading."""
     media_in = request_media_type(request, TENSOR_TYPES)
     media_out = negotiate(request.headers.get("accept"), TENSOR_TYPES, media_in)
-    body = await read_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
-    )
+    body = await _read(request, settings, media_in)
     return body, media_in, media_out
 
 
@@ -363,9 +375,7 @@ async def gradient(request: Request, compute: ComputeDep, settings: SettingsDep)
     media_in = request_media_type(request, NAMED_TYPES)
     media_out = negotiate(request.headers.get("accept"), NAMED_TYPES, media_in)
     spec_fields = spec_from_query(request.query_params.multi_items())
-    body = await read_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
-    )
+    body = await _read(request, settings, media_in)
     payload = await compute.gradient(
         spec_fields,
         partial(wire.decode_named, body, media_in),

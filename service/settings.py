@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     """Largest request body, in bytes; larger bodies are refused with 413 while being read,
     before they are held in memory, whether or not ``Content-Length`` is sent."""
 
+    max_json_body_bytes: int = Field(default=16 * MIB, ge=1)
+    """Largest JSON request body, in bytes (also bounded by ``max_body_bytes``). Parsing JSON
+    builds a Python object per number, some 10 to 30 times the body's size in memory, so JSON
+    gets a smaller limit than binary bodies; large tensors belong in ``.npy`` or safetensors."""
+
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
     trickles bytes cannot hold a connection and a buffer forever."""

@@ -93,6 +93,35 @@ async def test_other_routes_enforce_the_limit(make_app: Callable[..., FastAPI], 
         assert_problem(response, 413, "payload_too_large", str(LIMIT))
 
 
+@pytest.mark.parametrize(
+    ("path", "media_type"),
+    [("/forward", wire.MEDIA_JSON), ("/forward", wire.MEDIA_NPY), ("", None)],
+    ids=["json-tensor", "npy-tensor", "named-json"],
+)
+async def test_json_bodies_have_their_own_smaller_limit(
+    make_app: Callable[..., FastAPI], path: str, media_type: str | None
+) -> None:
+    X = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+    json_body = wire.encode_json_tensor(X)
+    app = make_app(max_body_bytes=64 * 1024, max_json_body_bytes=len(json_body) - 1)
+    async with client_for(app) as client:
+        session_id = await primed_session(client)
+        if media_type is None:  # the stateless route's named JSON tensors
+            url = "/v1/gradient?pool_size=2"
+            body, media_type = wire.encode_named({"X": X}, wire.MEDIA_JSON), wire.MEDIA_JSON
+        else:
+            url = f"/v1/sessions/{session_id}{path}"
+            body = json_body if media_type == wire.MEDIA_JSON else npy(X)
+        response = await client.post(url, content=body, headers={"Content-Type": media_type})
+        if media_type == wire.MEDIA_NPY:
+            assert response.status_code == 200, response.text  # binary: the 64 KiB limit
+        else:
+            assert_problem(
+                response, 413, "payload_too_large", str(len(json_body) - 1), "for JSON", "x-npy"
+            )
+            await assert_state_intact(client, session_id)
+
+
 async def test_slow_body_times_out_with_408(make_app: Callable[..., FastAPI]) -> None:
     async with client_for(make_app(body_timeout_seconds=0.2)) as client:
         session_id = await primed_session(client)
