@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+import anyio
 import anyio.to_thread
 import numpy as np
 
@@ -127,6 +128,7 @@ class Compute:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self._limiter = anyio.CapacityLimiter(settings.compute_threads)
 
     # ----------------------------------------------------------------- sessions
 
@@ -254,11 +256,11 @@ class Compute:
         finally:
             self.metrics.engine_seconds.labels(operation).observe(time.perf_counter() - started)
 
-    @staticmethod
-    async def _run(work: Callable[[], T]) -> T:
-        """Run ``work`` in a worker thread, translating engine and wire errors at this boundary."""
+    async def _run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` in a worker thread, at most ``compute_threads`` at once, translating
+        engine and wire errors at this boundary."""
         try:
-            return await anyio.to_thread.run_sync(work)
+            return await anyio.to_thread.run_sync(work, limiter=self._limiter)
         except ServiceError:
             raise
         except WireError as exc:

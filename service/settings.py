@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
     trickles bytes cannot hold a connection and a buffer forever."""
 
+    compute_threads: int = Field(default=4, ge=1)
+    """Requests decoded, pooled and encoded at once, each in a worker thread; others wait their
+    turn. The work is CPU-bound, so more threads than cores add only memory (one call may hold
+    hundreds of MiB at the engine's limits) and latency, not throughput."""
+
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     """Comma-separated bearer keys. Empty: no authentication. Set: every ``/v1`` request needs
     ``Authorization: Bearer <key>`` and sees only the sessions its key created."""

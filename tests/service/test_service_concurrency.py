@@ -4,12 +4,18 @@ never mix, and one session's forward and backward never interleave (no torn stat
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 import pytest
-from service_helpers import NPY, expected, new_session, npy
+from fastapi import FastAPI
+from service_helpers import NPY, X1, client_for, expected, new_session, npy
 
+import service.compute
+from engine import PoolSpec, PoolState, forward
 from poolgrad import wire
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +89,34 @@ async def test_racing_forward_and_backward_on_one_session_never_tear(
     for step, dX in seen:
         # The dX is exactly the one of the forward that made the step the answer names.
         np.testing.assert_array_equal(dX, dX_of[step_input[step]])
+
+
+@pytest.mark.parametrize("compute_threads", [1, 3])
+async def test_compute_threads_bounds_the_engine_calls_at_once(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch, compute_threads: int
+) -> None:
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def slow_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)  # long enough for every request to be waiting by now
+        with lock:
+            running -= 1
+        return forward(X, spec)
+
+    monkeypatch.setattr(service.compute, "forward", slow_forward)
+    async with client_for(make_app(compute_threads=compute_threads)) as client:
+        sessions = [await new_session(client) for _ in range(8)]
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/v1/sessions/{s}/forward", content=npy(X1), headers=NPY)
+                for s in sessions
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 8
+    assert most == compute_threads
