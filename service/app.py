@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
+from poolgrad import __version__
 from service.compute import Compute
 from service.errors import StoreUnavailable
 from service.metrics import Metrics
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     app = FastAPI(
         title="poolgrad",
-        version=_version(),
+        version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
     )
@@ -88,10 +88,3 @@ async def _reap_forever(store: SessionStore, interval_seconds: float) -> None:
             continue
         if reclaimed:
             logger.info("reaper: reclaimed %d expired session(s)", reclaimed)
-
-
-def _version() -> str:
-    try:
-        return version("poolgrad")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
