@@ -229,7 +229,10 @@ def _split_first_spatial(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk
     for start, stop in itertools.pairwise(cuts):
         last = stop == out
         first_row = max(0, start * stride - before)
-        stop_row = size if last else (stop - 1) * stride - before + pool
+        # Up to the next chunk's first row, not just this chunk's last window: with a stride
+        # above the pool size, the rows between windows must belong to some chunk, whose
+        # backward writes their zeros.
+        stop_row = size if last else stop * stride - before
         padding = list(plan.padding)
         padding[0] = (before if start == 0 else 0, after if last else 0)
         sub_spec = PoolSpec(

@@ -14,6 +14,7 @@ from engine import (
     backward,
     forward,
 )
+from engine.geometry import make_plan
 
 
 @pytest.mark.parametrize(
@@ -125,6 +126,9 @@ def test_dA_is_cast_to_x_dtype_and_never_written() -> None:
         ),
         ((5, 3, 30, 30, 30), {"pool_size": [2, 2, 2], "layout": "channels_first", "strides": 1}),
         ((1, 101, 100, 3), {"pool_size": 3, "strides": 1}),
+        # Rows between windows (stride 3 > pool 2) while the other dim overlaps.
+        ((1, 200, 199, 3), {"pool_size": [2, 3], "strides": [3, 1]}),
+        ((1, 101, 60, 2), {"pool_size": [2, 2], "strides": [3, 1], "padding": "same"}),
     ],
 )
 def test_threaded_chunks_equal_one_thread(
@@ -146,6 +150,30 @@ def test_threaded_chunks_equal_one_thread(
     np.testing.assert_array_equal(A3, A1)
     assert state3.to_bytes() == state1.to_bytes()
     np.testing.assert_array_equal(backward(state3, dA), dX1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs"),
+    [
+        ((1, 200, 199, 3), {"pool_size": [2, 3], "strides": [3, 1]}),
+        ((1, 200, 199, 3), {"pool_size": [2, 3], "strides": [5, 1], "padding": "same"}),
+        ((1, 101, 60, 2), {"pool_size": [3, 2], "strides": [4, 2], "padding": [(2, 1), (0, 0)]}),
+        ((7, 30, 30, 4), {"pool_size": 3, "strides": 1}),
+        ((1, 12, 33, 17), {"layout": "channels_first", "pool_size": 3, "strides": 1}),
+    ],
+)
+def test_chunks_partition_the_input(shape: tuple[int, ...], kwargs: dict[str, object]) -> None:
+    # Every input element in exactly one chunk: a gap is never written by backward (dX starts
+    # as np.empty where windows overlap), an overlap would be written twice.
+    spec = PoolSpec(**kwargs)  # type: ignore[arg-type]
+    plan = make_plan(spec, shape)
+    chunks = engine.parallel._compute_split(spec, plan, 4, 3, 4000, 1)
+    assert len(chunks) > 1
+    cover = np.zeros(shape, np.int64)
+    for chunk in chunks:
+        cover[chunk.input_index] += 1
+    assert cover.min() == 1
+    assert cover.max() == 1
 
 
 def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
