@@ -20,12 +20,23 @@ from engine.errors import TensorError
 from engine.memo import WeighedMemo
 from engine.spec import MAX_WINDOW_SIZE, PoolSpec
 
-__all__ = ["MAX_WORK", "PLAN_MEMO_OFFSETS", "Offset", "Plan", "axis_names", "make_plan"]
+__all__ = [
+    "MAX_INPUT_ELEMENTS",
+    "MAX_WORK",
+    "PLAN_MEMO_OFFSETS",
+    "Offset",
+    "Plan",
+    "axis_names",
+    "make_plan",
+]
 
 #: Most (output element, window element) pairs one call may visit: the bound on its time and
 #: on a max/min state's size (one bit per pair, 128 MiB at the bound). Ordinary layers are far
 #: below it; it refuses what would otherwise be minutes of work from a small request.
 MAX_WORK = 1 << 30
+#: Most input elements one call may name (8 GiB of float32). A real X is already in memory,
+#: but a state blob only names its input shape, and backward allocates dX of that shape.
+MAX_INPUT_ELEMENTS = 1 << 31
 
 _SPATIAL_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("t", "h", "w")}
 
@@ -136,6 +147,11 @@ def _build_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         )
     if 0 in input_shape:
         raise TensorError(f"X has a zero-size dim; got shape {input_shape} ({', '.join(names)})")
+    if math.prod(input_shape) > MAX_INPUT_ELEMENTS:
+        raise TensorError(
+            f"X shape {input_shape} has {math.prod(input_shape)} elements, more than the "
+            f"{MAX_INPUT_ELEMENTS} one call may take"
+        )
     if spec.layout == "channels_last":
         spatial_axes = tuple(range(1, rank - 1))
     else:

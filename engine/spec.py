@@ -49,7 +49,7 @@ def _choice(field: str, value: object, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
         raise SpecError(f"{field} must be one of {options}, got {value!r}")
-    return value
+    return str(value)  # a str subclass (np.str_) normalizes to str
 
 
 def _int_tuple(field: str, value: object, *, lowest: int) -> tuple[int, ...]:
@@ -110,7 +110,7 @@ def _padding(
             raise SpecError(
                 f"padding must be 'valid', 'same' or [[before, after], ...], got {value!r}"
             )
-        return cast(Literal["valid", "same"], value)
+        return cast(Literal["valid", "same"], str(value))
     if isinstance(value, bytes) or not isinstance(value, Sequence):
         raise SpecError(f"padding must be 'valid', 'same' or [[before, after], ...], got {value!r}")
     if len(value) != len(pool_size):

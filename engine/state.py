@@ -40,6 +40,8 @@ _MAGIC = b"PGSTATE"
 _VERSION = 1
 _PREFIX = struct.Struct("<7sBI")
 _CRC = struct.Struct("<I")
+# The JSON header holds a spec and two shapes: a few hundred bytes.
+_MAX_HEADER_BYTES = 65_536
 
 
 def packed_plane_bytes(output_shape: tuple[int, ...]) -> int:
@@ -166,6 +168,10 @@ class PoolState:
                 f"state blob is corrupt or truncated: CRC32 {zlib.crc32(body):#010x} "
                 f"does not match the stored {crc:#010x} ({len(data)} bytes)"
             )
+        if header_length > _MAX_HEADER_BYTES:
+            raise StateError(
+                f"state blob header length {header_length} exceeds the {_MAX_HEADER_BYTES} limit"
+            )
         header_end = _PREFIX.size + header_length
         if header_end > len(body):
             raise StateError(
@@ -173,7 +179,9 @@ class PoolState:
             )
         try:
             header = json.loads(body[_PREFIX.size : header_end].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # ValueError covers malformed JSON and Python's digit limit on huge ints; a forged
+        # header can also nest deep enough to exhaust the recursion limit.
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise StateError(f"state blob header is not valid JSON: {exc}") from exc
         return cls._from_header(header, body, header_end)
 
@@ -222,7 +230,7 @@ class PoolState:
             if not isinstance(descriptor, Mapping) or set(descriptor) != {"name", "dtype", "shape"}:
                 raise StateError(f"state array descriptor is malformed: {descriptor!r}")
             name = descriptor["name"]
-            if name not in allowed or name in arrays:
+            if not isinstance(name, str) or name not in allowed or name in arrays:
                 raise StateError(
                     f"state array {name!r} is unexpected or repeated for mode {spec.mode!r}"
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from engine import EngineError, PoolSpec, SpecError
@@ -116,3 +117,11 @@ def test_from_dict_takes_defaults_and_rejects_unknown_keys() -> None:
         PoolSpec.from_dict({"stride": 2, "kernel": 3, "mode": "max"})
     with pytest.raises(SpecError, match=r"spec must be a JSON object, got list"):
         PoolSpec.from_dict([("mode", "max")])  # type: ignore[arg-type]
+
+
+def test_string_subclasses_normalize_to_str() -> None:
+    spec = PoolSpec(mode=np.str_("min"), padding=np.str_("same"), ties=np.str_("first"))  # type: ignore[arg-type]
+    assert type(spec.mode) is str
+    assert type(spec.padding) is str
+    assert type(spec.ties) is str
+    assert repr(spec) == repr(PoolSpec(mode="min", padding="same", ties="first"))

@@ -110,11 +110,42 @@ def test_flipped_bits_are_refused_by_the_crc() -> None:
             r"state array 'winners' is uint8 \(9, 4\), expected uint8 \(9, 3\)",
         ),
         ({"extra": 1}, r"state header has keys"),
+        (
+            {"arrays": [{"name": ["winners"], "dtype": "uint8", "shape": [9, 3]}]},
+            r"state array \['winners'\] is unexpected",
+        ),
+        (
+            # backward would allocate dX of this shape: 7 PiB
+            {
+                "spec": {"pool_size": [1, 1], "strides": [10**15, 1]},
+                "input_shape": [1, 10**15, 1, 1],
+            },
+            r"has 1000000000000000 elements, more than the 2147483648 one call may take",
+        ),
     ],
 )
 def test_inconsistent_headers_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(StateError, match=message):
         PoolState.from_bytes(_rewrite_header(_blob(), change))
+
+
+def _with_raw_header(header: bytes) -> bytes:
+    body = struct.pack("<7sBI", b"PGSTATE", 1, len(header)) + header
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "header length 200000 exceeds the 65536 limit"),
+        (b"[" * 30_000 + b"]" * 30_000, "not valid JSON"),  # nested past the recursion limit
+        (b'{"n": ' + b"9" * 5_000 + b"}", "not valid JSON"),  # past Python's int-digit limit
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_forged_headers_raise_state_error_only(header: bytes, message: str) -> None:
+    with pytest.raises(StateError, match=message):
+        PoolState.from_bytes(_with_raw_header(header))
 
 
 def test_foreign_magic_and_version_are_refused() -> None:
