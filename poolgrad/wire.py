@@ -32,6 +32,7 @@ import io
 import json
 import math
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -50,6 +51,7 @@ __all__ = [
     "MEDIA_NPY",
     "MEDIA_PROBLEM",
     "MEDIA_SAFETENSORS",
+    "NAMED_MEDIA_TYPES",
     "PROBLEMS",
     "TENSOR_MEDIA_TYPES",
     "Problem",
@@ -78,6 +80,9 @@ NAMED_MEDIA_TYPES: Final = (MEDIA_SAFETENSORS, MEDIA_JSON)
 
 #: Largest ``.npy`` or safetensors header accepted (NumPy's own default is 10 000).
 DEFAULT_MAX_HEADER_BYTES: Final = 65_536
+
+#: Most dimensions a tensor may have (NumPy 1's limit; NumPy 2 allows 64).
+MAX_NDIM: Final = 32
 
 #: dtype names accepted in JSON tensors; anything else is refused by name.
 JSON_NAMES: Final = (
@@ -226,6 +231,7 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
     _check_plain_dtype(dtype)
     if any(dim < 0 for dim in shape):
         raise WireError(f".npy header has a negative dimension in shape {shape}")
+    shape = _checked_shape(shape, dtype, ".npy header")
     count = math.prod(shape)
     expected = count * dtype.itemsize
     actual = len(body) - data_start
@@ -237,6 +243,25 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
         )
     flat = np.frombuffer(body, dtype=dtype, count=count, offset=data_start)
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _checked_shape(shape: Any, dtype: np.dtype[Any], name: str) -> tuple[int, ...]:
+    """``shape`` (non-negative ints, already checked) as a tuple NumPy can build, or
+    :class:`WireError` naming it.
+
+    A zero-size shape needs no bytes, so its other dims escape the body-length check; NumPy
+    still refuses more than 32 (or 64) dims, or dims whose product, zeros aside, overflows
+    ``sys.maxsize`` bytes, with a ``ValueError`` of its own. Both are refused here first.
+    """
+    if len(shape) > MAX_NDIM:
+        raise WireError(f"{name} shape has {len(shape)} dims; at most {MAX_NDIM} are allowed")
+    nbytes = math.prod(max(dim, 1) for dim in shape) * dtype.itemsize
+    if nbytes > sys.maxsize:
+        raise WireError(
+            f"{name} shape {list(shape)} of {dtype} spans {nbytes} bytes, "
+            f"more than any array can (sys.maxsize = {sys.maxsize})"
+        )
+    return tuple(shape)
 
 
 def _check_plain_dtype(dtype: np.dtype[Any]) -> None:
@@ -291,13 +316,15 @@ def tensor_from_obj(obj: Any, *, name: str = "tensor") -> np.ndarray:
         isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
     ):
         raise WireError(f"{name}.shape must be a list of non-negative ints, got {shape!r}")
+    dtype = np.dtype(dtype_name)
+    checked = _checked_shape(shape, dtype, name)
     data = obj.get("data")
     if not isinstance(data, list):
         raise WireError(f"{name}.data must be a flat list of numbers, got {_kind(data)}")
-    count = math.prod(shape)
+    count = math.prod(checked)
     if len(data) != count:
         raise WireError(f"{name}.data holds {len(data)} values but shape {shape} needs {count}")
-    return _flat_array(data, np.dtype(dtype_name), name).reshape(shape)
+    return _flat_array(data, dtype, name).reshape(checked)
 
 
 def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
@@ -321,7 +348,21 @@ def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
     if dtype.kind in "biu" and not np.array_equal(flat, inferred):
         index = int(np.flatnonzero(flat != inferred)[0])
         raise WireError(f"{name}.data[{index}] = {data[index]!r} does not fit dtype {dtype}")
+    if dtype.kind == "f":
+        _check_no_overflow(inferred, flat, data, name)
     return flat
+
+
+def _check_no_overflow(wide: np.ndarray, narrow: np.ndarray, data: list[Any], name: str) -> None:
+    """Refuse a finite value that became infinite in ``narrow``'s dtype (1e10 in float16):
+    rounding is the only loss a JSON tensor may suffer."""
+    overflowed = np.isinf(narrow) & np.isfinite(wide)
+    if overflowed.any():
+        index = int(np.flatnonzero(overflowed)[0])
+        raise WireError(
+            f"{name}.data[{index}] = {data[index]!r} overflows dtype {narrow.dtype} "
+            f"(largest finite value {np.finfo(narrow.dtype).max})"
+        )
 
 
 def _slow_flat(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
@@ -344,7 +385,11 @@ def _slow_flat(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
     if dtype.kind != "f":
         # Every value was a number but numpy could not infer a dtype: out of range.
         raise WireError(f"{name}.data holds values that do not fit dtype {dtype}")
-    return np.array(values, dtype=np.float64).astype(dtype)
+    wide = np.array(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        flat = wide.astype(dtype)
+    _check_no_overflow(wide, flat, data, name)
+    return flat
 
 
 def _kind(value: Any) -> str:
@@ -409,7 +454,8 @@ def decode_safetensors(
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise WireError(f"safetensors entry {name!r} must hold dtype, shape, data_offsets")
-        dtype_name = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        code = entry["dtype"]
+        dtype_name = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
         if dtype_name is None:
             raise WireError(
                 f"safetensors tensor {name!r} has unsupported dtype {entry['dtype']!r}",
@@ -431,14 +477,15 @@ def decode_safetensors(
                 f"{len(buffer)}-byte buffer"
             )
         dtype = np.dtype(dtype_name).newbyteorder("<")
-        count = math.prod(shape)
+        checked = _checked_shape(shape, dtype, f"safetensors tensor {name!r}")
+        count = math.prod(checked)
         if offsets[1] - offsets[0] != count * dtype.itemsize:
             raise WireError(
                 f"safetensors tensor {name!r}: shape {shape} of {dtype_name} needs "
                 f"{count * dtype.itemsize} bytes, offsets span {offsets[1] - offsets[0]}"
             )
         flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offsets[0])
-        out[name] = flat.reshape(shape)
+        out[name] = flat.reshape(checked)
     return out
 
 
@@ -450,10 +497,10 @@ def media_type_of(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode_tensor(body: bytes, media_type: str, **limits: int) -> np.ndarray:
+def decode_tensor(body: bytes, media_type: str) -> np.ndarray:
     """Decode one tensor of ``media_type`` (``MEDIA_NPY`` or ``MEDIA_JSON``)."""
     if media_type == MEDIA_NPY:
-        return decode_npy(body, **limits)
+        return decode_npy(body)
     if media_type == MEDIA_JSON:
         return decode_json_tensor(body)
     raise ValueError(f"no tensor decoder for media type {media_type!r}")
@@ -468,10 +515,10 @@ def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
     raise ValueError(f"no tensor encoder for media type {media_type!r}")
 
 
-def decode_named(body: bytes, media_type: str, **limits: int) -> dict[str, np.ndarray]:
+def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
     """Decode named tensors (``MEDIA_SAFETENSORS`` or a JSON object of tensors)."""
     if media_type == MEDIA_SAFETENSORS:
-        return decode_safetensors(body, **limits)
+        return decode_safetensors(body)
     if media_type == MEDIA_JSON:
         obj = loads(body)
         if not isinstance(obj, dict):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,13 +30,19 @@ def arrays(dtypes: tuple[str, ...] = FLOATS) -> st.SearchStrategy[np.ndarray]:
     )
 
 
-def same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal bit for bit in value, dtype and shape (NaN equal to NaN, -0.0 kept)."""
+def same(a: np.ndarray, b: np.ndarray, *, nan_sign: bool = True) -> bool:
+    """Equal bit for bit in value, dtype and shape (NaN equal to NaN, -0.0 kept).
+
+    ``nan_sign=False`` ignores the sign of NaNs, which JSON's ``"NaN"`` cannot carry.
+    """
+    signs_a, signs_b = np.signbit(a), np.signbit(b)
+    if not nan_sign and a.dtype.kind == "f":
+        signs_a, signs_b = signs_a & ~np.isnan(a), signs_b & ~np.isnan(b)
     return (
         a.dtype == b.dtype
         and a.shape == b.shape
         and np.array_equal(a, b, equal_nan=True)
-        and np.array_equal(np.signbit(a), np.signbit(b))
+        and np.array_equal(signs_a, signs_b)
     )
 
 
@@ -161,7 +170,32 @@ def test_npy_encoder_refuses_object_arrays() -> None:
 @settings(max_examples=60, deadline=None)
 @given(arrays((*FLOATS, "int64", "uint16", "bool")))
 def test_json_round_trip_is_exact(array: np.ndarray) -> None:
-    assert same(wire.decode_json_tensor(wire.encode_json_tensor(array)), array)
+    assert same(wire.decode_json_tensor(wire.encode_json_tensor(array)), array, nan_sign=False)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data", "message"),
+    [
+        ("float16", [1.0, 1e10], r"data\[1\] = 10000000000.0 overflows dtype float16"),
+        ("float16", [70000, 1], r"data\[0\] = 70000 overflows dtype float16"),
+        ("float32", [0.0, -1e300], r"data\[1\] = -1e\+300 overflows dtype float32"),
+        ("float16", ["NaN", 1e5], r"data\[1\] = 100000.0 overflows dtype float16"),
+    ],
+    ids=["float", "int", "negative", "with-non-finite-names"],
+)
+def test_json_refuses_finite_values_that_overflow_the_dtype(
+    dtype: str, data: list[object], message: str
+) -> None:
+    body = json.dumps({"dtype": dtype, "shape": [2], "data": data}).encode()
+    with pytest.raises(wire.WireError, match=message) as info:
+        wire.decode_json_tensor(body)
+    assert info.value.code == "malformed_tensor"
+
+
+def test_json_keeps_named_infinities_and_the_largest_finite_value() -> None:
+    body = json.dumps({"dtype": "float16", "shape": [3], "data": ["Infinity", 65504, -65504]})
+    decoded = wire.decode_json_tensor(body.encode())
+    assert decoded.tolist() == [np.inf, 65504.0, -65504.0]
 
 
 def test_json_names_non_finite_values() -> None:
@@ -283,6 +317,78 @@ def test_safetensors_refuses_malformed_bodies(body: bytes, message: str) -> None
 def test_safetensors_unsupported_dtype_is_invalid_tensor() -> None:
     body = safetensors_with({"X": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"0" * 8)
     with pytest.raises(wire.WireError, match="unsupported dtype 'C64'") as info:
+        wire.decode_safetensors(body)
+    assert info.value.code == "invalid_tensor"
+
+
+# ------------------------------------------------------- shapes no array can have
+
+
+def npy_of_shape(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue() + b"\x00" * (4 * math.prod(shape))
+
+
+def json_of_shape(shape: tuple[int, ...]) -> bytes:
+    return json.dumps({"dtype": "float32", "shape": list(shape), "data": [0.0] * math.prod(shape)})
+
+
+def safetensors_of_shape(shape: tuple[int, ...]) -> bytes:
+    size = 4 * math.prod(shape)
+    entry = {"dtype": "F32", "shape": list(shape), "data_offsets": [0, size]}
+    return safetensors_with({"X": entry}, b"\x00" * size)
+
+
+HUGE_ZERO_SIZE = (0, 2**62, 2**62, 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (HUGE_ZERO_SIZE, r"shape \[0, 4611686018427387904, 4611686018427387904, 1\] of float32"),
+        ((2**31, 2**31, 2**31, 0), r"shape \[2147483648, 2147483648, 2147483648, 0\]"),
+        ((1, 2**61, 0), r"spans 9223372036854775808 bytes, more than any array"),
+        ((1,) * 33, "shape has 33 dims; at most 32 are allowed"),
+        ((1,) * 65, "shape has 65 dims; at most 32 are allowed"),
+    ],
+    ids=["zero-size-huge", "json-example", "just-over", "33-dims", "65-dims"],
+)
+@pytest.mark.parametrize(
+    ("encode", "decode"),
+    [
+        (npy_of_shape, wire.decode_npy),
+        (json_of_shape, wire.decode_json_tensor),
+        (safetensors_of_shape, wire.decode_safetensors),
+    ],
+    ids=["npy", "json", "safetensors"],
+)
+def test_every_decoder_refuses_shapes_no_array_can_have(
+    encode: Any, decode: Any, shape: tuple[int, ...], message: str
+) -> None:
+    with pytest.raises(wire.WireError, match=message) as info:
+        decode(encode(shape))
+    assert info.value.code == "malformed_tensor"
+
+
+@pytest.mark.parametrize(
+    "shape", [(0, 2**40, 2**20), (1,) * 32, (0,) * 32], ids=["large-zero-size", "32-ones", "zeros"]
+)
+def test_shapes_at_the_limits_still_decode(shape: tuple[int, ...]) -> None:
+    for encode, decode in [
+        (npy_of_shape, wire.decode_npy),
+        (json_of_shape, wire.decode_json_tensor),
+    ]:
+        assert decode(encode(shape)).shape == shape
+    assert wire.decode_safetensors(safetensors_of_shape(shape))["X"].shape == shape
+
+
+@pytest.mark.parametrize("dtype", [[], {"a": 1}, 4, None], ids=["list", "dict", "int", "null"])
+def test_safetensors_refuses_a_dtype_that_is_not_a_string(dtype: object) -> None:
+    body = safetensors_with({"X": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}, b"0" * 4)
+    with pytest.raises(wire.WireError, match=re.escape(f"unsupported dtype {dtype!r}")) as info:
         wire.decode_safetensors(body)
     assert info.value.code == "invalid_tensor"
 

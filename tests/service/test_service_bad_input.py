@@ -31,6 +31,14 @@ def _huge_header() -> bytes:
     return buffer.getvalue() + b"\0" * 16
 
 
+def _zero_size_huge_npy() -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": (0, 2**62, 2**62, 1)}
+    )
+    return buffer.getvalue()
+
+
 def _json_tensor(**fields: Any) -> bytes:
     return wire.dumps({"dtype": "float32", "shape": [1, 2, 2, 1], "data": [1, 2, 3, 4], **fields})
 
@@ -55,6 +63,14 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str, tuple[str, ...]]] =
      ("2 values", "[1, 2, 2, 1]")),
     ("json-bad-value", "forward", _json_tensor(data=[1, "two", 3, 4]), JSON, 400,
      "malformed_tensor", ("'two'",)),
+    ("zero-size-huge-npy", "forward", _zero_size_huge_npy(), NPY, 400, "malformed_tensor",
+     ("4611686018427387904",)),
+    ("zero-size-huge-json", "forward", _json_tensor(shape=[2**31] * 3 + [0], data=[]), JSON, 400,
+     "malformed_tensor", ("[2147483648, 2147483648, 2147483648, 0]",)),
+    ("65-dims-json", "forward", _json_tensor(shape=[1] * 65, data=[1]), JSON, 400,
+     "malformed_tensor", ("65 dims",)),
+    ("json-float16-overflow", "forward", _json_tensor(dtype="float16", data=[1, 1e10, 3, 4]), JSON,
+     400, "malformed_tensor", ("data[1]", "overflows dtype float16")),
     ("json-unknown-dtype", "forward", _json_tensor(dtype="complex64"), JSON, 422,
      "invalid_tensor", ("complex64",)),
     ("wrong-content-type", "forward", npy(X1), {"Content-Type": "text/csv"}, 415,

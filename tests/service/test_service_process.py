@@ -4,8 +4,10 @@ run of hostile requests that must neither kill it nor make it grow."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,15 +56,41 @@ def pickled_npy() -> bytes:
     return buffer.getvalue()
 
 
+def safetensors_with(header: object, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
 def hostile_requests(session: str) -> list[tuple[str, bytes, dict[str, str]]]:
     """(path, body, headers) of requests the server must refuse, one of each kind."""
     huge_header = npy(np.zeros(1, np.float32)).replace(b"(1,)", b"(99999, 99999)")
+    zero_size_huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        zero_size_huge, {"descr": "<f4", "fortran_order": False, "shape": (0, 2**62, 2**62, 1)}
+    )
+    safetensors = {"Content-Type": wire.MEDIA_SAFETENSORS}
     forward = f"{session}/forward"
     return [
         (forward, pickled_npy(), NPY),
         (forward, npy(X1)[:-7], NPY),
         (forward, huge_header, NPY),
         (forward, b'{"dtype": "float32", "shape": [1, 2', JSON),
+        (forward, zero_size_huge.getvalue(), NPY),
+        (forward, b'{"dtype": "float32", "shape": [2147483648, 2147483648, 0], "data": []}', JSON),
+        (forward, json.dumps({"shape": [1] * 65, "data": [1]}).encode(), JSON),
+        (forward, b'{"dtype": "float16", "shape": [1, 1, 1, 1], "data": [1e10]}', JSON),
+        (
+            "/v1/gradient",
+            safetensors_with({"X": {"dtype": [], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+            safetensors,
+        ),
+        (
+            "/v1/gradient",
+            safetensors_with(
+                {"X": {"dtype": "F32", "shape": [0, 2**62, 2**62, 1], "data_offsets": [0, 0]}}
+            ),
+            safetensors,
+        ),
         (forward, npy(X1), {"Content-Type": "text/plain"}),
         (forward, npy(X1[0]), NPY),
         (forward, npy(X1.astype(np.int32)), NPY),
