@@ -5,6 +5,8 @@ error naming what was received.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,11 @@ __all__ = ["negotiate", "parse_if_match", "read_body", "request_media_type", "sp
 #: instead of reading and discarding the rest (uvicorn would, to keep the connection alive).
 _CLOSE = {"Connection": "close"}
 
+#: A step in an entity tag, and a Content-Length: ASCII digits only (``str.isdigit`` also
+#: takes "²", which ``int`` refuses), at most 18 so ``int`` never meets Python's limit on
+#: digits and the value fits a signed 64-bit integer.
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
 
 async def read_body(request: Request, *, limit: int, timeout: float, hint: str = "") -> bytes:
     """The whole body, refused with 413 as soon as it is known to pass ``limit`` bytes.
@@ -40,7 +47,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
     """
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if _DIGITS.fullmatch(declared) is None:
             raise BadRequest(f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise PayloadTooLarge(
@@ -124,24 +131,27 @@ def _q_param(params: list[str]) -> float:
         name, _, value = param.partition("=")
         if name.strip().lower() == "q":
             try:
-                return min(max(float(value), 0.0), 1.0)
+                quality = float(value)
             except ValueError:
                 return 0.0
+            # Out of [0, 1] or not a number at all (nan, inf): not a weight, so not acceptable.
+            return quality if math.isfinite(quality) and 0.0 <= quality <= 1.0 else 0.0
     return 1.0
 
 
 def parse_if_match(value: str | None) -> StepCondition | None:
     """``If-Match`` as a step condition: None when absent or ``*`` (any cached step matches).
 
-    Entity tags are ``"<step>"`` or weak ``W/"<step>"``; a list matches any of its steps. A
-    tag that is not a step can never match, so it ends as a 412 quoting the header.
+    Entity tags are ``"<step>"`` or weak ``W/"<step>"`` with 1 to 18 ASCII digits; a list
+    matches any of its steps. A tag that is not a step can never match, so it ends as a 412
+    quoting the header.
     """
     if value is None or value.strip() == "*":
         return None
     steps = set()
     for tag in value.split(","):
         text = tag.strip().removeprefix("W/")
-        if len(text) >= 2 and text[0] == text[-1] == '"' and text[1:-1].isdigit():
+        if len(text) >= 2 and text[0] == text[-1] == '"' and _DIGITS.fullmatch(text[1:-1]):
             steps.add(int(text[1:-1]))
     return StepCondition(raw=value, steps=frozenset(steps))
 

@@ -51,7 +51,7 @@ def _nan_x() -> bytes:
 
 # (id, route, body, headers, status, code, words the detail must contain)
 # route: "forward" / "backward" on the primed session, "nan-forward" on a nan="reject" one.
-CASES: list[tuple[str, str, bytes, dict[str, str], int, str, tuple[str, ...]]] = [
+CASES: list[tuple[str, str, bytes, dict[str, str | bytes], int, str, tuple[str, ...]]] = [
     ("pickled-npy", "forward", _pickled(), NPY, 400, "malformed_tensor", ("object",)),
     ("truncated-npy", "forward", npy(X1)[:-7], NPY, 400, "malformed_tensor", ("truncated", "384")),
     ("not-npy", "forward", b"hello there", NPY, 400, "malformed_tensor", ("b'hello '",)),
@@ -103,6 +103,10 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str, tuple[str, ...]]] =
      ('"7"', "step 1")),
     ("garbage-if-match", "backward", npy(DA1), {**NPY, "If-Match": "yesterday"}, 412,
      "stale_step", ("yesterday",)),
+    ("superscript-if-match", "backward", npy(DA1), {**NPY, "If-Match": '"\xb2"'.encode("latin-1")},
+     412, "stale_step", ('\'"\N{SUPERSCRIPT TWO}"\'', "step 1")),
+    ("5000-digit-if-match", "backward", npy(DA1), {**NPY, "If-Match": '"' + "9" * 5000 + '"'},
+     412, "stale_step", ('"99999', "step 1")),
 ]  # fmt: skip
 
 
@@ -115,7 +119,7 @@ async def test_bad_tensor_input_is_refused_and_nothing_changes(
     client: httpx.AsyncClient,
     route: str,
     body: bytes,
-    headers: dict[str, str],
+    headers: dict[str, str | bytes],
     status: int,
     code: str,
     named: tuple[str, ...],

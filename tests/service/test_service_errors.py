@@ -87,11 +87,25 @@ async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClien
     assert "POST" in response.headers["allow"]
 
 
-async def test_invalid_content_length_is_400(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    ("declared", "named"),
+    [
+        (b"lots", "'lots'"),
+        ("\N{SUPERSCRIPT TWO}".encode("latin-1"), "'\N{SUPERSCRIPT TWO}'"),
+        (b"9" * 5000, "'99999"),
+        (b"+384", "'+384'"),
+        (b"-1", "'-1'"),
+        (b"384, 384", "'384, 384'"),
+    ],
+    ids=["word", "superscript-digit", "5000-digits", "plus", "negative", "list"],
+)
+async def test_invalid_content_length_is_400(
+    client: httpx.AsyncClient, declared: bytes, named: str
+) -> None:
     session_id = await new_session(client)
     response = await client.post(
         f"/v1/sessions/{session_id}/forward",
         content=npy(X1),
-        headers={**NPY, "Content-Length": "lots"},
+        headers={**NPY, "Content-Length": declared},
     )
-    assert_problem(response, 400, "bad_request", "'lots'")
+    assert_problem(response, 400, "bad_request", named)

@@ -76,13 +76,20 @@ def test_store_url_picks_the_backend() -> None:
         ("application/json;q=0, */*", JSON, NPY),
         ("text/plain, */*;q=0.01", NPY, NPY),
         ("application/json;q=bogus, application/x-npy", JSON, NPY),
+        ("application/json;q=nan, application/x-npy;q=0.1", JSON, NPY),
+        ("application/json;q=inf, application/x-npy;q=0.1", JSON, NPY),
+        ("application/json;q=2, application/x-npy;q=0.1", JSON, NPY),
+        ("application/json;q=-1, application/x-npy;q=0.1", JSON, NPY),
     ],
 )
 def test_negotiate(accept: str | None, default: str, chosen: str) -> None:
     assert negotiate(accept, (NPY, JSON), default) == chosen
 
 
-@pytest.mark.parametrize("accept", ["text/html", "application/json;q=0, application/x-npy;q=0"])
+@pytest.mark.parametrize(
+    "accept",
+    ["text/html", "application/json;q=0, application/x-npy;q=0", "*/*;q=nan", "*/*;q=NaN"],
+)
 def test_negotiate_refuses_naming_the_header(accept: str) -> None:
     with pytest.raises(NotAcceptable, match="Accept"):
         negotiate(accept, (NPY, JSON), NPY)
@@ -96,6 +103,12 @@ def test_negotiate_refuses_naming_the_header(accept: str) -> None:
         ('"1", W/"2" , "x"', {1, 2}),
         ("3", set()),
         ('"-1"', set()),
+        ('"\N{SUPERSCRIPT TWO}"', set()),
+        ('"\N{ARABIC-INDIC DIGIT THREE}"', set()),
+        ('"' + "9" * 5000 + '"', set()),
+        ('"' + "9" * 19 + '"', set()),
+        ('"' + "9" * 18 + '"', {10**18 - 1}),
+        ('"+3"', set()),
     ],
 )
 def test_if_match_steps(header: str, steps: set[int]) -> None:
