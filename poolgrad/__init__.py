@@ -18,6 +18,7 @@ from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_T
 from poolgrad._exceptions import (
     APIConnectionError,
     APIError,
+    APIResponseError,
     APITimeoutError,
     BadRequestError,
     CapacityError,
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "APIConnectionError",
     "APIError",
+    "APIResponseError",
     "APITimeoutError",
     "AsyncClient",
     "AsyncSession",

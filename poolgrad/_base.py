@@ -2,7 +2,8 @@
 decisions and response parsing. The clients in :mod:`poolgrad._client` only send and sleep.
 
 Retry policy (``max_retries`` retries after the first attempt, capped exponential backoff
-with full jitter, ``Retry-After`` honoured up to :data:`MAX_RETRY_AFTER` seconds):
+with full jitter; a ``Retry-After`` in ``(0, MAX_RETRY_AFTER]`` seconds is honoured, any other
+falls back to the backoff):
 
 * 429 and 503 are retried for every request: the server answers them before applying anything.
 * Transport failures (refused, reset, timeouts) are retried for every request that is safe to
@@ -13,7 +14,11 @@ with full jitter, ``Retry-After`` honoured up to :data:`MAX_RETRY_AFTER` seconds
 * Session creation is retried on transport failures only when the request was certainly never
   sent (connect errors, connect and pool timeouts): a read timeout may have created a session,
   and a repeat would leak one.
-* Every other status is final and raised as its :class:`~poolgrad.APIError` subclass.
+* Every other status is final and raised as its :class:`~poolgrad.APIError` subclass, and so is
+  an answer that cannot be used (:class:`~poolgrad.APIResponseError`).
+* Cleanup (deleting a session on leaving ``with``) is one attempt with the short
+  :data:`~poolgrad._constants.CLEANUP_TIMEOUT`: it runs while an error or a cancellation is
+  on its way to the caller, and must not hold it up for minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -37,6 +43,7 @@ from poolgrad import wire
 from poolgrad._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
+    CLEANUP_TIMEOUT,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -48,12 +55,13 @@ from poolgrad._constants import (
 )
 from poolgrad._exceptions import (
     APIConnectionError,
+    APIResponseError,
     APITimeoutError,
     PoolgradError,
     _connection_message,
     _make_status_error,
 )
-from poolgrad._types import SessionInfo, TensorFormat
+from poolgrad._types import NOT_GIVEN, NotGiven, SessionInfo, TensorFormat
 from poolgrad._version import __version__
 
 SPEC_FIELDS: Final = (
@@ -69,6 +77,8 @@ SPEC_FIELDS: Final = (
 
 # Failures that prove the request never reached the server.
 _UNSENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+_HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 
 
 class Retry(enum.Enum):
@@ -88,6 +98,8 @@ class RequestOptions:
     content: bytes | None = None
     params: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Cleanup: one attempt with :data:`CLEANUP_TIMEOUT`, whatever the client's configuration.
+    cleanup: bool = False
 
 
 # ------------------------------------------------------------------------------- spec
@@ -95,10 +107,10 @@ class RequestOptions:
 
 def _plain(value: Any) -> Any:
     """Tuples to lists and NumPy scalars to Python ones, recursively (JSON-able)."""
+    if isinstance(value, np.generic):  # np.int64(2), np.False_, np.str_("max")
+        value = value.item()
     if isinstance(value, str | bool) or value is None:
         return value
-    if isinstance(value, np.integer):
-        return int(value)
     if isinstance(value, int | float):
         return value
     if isinstance(value, np.ndarray):
@@ -132,13 +144,14 @@ def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:
     """The spec as ``/v1/gradient`` query parameters (docs/DECISIONS.md, "HTTP details")."""
     _check_fields(spec)
     query: dict[str, str] = {}
-    for name, value in spec.items():
+    for name, raw in spec.items():
+        value = _plain(raw)  # np.False_ must read "false", as False does
         if value is None:
             continue
         if name in ("pool_size", "strides"):
             query[name] = _ints(value)
         elif name == "padding" and not isinstance(value, str):
-            query[name] = ",".join(f"{before}:{after}" for before, after in _plain(value))
+            query[name] = ",".join(f"{before}:{after}" for before, after in value)
         elif isinstance(value, bool):
             query[name] = "true" if value else "false"
         else:
@@ -189,7 +202,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 def session_info(body: Any) -> SessionInfo:
     """Build :class:`SessionInfo` from a session answer."""
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise PoolgradError(f"the server answered a session request with {body!r}")
+        raise APIResponseError(f"the server answered a session request with {body!r}")
     return SessionInfo(
         id=body["id"],
         spec=dict(body.get("spec") or {}),
@@ -202,10 +215,16 @@ def session_info(body: Any) -> SessionInfo:
     )
 
 
+def session_path(session_id: str, action: str | None = None) -> str:
+    """``/v1/sessions/{id}[/action]``, the id percent-encoded (``a/b``, ``..`` stay one segment)."""
+    path = f"/v1/sessions/{quote(session_id, safe='')}"
+    return f"{path}/{action}" if action is not None else path
+
+
 # ----------------------------------------------------------------------------- base
 
 
-class BaseClient:
+class BaseClient(Generic[_HttpT]):
     """Configuration, request building, retry decisions and parsing; no I/O.
 
     Parameters
@@ -216,13 +235,17 @@ class BaseClient:
     api_key : str, optional
         Sent as ``Authorization: Bearer <key>``; else ``POOLGRAD_API_KEY``, else none.
     timeout : float or httpx.Timeout or None
-        Per attempt; ``None`` waits forever. Default ``httpx.Timeout(60.0, connect=5.0)``.
+        Per attempt; ``None`` waits forever. Left out: the ``http_client``'s own timeout when
+        one is given, else ``httpx.Timeout(60.0, connect=5.0)``.
     max_retries : int
         Retries after the first attempt (see the module docstring for which requests).
     tensor_format : {"npy", "json"}
         ``"npy"`` sends ``.npy`` tensors and safetensors named tensors; ``"json"`` sends JSON.
     headers : mapping, optional
         Extra headers on every request.
+    http_client : httpx.Client or httpx.AsyncClient, optional
+        A configured client (proxies, transports); it is then yours to close. By default the
+        client makes its own (:meth:`_make_http`) and closes it in ``close()``.
     """
 
     def __init__(
@@ -230,10 +253,11 @@ class BaseClient:
         base_url: str | None = None,
         *,
         api_key: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | NotGiven | None = NOT_GIVEN,
         max_retries: int = DEFAULT_MAX_RETRIES,
         tensor_format: TensorFormat = "npy",
         headers: Mapping[str, str] | None = None,
+        http_client: _HttpT | None = None,
     ) -> None:
         url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
@@ -246,13 +270,21 @@ class BaseClient:
             raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
         if tensor_format not in ("npy", "json"):
             raise ValueError(f"tensor_format must be 'npy' or 'json', got {tensor_format!r}")
+        if timeout is NOT_GIVEN:
+            timeout = http_client.timeout if http_client is not None else DEFAULT_TIMEOUT
         self.base_url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-        self.timeout = timeout
+        self.timeout: float | httpx.Timeout | None = timeout
         self.max_retries = max_retries
         self.tensor_format: TensorFormat = tensor_format
         self._extra_headers = dict(headers or {})
         self._random = random.Random()
+        self._owns_http = http_client is None
+        self._http: _HttpT = http_client if http_client is not None else self._make_http()
+
+    def _make_http(self) -> _HttpT:
+        """The HTTP client to use when the caller brought none (closed by ``close()``)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -273,22 +305,26 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _build_request(
-        self, client: httpx.Client | httpx.AsyncClient, options: RequestOptions
-    ) -> httpx.Request:
+    def _build_request(self, options: RequestOptions) -> httpx.Request:
         """The request every attempt sends: one request id for the whole logical request."""
+        if self._http.is_closed:
+            whose = "this poolgrad client" if self._owns_http else "the http_client= it was given"
+            raise PoolgradError(
+                f"{options.method} {options.path}: {whose} is closed; make a new client "
+                f"(or use it inside its `with` block)"
+            )
         headers = {
             **self._default_headers(),
             REQUEST_ID_HEADER: uuid.uuid4().hex,
             **options.headers,
         }
-        return client.build_request(
+        return self._http.build_request(
             options.method,
             f"{self.base_url}{options.path}",
             content=options.content,
             params=options.params,
             headers=headers,
-            timeout=self.timeout,
+            timeout=httpx.Timeout(CLEANUP_TIMEOUT) if options.cleanup else self.timeout,
         )
 
     # ------------------------------------------------------------------- retries
@@ -303,19 +339,20 @@ class BaseClient:
         attempt: int,
         *,
         response: httpx.Response | None = None,
-        error: httpx.TransportError | None = None,
+        error: httpx.RequestError | None = None,
     ) -> float | None:
         """Seconds to wait before retrying after ``attempt`` (0-based), or ``None``: give up."""
-        if attempt >= self.max_retries:
+        if options.cleanup or attempt >= self.max_retries:
             return None
         if response is not None:
             if response.status_code not in RETRY_STATUSES:
                 return None
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if retry_after is not None:
-                return min(retry_after, MAX_RETRY_AFTER)
+            if retry_after is not None and 0.0 < retry_after <= MAX_RETRY_AFTER:
+                return retry_after
             return self._backoff(attempt)
-        if error is None:
+        # An answer that arrived but does not decode, or a redirect loop, is not transient.
+        if not isinstance(error, httpx.TransportError):
             return None
         if options.retry is Retry.UNSENT and not isinstance(error, _UNSENT_ERRORS):
             return None
@@ -329,9 +366,13 @@ class BaseClient:
         raise _make_status_error(response)
 
     @staticmethod
-    def _transport_error(request: httpx.Request, exc: httpx.TransportError) -> APIConnectionError:
-        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-        return cls(_connection_message(request, exc), request=request)
+    def _request_error(request: httpx.Request, exc: httpx.RequestError) -> PoolgradError:
+        """The SDK's exception for an ``httpx`` failure (the caller chains it ``from exc``)."""
+        if isinstance(exc, httpx.TransportError):
+            cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+            return cls(_connection_message(request, exc), request=request)
+        reason = str(exc) or type(exc).__name__
+        return APIResponseError(f"{request.method} {request.url} answered unusably: {reason}")
 
     # ------------------------------------------------------------------ requests
 
@@ -350,15 +391,15 @@ class BaseClient:
         )
 
     @staticmethod
-    def _session_options(method: str, session_id: str) -> RequestOptions:
-        return RequestOptions(method, f"/v1/sessions/{session_id}", Retry.SAFE,
-                              headers={"Accept": wire.MEDIA_JSON})  # fmt: skip
+    def _session_options(method: str, session_id: str, *, cleanup: bool = False) -> RequestOptions:
+        return RequestOptions(method, session_path(session_id), Retry.SAFE,
+                              headers={"Accept": wire.MEDIA_JSON}, cleanup=cleanup)  # fmt: skip
 
     def _forward_options(self, session_id: str, X: npt.ArrayLike) -> RequestOptions:
         media = self._tensor_media
         return RequestOptions(
             "POST",
-            f"/v1/sessions/{session_id}/forward",
+            session_path(session_id, "forward"),
             Retry.SAFE,
             content=wire.encode_tensor(np.asarray(X), media),
             headers={"Content-Type": media, "Accept": media},
@@ -373,7 +414,7 @@ class BaseClient:
             headers["If-Match"] = f'"{step}"'
         return RequestOptions(
             "POST",
-            f"/v1/sessions/{session_id}/backward",
+            session_path(session_id, "backward"),
             Retry.SAFE,
             content=wire.encode_tensor(np.asarray(dA), media),
             headers=headers,
@@ -406,7 +447,7 @@ class BaseClient:
         try:
             return wire.loads(response.content)
         except wire.WireError as exc:
-            raise PoolgradError(
+            raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered "
                 f"{response.status_code} with a body that is not JSON: {exc}"
             ) from exc
@@ -417,7 +458,7 @@ class BaseClient:
         try:
             return _writable(wire.decode_tensor(response.content, media))
         except ValueError as exc:  # WireError, or a media type no decoder reads
-            raise PoolgradError(
+            raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered a tensor "
                 f"that does not decode ({media or 'no Content-Type'}): {exc}"
             ) from exc
@@ -428,7 +469,7 @@ class BaseClient:
         try:
             tensors = wire.decode_named(response.content, media)
         except ValueError as exc:
-            raise PoolgradError(
+            raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered named tensors "
                 f"that do not decode ({media or 'no Content-Type'}): {exc}"
             ) from exc

@@ -18,9 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from poolgrad._base import BaseClient, RequestOptions, parse_etag_step, session_info
-from poolgrad._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from poolgrad._exceptions import PoolgradError, SessionNotFoundError
-from poolgrad._types import PoolSpecKwargs, SessionInfo, TensorFormat
+from poolgrad._constants import CLEANUP_TIMEOUT
+from poolgrad._exceptions import (
+    APIResponseError,
+    APITimeoutError,
+    PoolgradError,
+    SessionNotFoundError,
+)
+from poolgrad._types import PoolSpecKwargs, SessionInfo
 
 __all__ = ["AsyncClient", "AsyncSession", "Client", "Session"]
 
@@ -42,7 +47,7 @@ class _SessionState:
     def _record_forward(self, response: httpx.Response) -> None:
         step = parse_etag_step(response.headers.get("etag"))
         if step is None:
-            raise PoolgradError(
+            raise APIResponseError(
                 f"forward on session {self.id} answered without an ETag step "
                 f"(got {response.headers.get('etag')!r}); the backward could not be pinned to it"
             )
@@ -57,6 +62,13 @@ def _note_cleanup_failure(exc: BaseException | None, session_id: str, error: Exc
         raise error
     # The block's own exception matters more; keep the cleanup failure visible on it.
     exc.add_note(f"deleting poolgrad session {session_id} on exit also failed: {error}")
+
+
+def _cleanup_timed_out(session_id: str) -> APITimeoutError:
+    return APITimeoutError(
+        f"deleting poolgrad session {session_id} on exit took over {CLEANUP_TIMEOUT} s; "
+        f"it expires on the server after its idle TTL"
+    )
 
 
 # ----------------------------------------------------------------------------- sync
@@ -98,8 +110,12 @@ class Session(_SessionState):
 
     def delete(self) -> None:
         """Delete the session on the server (a session already gone is not an error)."""
+        self._delete(cleanup=False)
+
+    def _delete(self, *, cleanup: bool) -> None:
+        options = self._client._session_options("DELETE", self.id, cleanup=cleanup)
         with contextlib.suppress(SessionNotFoundError):
-            self._client._request(self._client._session_options("DELETE", self.id))
+            self._client._request(options)
         self.deleted = True
 
     def __enter__(self) -> Session:
@@ -112,7 +128,8 @@ class Session(_SessionState):
         traceback: TracebackType | None,
     ) -> None:
         try:
-            self.delete()
+            # One short attempt: the caller (or its exception) is waiting on us.
+            self._delete(cleanup=True)
         except PoolgradError as error:
             _note_cleanup_failure(exc, self.id, error)
 
@@ -140,42 +157,29 @@ class _SessionContext:
             self._session.__exit__(exc_type, exc, traceback)
 
 
-class Client(BaseClient):
+class Client(BaseClient[httpx.Client]):
     """Synchronous client. Use it as a context manager, or call :meth:`close`.
 
     ``http_client`` lets you bring a configured ``httpx.Client`` (proxies, transports); it is
-    then yours to close. See :class:`~poolgrad._base.BaseClient` for the other arguments.
+    then yours to close. See :class:`~poolgrad._base.BaseClient` for the arguments.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        tensor_format: TensorFormat = "npy",
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                         tensor_format=tensor_format, headers=headers)  # fmt: skip
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client()
+    def _make_http(self) -> httpx.Client:
+        return httpx.Client()
 
     def _sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
     def _request(self, options: RequestOptions) -> httpx.Response:
-        request = self._build_request(self._http, options)
+        request = self._build_request(options)
         attempt = 0
         while True:
             try:
                 response = self._http.send(request)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 delay = self._retry_delay(options, attempt, error=exc)
                 if delay is None:
-                    raise self._transport_error(request, exc) from exc
+                    raise self._request_error(request, exc) from exc
             else:
                 delay = self._retry_delay(options, attempt, response=response)
                 if delay is None:
@@ -265,8 +269,12 @@ class AsyncSession(_SessionState):
 
     async def delete(self) -> None:
         """See :meth:`Session.delete`."""
+        await self._delete(cleanup=False)
+
+    async def _delete(self, *, cleanup: bool) -> None:
+        options = self._client._session_options("DELETE", self.id, cleanup=cleanup)
         with contextlib.suppress(SessionNotFoundError):
-            await self._client._request(self._client._session_options("DELETE", self.id))
+            await self._client._request(options)
         self.deleted = True
 
     async def __aenter__(self) -> AsyncSession:
@@ -279,9 +287,12 @@ class AsyncSession(_SessionState):
         traceback: TracebackType | None,
     ) -> None:
         try:
-            # Shielded: a cancelled block must still release its server-side state.
-            with anyio.CancelScope(shield=True):
-                await self.delete()
+            # Shielded: a cancelled block must still release its server-side state; bounded:
+            # one attempt, CLEANUP_TIMEOUT in all, or the cancellation would wait on us.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT) as bound:
+                await self._delete(cleanup=True)
+            if bound.cancelled_caught:
+                raise _cleanup_timed_out(self.id)
         except PoolgradError as error:
             _note_cleanup_failure(exc, self.id, error)
 
@@ -313,38 +324,25 @@ class _AsyncSessionContext:
             await self._session.__aexit__(exc_type, exc, traceback)
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(BaseClient[httpx.AsyncClient]):
     """Asynchronous twin of :class:`Client` (asyncio or trio): ``async with``, ``await``."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        tensor_format: TensorFormat = "npy",
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                         tensor_format=tensor_format, headers=headers)  # fmt: skip
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient()
+    def _make_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient()
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
     async def _request(self, options: RequestOptions) -> httpx.Response:
-        request = self._build_request(self._http, options)
+        request = self._build_request(options)
         attempt = 0
         while True:
             try:
                 response = await self._http.send(request)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 delay = self._retry_delay(options, attempt, error=exc)
                 if delay is None:
-                    raise self._transport_error(request, exc) from exc
+                    raise self._request_error(request, exc) from exc
             else:
                 delay = self._retry_delay(options, attempt, response=response)
                 if delay is None:
@@ -407,6 +405,6 @@ def _pick(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     try:
         return tensors[name]
     except KeyError:
-        raise PoolgradError(
+        raise APIResponseError(
             f"the server's answer holds tensors {sorted(tensors)} but not {name!r}"
         ) from None

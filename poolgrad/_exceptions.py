@@ -5,6 +5,8 @@ The tree::
     PoolgradError
     ├── APIConnectionError              no HTTP answer: refused, reset, DNS, protocol
     │   └── APITimeoutError             connect, read, write or pool timeout
+    ├── APIResponseError                an answer that cannot be used: its body or content
+    │                                   encoding does not decode, or too many redirects
     └── APIError                        the server answered with a 4xx/5xx problem
         ├── BadRequestError             400
         │   └── MalformedTensorError        malformed_tensor
@@ -29,8 +31,9 @@ The tree::
 
 An answer is mapped by its problem ``code`` first (the contract's codes, see
 :data:`poolgrad.wire.PROBLEMS`), then by its status, then to :class:`APIError` itself.
-No ``httpx`` exception escapes the SDK: transport failures are chained
-(``raise APIConnectionError(...) from exc``).
+No ``httpx`` exception escapes the SDK: every ``httpx.RequestError`` is translated and chained
+(``raise APIConnectionError(...) from exc``), and a closed client raises :class:`PoolgradError`.
+Every exception pickles (an :class:`APIError` without its ``response``), e.g. across processes.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from poolgrad.wire import MEDIA_JSON, MEDIA_PROBLEM, PROBLEMS, WireError, loads,
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIResponseError",
     "APITimeoutError",
     "BadRequestError",
     "CapacityError",
@@ -88,6 +92,12 @@ class APITimeoutError(APIConnectionError):
     """Connecting, sending, waiting for the answer or for a pooled connection timed out."""
 
 
+class APIResponseError(PoolgradError):
+    """An answer came but cannot be used: a body or content encoding that does not decode, a
+    session answer without its fields, a redirect loop. Not retried: the request may have been
+    applied."""
+
+
 class APIError(PoolgradError):
     """The server answered with an error status; the fields come from its problem+json body.
 
@@ -100,7 +110,8 @@ class APIError(PoolgradError):
     title, detail : str
         Short summary and the server's explanation naming the offending value.
     request_id : str | None
-        The ``X-Request-ID`` of the request, for the server's logs.
+        The ``X-Request-ID`` of the request, for the server's logs: the one the answer echoes,
+        else the one the client sent (a proxy's error page echoes none).
     body : object
         The decoded JSON body, or the raw text when it was not JSON.
     """
@@ -125,6 +136,29 @@ class APIError(PoolgradError):
         self.request_id = request_id
         self.body = body
         self.response = response
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The keyword-only fields defeat the default (cls(*args)); the response does not pickle.
+        fields = {
+            "status": self.status,
+            "code": self.code,
+            "title": self.title,
+            "detail": self.detail,
+            "request_id": self.request_id,
+            "body": self.body,
+        }
+        return _rebuild_api_error, (type(self), str(self), fields), self._extra_state()
+
+    def _extra_state(self) -> dict[str, Any]:
+        # Whatever else callers attached (``__notes__`` among them), minus the response.
+        state = dict(self.__dict__)
+        for name in ("status", "code", "title", "detail", "request_id", "body", "response"):
+            state.pop(name, None)
+        return state
+
+
+def _rebuild_api_error(cls: type[APIError], message: str, fields: dict[str, Any]) -> APIError:
+    return cls(message, **fields)
 
 
 class BadRequestError(APIError):
@@ -270,8 +304,10 @@ def _make_status_error(response: httpx.Response) -> APIError:
     detail = problem.get("detail")
     if not isinstance(detail, str):
         detail = body.strip()[:500] if isinstance(body, str) and body.strip() else title
-    request_id = response.headers.get(REQUEST_ID_HEADER) or (
-        str(problem["request_id"]) if problem.get("request_id") else None
+    request_id = (
+        response.headers.get(REQUEST_ID_HEADER)
+        or (str(problem["request_id"]) if problem.get("request_id") else None)
+        or _sent_request_id(response)
     )
     cls = _error_class(status, code)
     message = f"{status} {code or title}: {detail}"
@@ -289,6 +325,15 @@ def _make_status_error(response: httpx.Response) -> APIError:
         body=body,
         response=response,
     )
+
+
+def _sent_request_id(response: httpx.Response) -> str | None:
+    try:
+        request = response.request
+    except RuntimeError:  # a response built by hand, never sent
+        return None
+    sent = request.headers.get(REQUEST_ID_HEADER)
+    return str(sent) if sent is not None else None
 
 
 def _connection_message(request: httpx.Request, exc: httpx.TransportError) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, TypedDict
+from typing import Any, Final, Literal, TypeAlias, TypedDict
 
-__all__ = ["PoolSpecKwargs", "SessionInfo", "TensorFormat"]
+__all__ = ["NOT_GIVEN", "NotGiven", "PoolSpecKwargs", "SessionInfo", "TensorFormat"]
 
 Mode: TypeAlias = Literal["max", "min", "avg"]
 Padding: TypeAlias = Literal["valid", "same"] | Sequence[Sequence[int]]
@@ -39,3 +40,16 @@ class SessionInfo:
     dtype: str | None
     state_bytes: int
     expires_at: str | None
+
+
+class NotGiven(enum.Enum):
+    """The type of :data:`NOT_GIVEN`: an argument left out, where ``None`` means something."""
+
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+#: ``timeout=NOT_GIVEN``: the ``http_client``'s timeout if one was given, else the default.
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 import respx
-from sdk_helpers import MOCK_URL, SESSION_ID, created, npy, problem
+from sdk_helpers import MOCK_URL, SESSION_ID, created, info, npy, problem
 
 import poolgrad
-from poolgrad import AsyncClient, Client, wire
+import poolgrad._client
+from poolgrad import AsyncClient, Client, Session, wire
 from poolgrad._base import spec_to_json, spec_to_query
-from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_TIMEOUT
+from poolgrad._constants import CLEANUP_TIMEOUT, DEFAULT_BASE_URL, DEFAULT_TIMEOUT
 
 FORWARD = f"/v1/sessions/{SESSION_ID}/forward"
 BACKWARD = f"/v1/sessions/{SESSION_ID}/backward"
@@ -56,6 +59,39 @@ def test_bad_base_url_names_both_fixes(source: str, monkeypatch: pytest.MonkeyPa
 def test_bad_options_are_refused_by_name(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Client(MOCK_URL, **kwargs)  # type: ignore[arg-type]
+
+
+def _timeout_sent(client: Client) -> object:
+    with respx.mock(base_url=MOCK_URL) as router:
+        route = router.get("/healthz").mock(return_value=httpx.Response(200))
+        client.health()
+    return route.calls.last.request.extensions["timeout"]
+
+
+def test_a_given_http_clients_timeout_is_kept_unless_timeout_is_passed() -> None:
+    with httpx.Client(timeout=300.0) as http:
+        assert _timeout_sent(Client(MOCK_URL, http_client=http)) == httpx.Timeout(300.0).as_dict()
+        explicit = Client(MOCK_URL, http_client=http, timeout=3.0)
+        assert _timeout_sent(explicit) == httpx.Timeout(3.0).as_dict()
+        forever = Client(MOCK_URL, http_client=http, timeout=None)
+        assert _timeout_sent(forever) == httpx.Timeout(None).as_dict()
+    with Client(MOCK_URL) as own:
+        assert _timeout_sent(own) == DEFAULT_TIMEOUT.as_dict()
+
+
+def test_a_client_the_sdk_made_is_closed_on_close() -> None:
+    client = Client(MOCK_URL)
+    with client:
+        assert not client._http.is_closed
+    assert client._http.is_closed
+
+
+@pytest.mark.anyio
+async def test_an_async_client_the_sdk_made_is_closed_on_close() -> None:
+    client = AsyncClient(MOCK_URL)
+    async with client:
+        assert not client._http.is_closed
+    assert client._http.is_closed
 
 
 def test_headers_key_user_agent_and_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,6 +150,23 @@ def test_spec_query_string_follows_the_decisions(
     spec: dict[str, object], query: dict[str, str]
 ) -> None:
     assert spec_to_query(spec) == query
+
+
+def test_numpy_scalars_are_plain_values_in_the_body_and_the_query() -> None:
+    spec = {
+        "mode": np.str_("avg"),
+        "pool_size": np.int64(2),
+        "strides": np.array([1, np.int32(2)]),
+        "padding": np.array([[1, 1], [0, 1]]),
+        "count_include_pad": np.False_,
+    }
+    body = spec_to_json(spec)
+    assert body == {"mode": "avg", "pool_size": 2, "strides": [1, 2],
+                    "padding": [[1, 1], [0, 1]], "count_include_pad": False}  # fmt: skip
+    assert json.loads(wire.dumps(body)) == body
+    assert spec_to_query(spec) == {"mode": "avg", "pool_size": "2", "strides": "1,2",
+                                   "padding": "1:1,0:1", "count_include_pad": "false"}  # fmt: skip
+    assert spec_to_query({"count_include_pad": np.True_}) == {"count_include_pad": "true"}
 
 
 def test_unknown_spec_field_is_refused_before_sending() -> None:
@@ -297,6 +350,110 @@ def test_failed_delete_on_error_keeps_the_original_exception_with_a_note() -> No
         # Without an error in the block, the failed delete is the error.
         with pytest.raises(poolgrad.StoreUnavailableError), client.session():
             pass
+
+
+@pytest.mark.parametrize("session_id", ["abc/forward", "../../healthz", "x?y=1#z", "a b%2F"])
+def test_session_ids_are_one_percent_encoded_path_segment(session_id: str) -> None:
+    paths: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path)
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if request.method == "GET":
+            return info(session_id)
+        return npy(np.zeros((1, 1, 1, 1)), ETag='"1"')
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    with Client(MOCK_URL, http_client=http) as client:
+        session = client.get_session(session_id)
+        session.forward(np.zeros((1, 2, 2, 1)))
+        session.backward(np.zeros((1, 1, 1, 1)))
+        session.info()
+        session.delete()
+    base = f"/v1/sessions/{quote(session_id, safe='')}".encode()
+    assert paths == [base, base + b"/forward", base + b"/backward", base, base]
+    assert all(path.count(b"/") in (3, 4) and b"?" not in path for path in paths)
+
+
+def test_leaving_the_block_deletes_in_one_short_attempt() -> None:
+    # The server's DELETE times out: with retries and the full timeout this took minutes.
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL, max_retries=2) as client:
+        client._sleep = lambda seconds: pytest.fail("cleanup must not retry")  # type: ignore[method-assign]
+        router.post("/v1/sessions").mock(return_value=created())
+        deleted = router.delete(SESSION).mock(side_effect=httpx.ReadTimeout)
+        with pytest.raises(poolgrad.APITimeoutError), client.session():
+            pass  # on success, the failed cleanup is the error
+        with pytest.raises(KeyError, match="boom") as caught, client.session():
+            raise KeyError("boom")
+    assert any(SESSION_ID in note for note in caught.value.__notes__)
+    assert deleted.call_count == 2  # one per block
+    cleanup = httpx.Timeout(CLEANUP_TIMEOUT).as_dict()
+    assert [call.request.extensions["timeout"] for call in deleted.calls] == [cleanup, cleanup]
+
+
+def test_an_explicit_delete_keeps_the_retry_policy() -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL, max_retries=2) as client:
+        client._sleep = lambda seconds: None  # type: ignore[method-assign]
+        deleted = router.delete(SESSION).mock(side_effect=httpx.ReadTimeout)
+        with pytest.raises(poolgrad.APITimeoutError):
+            Session(client, {"id": SESSION_ID}).delete()
+    assert deleted.call_count == 3
+    assert deleted.calls.last.request.extensions["timeout"] == DEFAULT_TIMEOUT.as_dict()
+
+
+def _hanging_delete(
+    deletes: list[httpx.Request], released: anyio.Event
+) -> httpx.AsyncBaseTransport:
+    """Sessions are created; a DELETE hangs until ``released`` (never, in these tests)."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return created()
+        deletes.append(request)
+        # A safety net so that an unbounded cleanup fails the test instead of hanging it.
+        with anyio.move_on_after(30):
+            await released.wait()
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_block_waits_for_one_bounded_delete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(poolgrad._client, "CLEANUP_TIMEOUT", 0.05)
+    deletes: list[httpx.Request] = []
+    released = anyio.Event()
+    http = httpx.AsyncClient(transport=_hanging_delete(deletes, released))
+    async with AsyncClient(MOCK_URL, http_client=http, max_retries=2) as client, http:
+        with anyio.CancelScope() as outer:
+            async with client.session() as session:
+                outer.cancel()
+                await anyio.sleep_forever()
+        assert outer.cancelled_caught
+        with pytest.raises(poolgrad.APITimeoutError, match=r"took over 0\.05 s"):
+            async with client.session():
+                pass
+    assert not released.is_set()
+    assert len(deletes) == 2  # one attempt per block, no retries
+    assert not session.deleted
+    cleanup = httpx.Timeout(CLEANUP_TIMEOUT).as_dict()
+    assert [request.extensions["timeout"] for request in deletes] == [cleanup, cleanup]
+
+
+@pytest.mark.anyio
+async def test_a_failed_async_cleanup_is_a_note_on_the_blocks_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(poolgrad._client, "CLEANUP_TIMEOUT", 0.05)
+    http = httpx.AsyncClient(transport=_hanging_delete([], anyio.Event()))
+    async with AsyncClient(MOCK_URL, http_client=http) as client, http:
+        with pytest.raises(KeyError, match="boom") as caught:
+            async with client.session():
+                raise KeyError("boom")
+    assert any(SESSION_ID in note and "0.05 s" in note for note in caught.value.__notes__)
 
 
 def test_deleting_a_session_already_gone_is_not_an_error() -> None:

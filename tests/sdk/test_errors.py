@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import httpx
 import numpy as np
 import pytest
@@ -131,9 +133,97 @@ def test_error_carries_the_request_id_the_client_sent() -> None:
         )
         with pytest.raises(poolgrad.InvalidSpecError, match="mode 'mean'") as caught:
             client.gradient(np.zeros((1, 2, 2, 1)), np.zeros((1, 1, 1, 1)), mode="max")
-    assert caught.value.request_id is None  # this answer did not echo it ...
+    # The answer (a proxy's, say) echoed no id: the error names the one the client sent.
     sent = route.calls.last.request.headers["X-Request-ID"]
-    assert len(sent) == 32  # ... but every request carries one
+    assert len(sent) == 32
+    assert caught.value.request_id == sent
+    assert f"[request id {sent}]" in str(caught.value)
+
+
+def test_an_echoed_request_id_wins_over_the_one_sent() -> None:
+    answer = problem(404, "session_not_found")
+    answer.request = httpx.Request("GET", MOCK_URL, headers={"X-Request-ID": "sent-id"})
+    assert _make_status_error(answer).request_id == "srv-req-1"
+
+
+@pytest.mark.parametrize("cls", [poolgrad.APIError, *CONTRACT_CODES.values()])
+def test_api_errors_pickle_without_their_response(cls: type[poolgrad.APIError]) -> None:
+    error = cls(
+        "409 no_forward: none yet",
+        status=409,
+        code="no_forward",
+        title="No forward",
+        detail="none yet",
+        request_id="r-1",
+        body={"code": "no_forward"},
+        response=httpx.Response(409),
+    )
+    error.add_note("while training")
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is cls
+    assert str(clone) == str(error)
+    assert (clone.status, clone.code, clone.title, clone.detail, clone.request_id, clone.body) == (
+        409,
+        "no_forward",
+        "No forward",
+        "none yet",
+        "r-1",
+        {"code": "no_forward"},
+    )
+    assert clone.response is None
+    assert clone.__notes__ == ["while training"]
+
+
+def test_a_mapped_answer_pickles() -> None:
+    error = _make_status_error(response(problem(412, "stale_step", "step 3 is gone")))
+    clone = pickle.loads(pickle.dumps(error))
+    assert isinstance(clone, poolgrad.StaleStepError)
+    assert clone.detail == "step 3 is gone"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.DecodingError("bad gzip"), httpx.TooManyRedirects("loop")],
+    ids=["decoding", "redirects"],
+)
+def test_request_errors_that_are_not_transport_failures_are_ours_and_final(
+    exc: httpx.RequestError,
+) -> None:
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
+        route = router.get("/healthz").mock(side_effect=exc)
+        with pytest.raises(poolgrad.APIResponseError, match=str(exc)) as caught:
+            client.health()
+    assert isinstance(caught.value, poolgrad.PoolgradError)
+    assert caught.value.__cause__ is exc
+    assert route.call_count == 1  # an answer came: repeating it would not help
+
+
+@pytest.mark.anyio
+async def test_async_request_errors_are_ours() -> None:
+    async with AsyncClient(MOCK_URL) as client:
+        with respx.mock(base_url=MOCK_URL) as router:
+            router.get("/healthz").mock(side_effect=httpx.DecodingError("bad br"))
+            with pytest.raises(poolgrad.APIResponseError, match="bad br"):
+                await client.health()
+
+
+def test_a_closed_client_raises_our_error_naming_the_problem() -> None:
+    client = Client(MOCK_URL)
+    client.close()
+    with pytest.raises(poolgrad.PoolgradError, match="poolgrad client is closed"):
+        client.health()
+    http = httpx.Client()
+    http.close()
+    with pytest.raises(poolgrad.PoolgradError, match="http_client= it was given is closed"):
+        Client(MOCK_URL, http_client=http).health()
+
+
+@pytest.mark.anyio
+async def test_a_closed_async_client_raises_our_error() -> None:
+    client = AsyncClient(MOCK_URL)
+    await client.close()
+    with pytest.raises(poolgrad.PoolgradError, match="poolgrad client is closed"):
+        await client.health()
 
 
 @pytest.mark.anyio

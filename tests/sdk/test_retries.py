@@ -2,7 +2,7 @@
 
 Sleeping is patched out and the jitter draw returns its upper bound, so every delay the
 client asks for is exact: ``0.5 * 2**attempt`` capped at 8 s, or the server's ``Retry-After``
-capped at 60 s.
+when it is within ``(0, 60]`` seconds.
 """
 
 from __future__ import annotations
@@ -93,10 +93,12 @@ def rows() -> list[Any]:
         # Never sent: every request retries.
         table.append(pytest.param(op, lambda: httpx.ConnectError, [0.5], id=f"{op}-connect"))
         table.append(pytest.param(op, lambda: httpx.ConnectTimeout, [0.5], id=f"{op}-ctimeout"))
+        table.append(pytest.param(op, lambda: httpx.PoolTimeout, [0.5], id=f"{op}-ptimeout"))
         # Maybe applied: only requests safe to repeat retry; creating a session does not.
-        read_timeout: Expected = poolgrad.APITimeoutError if op == "create" else [0.5]
+        timeout: Expected = poolgrad.APITimeoutError if op == "create" else [0.5]
         dropped: Expected = poolgrad.APIConnectionError if op == "create" else [0.5]
-        table.append(pytest.param(op, lambda: httpx.ReadTimeout, read_timeout, id=f"{op}-rtimeout"))
+        table.append(pytest.param(op, lambda: httpx.ReadTimeout, timeout, id=f"{op}-rtimeout"))
+        table.append(pytest.param(op, lambda: httpx.WriteTimeout, timeout, id=f"{op}-wtimeout"))
         table.append(
             pytest.param(op, lambda: httpx.RemoteProtocolError, dropped, id=f"{op}-dropped")
         )
@@ -114,12 +116,13 @@ def rows() -> list[Any]:
         table.append(
             pytest.param(op, lambda s=status, c=code: problem(s, c), cls, id=f"{op}-{status}")
         )
-    # Retry-After bounds (seconds or HTTP date; capped; nonsense falls back to backoff).
+    # Retry-After is honoured within (0, MAX_RETRY_AFTER]; any other falls back to the backoff.
     for value, expected in [
-        ("0", [0.0]),
         ("1.5", [1.5]),
-        ("3600", [MAX_RETRY_AFTER]),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", [0.0]),
+        (str(int(MAX_RETRY_AFTER)), [MAX_RETRY_AFTER]),
+        ("0", [0.5]),
+        ("3600", [0.5]),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", [0.5]),
         ("soon", [0.5]),
         ("-3", [0.5]),
     ]:
@@ -178,6 +181,27 @@ async def test_retry_policy_async(
                 with pytest.raises(expected):
                     await acall(client, op)
         check(route, expected, sleeps)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_the_configured_timeout_reaches_every_request(op: str) -> None:
+    timeout = httpx.Timeout(7.0, connect=2.0)
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL, timeout=timeout) as client:
+        method, path, success = ROUTES[op]
+        route = router.route(method=method, path=path).mock(return_value=success())
+        call(client, op)
+    assert route.calls.last.request.extensions["timeout"] == timeout.as_dict()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("op", OPS)
+async def test_the_configured_timeout_reaches_every_async_request(op: str) -> None:
+    async with AsyncClient(MOCK_URL, timeout=9.0) as client:
+        with respx.mock(base_url=MOCK_URL) as router:
+            method, path, success = ROUTES[op]
+            route = router.route(method=method, path=path).mock(return_value=success())
+            await acall(client, op)
+    assert route.calls.last.request.extensions["timeout"] == httpx.Timeout(9.0).as_dict()
 
 
 @pytest.mark.parametrize(
