@@ -15,13 +15,17 @@ tied maximum gets the full gradient (``ties="all"``), NaN propagates. As in EpyN
 other than a tuple is ignored (the window's size is used); a warning says so.
 
 Each layer owns one server session, created on its first forward and deleted by :meth:`close`
-(or ``with layer:``). A session lost on the server (expired, store restarted) is recreated
-transparently: forward simply runs again, backward replays the cached input first.
+(or ``with layer:``), or, since EpyNN's training never calls ``close``, when the layer is
+garbage-collected (best effort: one short attempt, errors ignored). A session lost on the server
+(expired, store restarted) is recreated transparently: forward simply runs again, backward
+replays the cached input first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -40,6 +44,19 @@ _MODES: dict[Callable[..., Any], str] = {
     np.min: "min",
     np.amin: "min",
 }
+
+
+def _release(session: Session | None, client: Client | None, owns_client: bool) -> None:
+    """Free what a layer holds: its session (one short attempt, errors ignored: this runs from
+    ``close`` or from the garbage collector, where nobody could handle them), then its client
+    if the layer made it. Takes no reference to the layer, so the layer can be collected."""
+    try:
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session._delete(cleanup=True)
+    finally:
+        if owns_client and client is not None:
+            client.close()
 
 
 def _pool_mode(pool: Callable[..., Any]) -> str:
@@ -101,6 +118,7 @@ class RemotePooling:
         self._client = client
         self._owns_client = client is None
         self._session: Session | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -187,23 +205,36 @@ class RemotePooling:
         if self._session is None:
             if self._client is None:
                 self._client = Client()
+                self._track()
             self._session = self._client.create_session(**self.spec)
+            self._track()
         return self._session
 
     def _reopen_session(self) -> Session:
-        self._session = None
+        self._session = None  # lost on the server: nothing to delete
+        self._track()
         return self._open_session()
 
+    def _track(self) -> None:
+        """Release what the layer holds now when it is collected (or closed)."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(
+            self, _release, self._session, self._client, self._owns_client
+        )
+
     def close(self) -> None:
-        """Delete the layer's session and close the client the layer made (if it made one)."""
-        session, self._session = self._session, None
-        try:
-            if session is not None:
-                session.delete()
-        finally:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
+        """Delete the layer's session and close the client the layer made (if it made one).
+
+        Best effort, like the garbage collector's cleanup: a session the server cannot delete
+        now expires after its idle TTL.
+        """
+        finalizer, self._finalizer = self._finalizer, None
+        self._session = None
+        if self._owns_client:
+            self._client = None
+        if finalizer is not None:
+            finalizer()
 
     def __enter__(self) -> RemotePooling:
         return self
@@ -220,7 +251,7 @@ class RemotePooling:
         # EpyNN pickles whole networks (`model.write()`): keep the layer, not its connection.
         state = dict(self.__dict__)
         # An unpickled layer connects anew from the environment, with a client of its own.
-        state.update(_session=None, _client=None, _owns_client=True)
+        state.update(_session=None, _client=None, _owns_client=True, _finalizer=None)
         return state
 
     def __repr__(self) -> str:

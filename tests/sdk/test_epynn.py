@@ -5,6 +5,7 @@ EpyNN (GPL-3.0) is only called here, never copied. It is a dev dependency, not p
 
 from __future__ import annotations
 
+import gc
 import pickle
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+import poolgrad
 from poolgrad import Client
 from poolgrad.epynn import RemotePooling
 
@@ -146,6 +148,85 @@ def test_a_lost_session_is_recreated(client: Client) -> None:
     reference = Pooling()
     reference.forward(X)
     np.testing.assert_array_equal(dX, reference.backward(np.ones_like(A)))
+
+
+def test_a_session_lost_before_a_forward_is_recreated(client: Client) -> None:
+    X = _images(4, (2, 6, 6, 2), ties=False)
+    with RemotePooling(client=client) as layer:
+        layer.forward(X)
+        first = layer._session
+        assert first is not None
+        first.delete()  # as if it had expired on the server
+        A = layer.forward(X)
+        assert layer._session is not None
+        assert layer._session.id != first.id
+        dX = layer.backward(np.ones_like(A))
+    reference = Pooling()
+    np.testing.assert_array_equal(A, reference.forward(X))
+    np.testing.assert_array_equal(dX, reference.backward(np.ones_like(A)))
+
+
+# ----------------------------------------------------------------- cleanup
+
+
+@pytest.fixture
+def one_session_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    """A server that holds one session at most: a second is refused until the first is freed."""
+    return start_server(POOLGRAD_MAX_SESSIONS="1")
+
+
+def _session_count_is_free(base_url: str) -> bool:
+    with Client(base_url, max_retries=0) as probe:
+        try:
+            probe.create_session().delete()
+        except poolgrad.CapacityError:
+            return False
+    return True
+
+
+def test_a_dropped_layer_frees_its_session_and_its_client(
+    one_session_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POOLGRAD_BASE_URL", one_session_server.base_url)
+    layer = RemotePooling()  # EpyNN never calls close(): the layer owns a client it made
+    layer.forward(_images(5, (1, 4, 4, 1), ties=False))
+    client = layer._client
+    assert client is not None
+    assert not _session_count_is_free(one_session_server.base_url)
+    del layer
+    gc.collect()
+    assert _session_count_is_free(one_session_server.base_url)
+    assert client._http.is_closed
+
+
+def test_a_dropped_layer_leaves_a_client_it_was_given_open(
+    one_session_server: LiveServer,
+) -> None:
+    with Client(one_session_server.base_url) as given:
+        layer = RemotePooling(client=given)
+        layer.forward(_images(6, (1, 4, 4, 1), ties=False))
+        del layer
+        gc.collect()
+        assert _session_count_is_free(one_session_server.base_url)
+        assert not given._http.is_closed
+
+
+def test_close_frees_the_session_once_and_the_layer_is_usable_again(
+    one_session_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POOLGRAD_BASE_URL", one_session_server.base_url)
+    X = _images(7, (1, 4, 4, 1), ties=False)
+    layer = RemotePooling()
+    layer.forward(X)
+    client = layer._client
+    assert client is not None
+    layer.close()
+    assert client._http.is_closed
+    assert _session_count_is_free(one_session_server.base_url)
+    layer.close()  # a second close has nothing left to do
+    np.testing.assert_array_equal(layer.forward(X), Pooling().forward(X))
+    layer.close()
+    assert _session_count_is_free(one_session_server.base_url)
 
 
 # ------------------------------------------------------------------- training
