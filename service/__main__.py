@@ -14,7 +14,12 @@ from service.app import create_app, limits_of
 from service.settings import Settings
 from service.stores import store_from_url
 
-__all__ = ["main"]
+__all__ = ["MAX_HEADER_BYTES", "main"]
+
+#: Most bytes of request line and headers buffered for one request; more is a 400 and the
+#: connection closes. uvicorn's httptools parser has no such bound (a 300 MiB header was read
+#: whole), so the server runs h11, whose ``max_incomplete_event_size`` is this bound.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def main() -> None:
@@ -46,6 +51,8 @@ def main() -> None:
         log_level=settings.log_level,
         log_config=None,
         access_log=False,  # the request middleware logs one richer line per request
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
 
 
