@@ -7,7 +7,8 @@ together in a worker thread, so the event loop never waits on NumPy.
 
 Forward and backward of one session run under the store's per-session lock: a backward always
 sees the state of one complete forward, and a forward that fails at any point (bad tensor,
-engine refusal, budget full) leaves the stored record exactly as it was.
+engine refusal, budget full) leaves the stored record exactly as it was. A session deleted or
+expired while its forward runs stays gone: the store only replaces live sessions.
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ class Compute:
         return SessionInfo.of(await self.store.get(session_id, owner))
 
     async def delete_session(self, session_id: str, owner: str) -> None:
-        # Under the lock, so a forward in flight cannot write the session back after it is gone.
-        async with self.store.lock(session_id):
-            await self.store.delete(session_id, owner)
+        # Not under the session lock, so it never waits for a forward in flight: that forward's
+        # put replaces only a live session, so it cannot write this one back (it answers 404).
+        await self.store.delete(session_id, owner)
 
     # ------------------------------------------------------------------ compute
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from service.stores.base import Limits, SessionRecord, SessionStore, Usage
+from service.stores.base import Limits, SaveMode, SaveOutcome, SessionRecord, SessionStore, Usage
 from service.stores.memory import MemoryStore
 
-__all__ = ["Limits", "MemoryStore", "SessionRecord", "SessionStore", "Usage", "store_from_url"]
+__all__ = [
+    "Limits",
+    "MemoryStore",
+    "SaveMode",
+    "SaveOutcome",
+    "SessionRecord",
+    "SessionStore",
+    "Usage",
+    "store_from_url",
+]
 
 
 def store_from_url(url: str, limits: Limits) -> SessionStore:

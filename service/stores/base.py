@@ -5,7 +5,10 @@ work every backend shares, once: the key layout, (de)serializing a :class:`Sessi
 bytes, TTL renewal, ownership, capacity checks with reclaim-then-retry, and mapping backend
 failures to :class:`~service.errors.StoreUnavailable`. A backend implements only the small
 primitives (``_load``, ``_save``, ``_touch``, ``_delete``, ``_reap``, ``_usage``, ``_ping``,
-``_lock``) and must make ``_save`` atomic: check the limits and write, or write nothing.
+``_lock``) and must make ``_save`` atomic: check the mode and the limits and write, or write
+nothing. ``_save``'s mode is what keeps a deleted or expired session dead: a forward that
+loaded its session before it was deleted or reaped ``replace``-s it, which finds no live key
+and writes nothing.
 
 Records cross the primitive boundary as bytes only, so a backend in another process (Redis)
 sees exactly what the in-memory one does; nothing here assumes in-process objects.
@@ -18,12 +21,24 @@ import struct
 from collections.abc import Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from poolgrad import wire
-from service.errors import CapacityExceeded, ServiceError, SessionNotFound, StoreUnavailable
+from service.errors import (
+    CapacityExceeded,
+    InternalError,
+    ServiceError,
+    SessionNotFound,
+    StoreUnavailable,
+)
 
-__all__ = ["Limits", "SessionRecord", "SessionStore", "Usage"]
+__all__ = ["Limits", "SaveMode", "SaveOutcome", "SessionRecord", "SessionStore", "Usage"]
+
+#: ``create``: the key must be absent (or expired); ``replace``: it must be present and live.
+SaveMode = Literal["create", "replace"]
+#: What ``_save`` did: ``stored``; or nothing, because the store was ``full``, or the key was
+#: ``absent`` (replace) or ``present`` (create).
+SaveOutcome = Literal["stored", "full", "absent", "present"]
 
 _RECORD_MAGIC: Final = b"PGREC1"
 _RECORD_PREFIX: Final = struct.Struct("<6sI")
@@ -90,15 +105,27 @@ class SessionRecord:
         prefix = _RECORD_PREFIX.pack(_RECORD_MAGIC, len(meta))
         return b"".join((prefix, meta, self.state if self.state is not None else b""))
 
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> SessionRecord:
-        """Parse :meth:`to_bytes` output; ``state`` is a view of ``blob`` (no copy)."""
+    @staticmethod
+    def owner_of(blob: bytes) -> str:
+        """The owner recorded in a :meth:`to_bytes` blob (its metadata only is parsed)."""
+        owner: str = SessionRecord._metadata(blob)["owner"]
+        return owner
+
+    @staticmethod
+    def _metadata(blob: bytes) -> dict[str, Any]:
         magic, meta_length = _RECORD_PREFIX.unpack_from(blob)
         if magic != _RECORD_MAGIC:
             raise ValueError(f"session record has magic {magic!r}, expected {_RECORD_MAGIC!r}")
         start = _RECORD_PREFIX.size
-        meta = wire.loads(blob[start : start + meta_length])
-        view = memoryview(blob)[start + meta_length :]
+        meta: dict[str, Any] = wire.loads(blob[start : start + meta_length])
+        return meta
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SessionRecord:
+        """Parse :meth:`to_bytes` output; ``state`` is a view of ``blob`` (no copy)."""
+        meta = cls._metadata(blob)
+        _, meta_length = _RECORD_PREFIX.unpack_from(blob)
+        view = memoryview(blob)[_RECORD_PREFIX.size + meta_length :]
         return cls(
             id=meta["id"],
             owner=meta["owner"],
@@ -150,7 +177,7 @@ class SessionStore(abc.ABC):
 
     async def create(self, record: SessionRecord) -> None:
         """Store a new session (no state yet); :class:`CapacityExceeded` when full."""
-        await self._store(record)
+        await self._store(record, "create")
 
     async def get(self, session_id: str, owner: str) -> SessionRecord:
         """The session, its idle TTL renewed; :class:`SessionNotFound` if unknown, expired,
@@ -164,17 +191,24 @@ class SessionStore(abc.ABC):
         return record
 
     async def put(self, record: SessionRecord) -> None:
-        """Replace a session's record (a forward's new state), renewing its TTL.
+        """Replace a live session's record (a forward's new state), renewing its TTL.
 
         Atomic: when the state-byte budget would be exceeded even after reclaiming expired
-        sessions, :class:`CapacityExceeded` is raised and the previous record stays.
+        sessions, :class:`CapacityExceeded` is raised and the previous record stays. A session
+        deleted or expired since it was read is not written back: :class:`SessionNotFound`.
         """
-        await self._store(record)
+        await self._store(record, "replace")
 
     async def delete(self, session_id: str, owner: str) -> None:
-        """Drop a session and its state; :class:`SessionNotFound` as for :meth:`get`."""
-        await self.get(session_id, owner)
-        await self._call(self._delete(self._key(session_id)))
+        """Drop a session and its state; :class:`SessionNotFound` as for :meth:`get`.
+
+        Reads only the record's metadata to check the owner, and does not renew its TTL.
+        """
+        key = self._key(session_id)
+        blob = await self._call(self._load(key))
+        if blob is None or SessionRecord.owner_of(blob) != owner:
+            raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
+        await self._call(self._delete(key))
 
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Hold this while reading and replacing one session, so its forward and backward never
@@ -204,14 +238,22 @@ class SessionStore(abc.ABC):
     def _key(session_id: str) -> str:
         return _KEY_PREFIX + session_id
 
-    async def _store(self, record: SessionRecord) -> None:
+    async def _store(self, record: SessionRecord, mode: SaveMode) -> None:
         key = self._key(record.id)
         blob = record.to_bytes()
         for attempt in range(2):
-            if await self._call(
-                self._save(key, blob, record.ttl_seconds, record.state_bytes, self.limits)
-            ):
+            outcome = await self._call(
+                self._save(key, blob, record.ttl_seconds, record.state_bytes, self.limits, mode)
+            )
+            if outcome == "stored":
                 return
+            if outcome == "absent":
+                raise SessionNotFound(
+                    f"session {record.id!r} was deleted or expired while in use; its new state "
+                    "was not kept"
+                )
+            if outcome == "present":
+                raise InternalError(f"session id {record.id!r} is already taken")
             # Expired sessions still hold their bytes until reaped: reclaim them before
             # refusing anyone, then try exactly once more.
             if attempt == 0:
@@ -243,11 +285,21 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def _save(
-        self, key: str, blob: bytes, ttl_seconds: float, state_bytes: int, limits: Limits
-    ) -> bool:
-        """Atomically store ``blob`` with a fresh TTL unless, counting this write (and no longer
-        counting the blob it replaces), the store would hold more than ``limits``; return
-        whether it was stored. ``state_bytes`` is what this record counts against the budget."""
+        self,
+        key: str,
+        blob: bytes,
+        ttl_seconds: float,
+        state_bytes: int,
+        limits: Limits,
+        mode: SaveMode,
+    ) -> SaveOutcome:
+        """Atomically store ``blob`` with a fresh TTL, or nothing.
+
+        Nothing when ``mode`` is ``create`` and ``key`` is live (``present``), when it is
+        ``replace`` and ``key`` is absent or expired (``absent``), or when, counting this write
+        (and no longer counting the blob it replaces), the store would hold more than
+        ``limits`` (``full``). ``state_bytes`` is what this record counts against the budget.
+        """
 
     @abc.abstractmethod
     async def _touch(self, key: str, ttl_seconds: float) -> None:

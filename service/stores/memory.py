@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-from service.stores.base import Limits, SessionStore, Usage
+from service.stores.base import Limits, SaveMode, SaveOutcome, SessionStore, Usage
 
 __all__ = ["MemoryStore"]
 
@@ -54,16 +54,28 @@ class MemoryStore(SessionStore):
         return None if entry is None else entry.blob
 
     async def _save(
-        self, key: str, blob: bytes, ttl_seconds: float, state_bytes: int, limits: Limits
-    ) -> bool:
+        self,
+        key: str,
+        blob: bytes,
+        ttl_seconds: float,
+        state_bytes: int,
+        limits: Limits,
+        mode: SaveMode,
+    ) -> SaveOutcome:
+        live = self._live(key) is not None
+        if mode == "create" and live:
+            return "present"
+        if mode == "replace" and not live:
+            return "absent"
+        # An expired entry not yet reaped is replaced by a create, so it stops counting.
         previous = self._entries.get(key)
         sessions = len(self._entries) + (previous is None)
         total = self._state_bytes + state_bytes - (previous.state_bytes if previous else 0)
         if sessions > limits.max_sessions or total > limits.max_state_bytes:
-            return False
+            return "full"
         self._entries[key] = _Entry(blob, state_bytes, self._clock() + ttl_seconds)
         self._state_bytes = total
-        return True
+        return "stored"
 
     async def _touch(self, key: str, ttl_seconds: float) -> None:
         entry = self._live(key)

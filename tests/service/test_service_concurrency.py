@@ -12,15 +12,24 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from service_helpers import NPY, X1, client_for, expected, new_session, npy
+from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
 
 import service.compute
 from engine import PoolSpec, PoolState, forward
 from poolgrad import wire
+from service.stores import Limits, MemoryStore, Usage
 
 pytestmark = pytest.mark.anyio
 
 SHAPE = (4, 16, 16, 8)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def distinct_input(seed: int) -> np.ndarray:
@@ -120,3 +129,76 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
         )
     assert [r.status_code for r in responses] == [200] * 8
     assert most == compute_threads
+
+
+class PausedEngine:
+    """``service.compute.forward`` replaced by one that stops inside the worker thread until
+    the test lets it go, so the test can act while a forward is in flight."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        monkeypatch.setattr(service.compute, "forward", self._forward)
+
+    def _forward(self, X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+        self.started.set()
+        if not self.release.wait(timeout=30):
+            raise RuntimeError("the test never released the engine")
+        return forward(X, spec)
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.wait, 30)
+
+
+async def test_a_session_reaped_during_its_forward_stays_gone(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
+    engine = PausedEngine(monkeypatch)
+    async with client_for(make_app(store=store)) as client:
+        session_id = await new_session(client, ttl_seconds=5)
+        path = f"/v1/sessions/{session_id}/forward"
+        in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
+        await engine.wait_started()
+        clock.now += 10
+        assert await store.reap() == 1
+        engine.release.set()
+        response = await in_flight
+        assert_problem(response, 404, "session_not_found", session_id)
+        assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
+        assert await store.usage() == Usage(sessions=0, state_bytes=0)
+
+
+async def test_a_session_expiring_during_its_forward_is_not_renewed_by_it(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
+    engine = PausedEngine(monkeypatch)
+    async with client_for(make_app(store=store)) as client:
+        session_id = await new_session(client, ttl_seconds=5)
+        path = f"/v1/sessions/{session_id}/forward"
+        in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
+        await engine.wait_started()
+        clock.now += 10  # expired, not reaped yet
+        engine.release.set()
+        assert_problem(await in_flight, 404, "session_not_found", session_id)
+        assert await store.reap() == 1
+        assert await store.usage() == Usage(sessions=0, state_bytes=0)
+
+
+async def test_delete_during_a_forward_is_final(
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session_id = await new_session(client)
+    engine = PausedEngine(monkeypatch)
+    path = f"/v1/sessions/{session_id}/forward"
+    in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
+    await engine.wait_started()
+    # DELETE does not wait for the forward in flight.
+    assert (await client.delete(f"/v1/sessions/{session_id}")).status_code == 204
+    engine.release.set()
+    assert_problem(await in_flight, 404, "session_not_found", session_id)
+    assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
+    assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)

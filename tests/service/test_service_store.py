@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.errors import CapacityExceeded, SessionNotFound
+from service.errors import CapacityExceeded, InternalError, SessionNotFound
 from service.stores import Limits, MemoryStore, SessionRecord, SessionStore, Usage
 
 pytestmark = pytest.mark.anyio
@@ -119,9 +119,9 @@ class TestSessionStoreContract:
         assert store.refused_total == 0
 
     async def test_byte_budget_refusal_keeps_the_previous_record(self, store: SessionStore) -> None:
-        await store.put(record("a", state=600))
+        await store.create(record("a", state=600))
         with pytest.raises(CapacityExceeded, match="max_state_bytes=1000"):
-            await store.put(record("b", state=500))
+            await store.create(record("b", state=500))
         bigger = record("a", state=1001)
         with pytest.raises(CapacityExceeded):
             await store.put(bigger)
@@ -135,24 +135,77 @@ class TestSessionStoreContract:
         self, store: SessionStore, clock: FakeClock
     ) -> None:
         rng = random.Random(7)
+        # What the store should hold: name -> (expires_at, state_bytes), expired ones included
+        # until a reap (the one the test asks for, or the one a full store runs) drops them.
+        held: dict[str, tuple[float, int]] = {}
         for _ in range(400):
             name = rng.choice("abcdefg")
             action = rng.random()
+            reaped_before = store.expired_total
+            live = name in held and held[name][0] > clock.now
             try:
                 if action < 0.5:
-                    await store.put(record(name, ttl=rng.uniform(1, 20), state=rng.randint(0, 700)))
+                    ttl, state = rng.uniform(1, 20), rng.randint(0, 700)
+                    new = record(name, ttl=ttl, state=state)
+                    await (store.put(new) if live else store.create(new))
+                    held[name] = (clock.now + ttl, state)
                 elif action < 0.7:
                     await store.delete(name, "")
+                    del held[name]
                 elif action < 0.9:
                     clock.now += rng.uniform(0, 5)
                 else:
                     await store.reap()
             except (CapacityExceeded, SessionNotFound):
                 pass
+            if store.expired_total != reaped_before:
+                held = {key: value for key, value in held.items() if value[0] > clock.now}
             usage = await store.usage()
+            assert usage == Usage(len(held), sum(state for _, state in held.values()))
             assert usage.sessions <= 3
             assert usage.state_bytes <= 1000
         assert store.refused_total > 0  # the sequence did press against the limits
+        assert store.expired_total > 0
+
+    async def test_put_never_brings_back_a_deleted_or_expired_session(
+        self, store: SessionStore, clock: FakeClock
+    ) -> None:
+        await store.create(record("gone", state=100))
+        await store.create(record("late", ttl=5, state=100))
+        await store.delete("gone", "")
+        with pytest.raises(SessionNotFound, match="'gone' was deleted or expired"):
+            await store.put(record("gone", state=200))
+        clock.now += 6  # "late" expired but is not reaped yet
+        with pytest.raises(SessionNotFound, match="'late' was deleted or expired"):
+            await store.put(record("late", state=200))
+        await store.reap()
+        with pytest.raises(SessionNotFound):
+            await store.put(record("late", state=200))
+        with pytest.raises(SessionNotFound):
+            await store.put(record("never", state=200))
+        assert await store.usage() == Usage(sessions=0, state_bytes=0)
+
+    async def test_create_refuses_a_live_id_and_takes_an_expired_one(
+        self, store: SessionStore, clock: FakeClock
+    ) -> None:
+        await store.create(record("a", ttl=5, state=100))
+        with pytest.raises(InternalError, match="'a' is already taken"):
+            await store.create(record("a", state=300))
+        clock.now += 6
+        await store.create(record("a", state=300))
+        assert (await store.get("a", "")).state_bytes == 300
+        assert await store.usage() == Usage(sessions=1, state_bytes=300)
+
+    async def test_delete_does_not_renew_the_ttl_it_checks(
+        self, store: SessionStore, clock: FakeClock
+    ) -> None:
+        await store.create(record("a", owner="alice", ttl=10))
+        clock.now += 9
+        with pytest.raises(SessionNotFound):
+            await store.delete("a", "bob")
+        clock.now += 2  # 11 s after the last use: bob's refused delete did not renew it
+        with pytest.raises(SessionNotFound):
+            await store.get("a", "alice")
 
     async def test_lock_serializes_one_session_but_not_others(self, store: SessionStore) -> None:
         order: list[str] = []
