@@ -78,13 +78,17 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
 
 async def _reap_forever(store: SessionStore, interval_seconds: float) -> None:
-    """Reclaim expired sessions every ``interval_seconds``; a store outage only skips a round."""
+    """Reclaim expired sessions every ``interval_seconds``; a failed round (a store outage, or
+    any bug) is logged and skipped, never the end of reaping."""
     while True:
         await asyncio.sleep(interval_seconds)
         try:
             reclaimed = await store.reap()
         except StoreUnavailable as exc:
             logger.warning("reaper: %s", exc.detail)
+            continue
+        except Exception:
+            logger.exception("reaper: round failed; trying again in %g s", interval_seconds)
             continue
         if reclaimed:
             logger.info("reaper: reclaimed %d expired session(s)", reclaimed)

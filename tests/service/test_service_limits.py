@@ -4,6 +4,7 @@ with the background reaper, session count and state-byte budget."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from service_helpers import (
 )
 
 from poolgrad import wire
+from service.app import _reap_forever
 from service.stores import Limits, MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -225,3 +227,36 @@ async def test_background_reaper_reclaims_expired_sessions(
             await asyncio.sleep(0.05)
         assert (await app.state.store.usage()).sessions == 0
         assert app.state.store.expired_total == 1
+
+
+class FailingOnceStore(MemoryStore):
+    """Its first reap fails with a bug, its second with an outage; the third is signalled."""
+
+    def __init__(self) -> None:
+        super().__init__(Limits(max_sessions=10, max_state_bytes=10**6))
+        self.calls = 0
+        self.reaped_after_failure = asyncio.Event()
+
+    async def _reap(self) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("reaper bug")
+        if self.calls == 2:
+            raise OSError("store went away")
+        self.reaped_after_failure.set()
+        return await super()._reap()
+
+
+async def test_the_reaper_survives_a_failed_round(caplog: pytest.LogCaptureFixture) -> None:
+    store = FailingOnceStore()
+    reaper = asyncio.create_task(_reap_forever(store, 0.01))
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.app"):
+            await asyncio.wait_for(store.reaped_after_failure.wait(), timeout=30)
+    finally:
+        reaper.cancel()
+    failed = [record for record in caplog.records if "round failed" in record.getMessage()]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
+    assert "reaper bug" in caplog.text  # with its traceback
+    assert "store went away" in caplog.text
