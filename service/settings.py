@@ -26,6 +26,8 @@ class Settings(BaseSettings):
         extra="ignore",
         use_attribute_docstrings=True,
         frozen=True,
+        # Errors name the field, never the value: a value may be an API key.
+        hide_input_in_errors=True,
     )
 
     host: str = "127.0.0.1"
@@ -74,8 +76,9 @@ class Settings(BaseSettings):
     hundreds of MiB at the engine's limits) and latency, not throughput."""
 
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    """Comma-separated bearer keys. Empty: no authentication. Set: every ``/v1`` request needs
-    ``Authorization: Bearer <key>`` and sees only the sessions its key created."""
+    """Comma-separated bearer keys of visible ASCII (``!`` to ``~``). Empty: no authentication.
+    Set: every ``/v1`` request needs ``Authorization: Bearer <key>`` and sees only the sessions
+    its key created."""
 
     retry_after_seconds: int = Field(default=1, ge=0)
     """``Retry-After`` sent with 429 (capacity) and 503 (store unavailable)."""
@@ -93,6 +96,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _visible_ascii_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """Keys of visible ASCII only: a header arrives as latin-1 and a key is compared as
+        UTF-8, so any other character could never match. The error names the key's number and
+        the position, never the key."""
+        for number, key in enumerate(keys, start=1):
+            secret = key.get_secret_value()
+            bad = next((i for i, char in enumerate(secret) if not "!" <= char <= "~"), None)
+            if bad is not None:
+                raise ValueError(
+                    f"API key {number} of {len(keys)} has a character that is not visible ASCII "
+                    f"at position {bad}: keys may use only the characters ! to ~"
+                )
+        return keys
 
     @field_validator("log_level", mode="before")
     @classmethod

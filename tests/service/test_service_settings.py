@@ -44,6 +44,23 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.parametrize(
+    ("keys", "number", "position"),
+    [("good,caf\N{LATIN SMALL LETTER E WITH ACUTE}-secret", 2, 3), ("tab\there", 1, 3),
+     ("\N{GREEK SMALL LETTER ALPHA}", 1, 0)],
+)  # fmt: skip
+def test_api_keys_must_be_visible_ascii_and_the_error_hides_them(
+    monkeypatch: pytest.MonkeyPatch, keys: str, number: int, position: int
+) -> None:
+    monkeypatch.setenv("POOLGRAD_API_KEYS", keys)
+    with pytest.raises(
+        ValidationError, match=f"API key {number} of .* at position {position}"
+    ) as info:
+        Settings()
+    for key in keys.split(","):
+        assert key not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [("POOLGRAD_PORT", "70000"), ("POOLGRAD_MAX_BODY_BYTES", "0"), ("POOLGRAD_WORKERS", "0"),
      ("POOLGRAD_SESSION_TTL_SECONDS", "-1"), ("POOLGRAD_LOG_LEVEL", "loud")],
