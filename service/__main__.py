@@ -11,7 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app, limits_of
-from service.settings import Settings
+from service.settings import Settings, describe_errors
 from service.stores import store_from_url
 
 __all__ = ["MAX_HEADER_BYTES", "main"]
@@ -27,7 +27,9 @@ def main() -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise SystemExit(f"poolgrad-server: invalid POOLGRAD_* settings:\n{exc}") from None
+        raise SystemExit(
+            f"poolgrad-server: invalid POOLGRAD_* settings:\n{describe_errors(exc)}"
+        ) from None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["MIB", "Settings"]
+__all__ = ["MIB", "Settings", "describe_errors"]
 
 MIB = 1024 * 1024
 
@@ -26,7 +26,8 @@ class Settings(BaseSettings):
         extra="ignore",
         use_attribute_docstrings=True,
         frozen=True,
-        # Errors name the field, never the value: a value may be an API key.
+        # str(error) never shows values (one may be an API key): describe_errors does, but
+        # never an API key's.
         hide_input_in_errors=True,
     )
 
@@ -117,3 +118,17 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+#: Fields whose values are secret: their errors never quote what was given.
+_SECRET_FIELDS = frozenset({"api_keys"})
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per invalid setting, naming its variable and the value given, unless secret."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        given = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
+        lines.append(f"  POOLGRAD_{field.upper()}: {error['msg']}{given}")
+    return "\n".join(lines)

@@ -137,11 +137,15 @@ def run_module(**env: str) -> subprocess.CompletedProcess[str]:
     [
         ({"POOLGRAD_WORKERS": "2"}, ("POOLGRAD_WORKERS=2", "Redis", "memory://")),
         ({"POOLGRAD_STORE_URL": "redis://cache:6379/0"}, ("redis://cache:6379/0",)),
-        ({"POOLGRAD_PORT": "eighty"}, ("port", "eighty")),
+        ({"POOLGRAD_PORT": "eighty"}, ("POOLGRAD_PORT", "eighty")),
+        ({"POOLGRAD_API_KEYS": "fine,s\N{LATIN SMALL LETTER E WITH ACUTE}cret"},
+         ("POOLGRAD_API_KEYS", "API key 2 of 2", "position 1")),
     ],
-)
+)  # fmt: skip
 def test_start_up_refuses_unusable_settings(env: dict[str, str], named: tuple[str, ...]) -> None:
     result = run_module(**env)
     assert result.returncode != 0
     for word in named:
         assert word in result.stderr, result.stderr
+    for key in env.get("POOLGRAD_API_KEYS", "").split(","):
+        assert not key or key not in result.stderr, result.stderr
