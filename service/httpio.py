@@ -23,6 +23,7 @@ from service.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from service.problems import mark_body_read
 
 __all__ = ["negotiate", "parse_if_match", "read_body", "request_media_type", "spec_from_query"]
 
@@ -54,6 +55,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
                 f"Content-Length {int(declared)} exceeds the limit of {limit} bytes{hint}",
                 headers=_CLOSE,
             )
+    mark_body_read(request)  # from here on, a refusal says itself whether it closes
     chunks: list[bytes] = []
     received = 0
     try:

@@ -17,7 +17,14 @@ from starlette.types import Scope
 from poolgrad import wire
 from service.errors import BadRequest, ServiceError
 
-__all__ = ["ProblemModel", "install_handlers", "problem_body", "request_id_of"]
+__all__ = [
+    "ProblemModel",
+    "body_left_unread",
+    "install_handlers",
+    "mark_body_read",
+    "problem_body",
+    "request_id_of",
+]
 
 #: Statuses with a ``Retry-After``: the condition is expected to pass.
 _RETRYABLE = frozenset({429, 503})
@@ -44,6 +51,19 @@ def request_id_of(scope: Scope) -> str | None:
     return request_id if isinstance(request_id, str) else None
 
 
+def mark_body_read(request: Request) -> None:
+    """Record that the route has read (or started reading) the request's body."""
+    request.state.body_read = True
+
+
+def body_left_unread(request: Request) -> bool:
+    """Whether the request declares a body that no route has started to read."""
+    headers = request.headers
+    declared = headers.get("content-length", "0").strip() not in ("", "0")
+    has_body = declared or "transfer-encoding" in headers
+    return has_body and not getattr(request.state, "body_read", False)
+
+
 def problem_body(code: str, detail: str, request_id: str | None) -> bytes:
     problem = wire.PROBLEMS[code]
     return wire.dumps(
@@ -65,6 +85,10 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
         status = wire.PROBLEMS[code].status
         if status in _RETRYABLE:
             headers = {"Retry-After": str(retry_after_seconds), **headers}
+        if body_left_unread(request):
+            # Refused before its body was read (415, 406, 401, a bad query...): close rather
+            # than have the server read and discard the rest, as for 413 (docs/DECISIONS.md).
+            headers = {**headers, "Connection": "close"}
         return Response(
             problem_body(code, detail, request_id_of(request.scope)),
             status_code=status,

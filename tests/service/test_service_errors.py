@@ -3,9 +3,21 @@ conditions (no forward, stale step), media types on every tensor route."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
-from service_helpers import DA1, NPY, X1, assert_problem, new_session, npy, primed_session
+from fastapi import FastAPI
+from service_helpers import (
+    DA1,
+    NPY,
+    X1,
+    assert_problem,
+    client_for,
+    new_session,
+    npy,
+    primed_session,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +121,51 @@ async def test_invalid_content_length_is_400(
         headers={**NPY, "Content-Length": declared},
     )
     assert_problem(response, 400, "bad_request", named)
+
+
+# (id, make_app settings, method, path, body, headers, status, whether the answer closes)
+# "{s}" in a path is a primed session's id.
+Case = tuple[str, dict[str, str], str, str, bytes | None, dict[str, str], int, bool]
+UNREAD_CASES: list[Case] = [
+    ("415", {}, "POST", "/v1/sessions/{s}/forward", npy(X1), {"Content-Type": "text/csv"}, 415,
+     True),
+    ("406", {}, "POST", "/v1/sessions/{s}/forward", npy(X1), {**NPY, "Accept": "text/html"}, 406,
+     True),
+    ("401", {"api_keys": "k"}, "POST", "/v1/sessions/x/forward", npy(X1), NPY, 401, True),
+    ("401-backward", {"api_keys": "k"}, "POST", "/v1/sessions/x/backward", npy(DA1), NPY, 401,
+     True),
+    ("query-422", {}, "POST", "/v1/gradient?colour=red", b'{"X": 1}', {"Content-Type":
+     "application/json"}, 422, True),
+    ("bad-content-length", {}, "POST", "/v1/sessions/{s}/forward", npy(X1),
+     {**NPY, "Content-Length": "lots"}, 400, True),
+    ("unknown-route", {}, "POST", "/v2/forward", npy(X1), NPY, 404, True),
+    ("read-then-400", {}, "POST", "/v1/sessions/{s}/forward", npy(X1)[:-3], NPY, 400, False),
+    ("read-then-404", {}, "POST", "/v1/sessions/x/forward", npy(X1), NPY, 404, False),
+    ("401-no-body", {"api_keys": "k"}, "GET", "/v1/sessions/x", None, {}, 401, False),
+    ("415-empty-body", {}, "POST", "/v1/sessions/{s}/forward", b"", {"Content-Type": "text/csv"},
+     415, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "method", "path", "body", "headers", "status", "closes"),
+    [case[1:] for case in UNREAD_CASES],
+    ids=[case[0] for case in UNREAD_CASES],
+)
+async def test_a_refusal_that_leaves_the_body_unread_closes_the_connection(
+    make_app: Callable[..., FastAPI],
+    settings: dict[str, str],
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    closes: bool,
+) -> None:
+    async with client_for(make_app(**settings)) as client:
+        session_id = "" if settings else await primed_session(client)
+        response = await client.request(
+            method, path.format(s=session_id), content=body, headers=headers
+        )
+    assert response.status_code == status, response.text
+    assert (response.headers.get("connection") == "close") is closes
