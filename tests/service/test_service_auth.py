@@ -53,7 +53,14 @@ async def alice_session(client: httpx.AsyncClient) -> str:
 )
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/v1/sessions"), ("GET", "/v1/sessions/x"), ("POST", "/v1/gradient")],
+    [
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/sessions/x"),
+        ("DELETE", "/v1/sessions/x"),
+        ("POST", "/v1/sessions/x/forward"),
+        ("POST", "/v1/sessions/x/backward"),
+        ("POST", "/v1/gradient"),
+    ],
 )
 async def test_missing_or_wrong_key_is_401(
     keyed: httpx.AsyncClient,

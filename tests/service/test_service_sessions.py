@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -13,6 +14,7 @@ from service_helpers import (
     JSON,
     NPY,
     X1,
+    client_for,
     expected,
     new_session,
     npy,
@@ -20,8 +22,9 @@ from service_helpers import (
     run_forward,
 )
 
+from engine import PoolSpec, forward
 from poolgrad import wire
-from service.stores import Usage
+from service.stores import Limits, MemoryStore, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -98,7 +101,7 @@ async def test_forward_and_backward_equal_the_engine(client: httpx.AsyncClient, 
     assert info["input_shape"] == list(X1.shape)
     assert info["output_shape"] == list(A.shape)
     assert info["dtype"] == "float32"
-    assert info["state_bytes"] >= 0
+    assert info["state_bytes"] == forward(X1, PoolSpec(mode=mode))[1].nbytes
 
 
 async def test_forward_replaces_state_and_counts_steps(client: httpx.AsyncClient) -> None:
@@ -195,12 +198,46 @@ async def test_delete_drops_the_session_and_its_state(
     assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)
 
 
-async def test_every_use_renews_the_ttl(client: httpx.AsyncClient) -> None:
-    session_id = await new_session(client, ttl_seconds=30)
-    first = (await client.get(f"/v1/sessions/{session_id}")).json()["expires_at"]
-    await run_forward(client, session_id, X1)
-    second = (await client.get(f"/v1/sessions/{session_id}")).json()["expires_at"]
-    assert datetime.fromisoformat(second) >= datetime.fromisoformat(first)
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("use", ["get", "forward", "backward"])
+async def test_every_use_renews_the_ttl(make_app: Callable[..., FastAPI], use: str) -> None:
+    clock = FakeClock()
+    store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
+    async with client_for(make_app(store=store)) as client:
+        used = await primed_session(client, ttl_seconds=30)
+        idle = await primed_session(client, ttl_seconds=30)
+        for _ in range(3):
+            clock.now += 20  # 60 s in all: only renewals keep a 30 s session
+            if use == "get":
+                response = await client.get(f"/v1/sessions/{used}")
+            elif use == "forward":
+                response = await client.post(
+                    f"/v1/sessions/{used}/forward", content=npy(X1), headers=NPY
+                )
+            else:
+                response = await client.post(
+                    f"/v1/sessions/{used}/backward", content=npy(DA1), headers=NPY
+                )
+            assert response.status_code == 200, response.text
+        assert (await client.get(f"/v1/sessions/{used}")).status_code == 200
+        assert (await client.get(f"/v1/sessions/{idle}")).status_code == 404
+
+
+async def test_da_is_cast_to_the_dtype_of_x(client: httpx.AsyncClient) -> None:
+    session_id = await primed_session(client)  # X1 is float32
+    dA = DA1.astype(np.float64) + 1e-12  # not representable in float32
+    back = await client.post(f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY)
+    assert back.status_code == 200, back.text
+    dX = wire.decode_npy(back.content)
+    assert dX.dtype == np.float32
+    np.testing.assert_array_equal(dX, expected(X1, dA.astype(np.float32))[1])
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
