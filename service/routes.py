@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, Literal
@@ -29,8 +30,8 @@ from service.settings import Settings
 
 __all__ = ["router"]
 
-TENSOR_TYPES = (wire.MEDIA_NPY, wire.MEDIA_JSON)
-NAMED_TYPES = (wire.MEDIA_SAFETENSORS, wire.MEDIA_JSON)
+TENSOR_TYPES = wire.TENSOR_MEDIA_TYPES
+NAMED_TYPES = wire.NAMED_MEDIA_TYPES
 
 router = APIRouter()
 
@@ -142,17 +143,7 @@ def _json(payload: Any, status_code: int = 200, headers: dict[str, str] | None =
 
 
 def _session_payload(info: SessionInfo) -> dict[str, Any]:
-    return {
-        "id": info.id,
-        "spec": info.spec,
-        "ttl_seconds": info.ttl_seconds,
-        "step": info.step,
-        "input_shape": info.input_shape,
-        "output_shape": info.output_shape,
-        "dtype": info.dtype,
-        "state_bytes": info.state_bytes,
-        "expires_at": info.expires_at,
-    }
+    return dataclasses.asdict(info)
 
 
 async def _read(request: Request, settings: Settings, media_type: str) -> bytes:

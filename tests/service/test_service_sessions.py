@@ -24,6 +24,7 @@ from service_helpers import (
 
 from engine import PoolSpec, forward
 from poolgrad import wire
+from service.routes import SessionModel
 from service.stores import Limits, MemoryStore, Usage
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +74,7 @@ async def test_session_ids_are_unguessable(client: httpx.AsyncClient) -> None:
 async def test_get_before_forward_has_no_state(client: httpx.AsyncClient) -> None:
     session_id = await new_session(client)
     body = (await client.get(f"/v1/sessions/{session_id}")).json()
+    assert set(body) == set(SessionModel.model_fields)  # what OpenAPI promises, no more
     assert body["step"] == 0
     assert body["input_shape"] is None
     assert body["output_shape"] is None
