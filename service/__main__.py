@@ -43,8 +43,9 @@ def main() -> None:
             f"poolgrad-server: POOLGRAD_WORKERS={settings.workers} is refused with the in-memory "
             f"store (POOLGRAD_STORE_URL={settings.store_url!r}): each worker process would hold "
             "its own sessions, and a request reaching another worker would not find its "
-            "session. Use the Redis store (POOLGRAD_STORE_URL=redis://host:6379/0) to run "
-            "several workers, or set POOLGRAD_WORKERS=1."
+            "session. Several workers need the Redis store, which shares sessions between "
+            "processes (POOLGRAD_STORE_URL=redis://host:6379/0; not in this build yet): "
+            "set POOLGRAD_WORKERS=1."
         )
     uvicorn.run(
         create_app(settings, store),
