@@ -161,11 +161,11 @@ def _compute_split(
         per_thread = max(1, round(elements * itemsize / piece_bytes / threads))
         if threads * per_thread == 1:
             return [whole]
-        return _split_axis0(spec, plan, threads * per_thread) or [whole]
+        return _split_outer(spec, plan, threads * per_thread, axis=0) or [whole]
     if threads == 1:
         return [whole]
     if spec.layout == "channels_first":
-        return _split_channels(spec, plan, threads) or [whole]
+        return _split_outer(spec, plan, threads, axis=1) or [whole]
     return _split_first_spatial(spec, plan, threads) or [whole]
 
 
@@ -181,33 +181,25 @@ def _byte_range(start: int, stop: int, row_elements: int) -> tuple[int, int]:
     return start * row_elements // 8, -(-stop * row_elements // 8)
 
 
-def _split_axis0(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk] | None:
-    count = plan.input_shape[0]
-    row = math.prod(plan.output_shape[1:])
+def _split_outer(spec: PoolSpec, plan: Plan, threads: int, axis: int) -> list[Chunk] | None:
+    """Cut ``axis`` into byte-aligned runs: the batch axis, or the channel axis of one
+    channels_first sample. Every axis before ``axis`` has size 1 or is not cut, so each run is
+    contiguous in A's flat order and its windows are independent of the others'."""
+    count = plan.input_shape[axis]
+    row = math.prod(plan.output_shape[axis + 1 :])
     cuts = _boundaries(count, threads, row)
     if len(cuts) < 3:
         return None
     chunks = []
     for start, stop in itertools.pairwise(cuts):
-        index = (slice(start, stop),) + (slice(None),) * (len(plan.input_shape) - 1)
-        sub_plan = make_plan(spec, (stop - start, *plan.input_shape[1:]))
-        chunks.append(Chunk(index, index, spec, sub_plan, *_byte_range(start, stop, row)))
-    return chunks
-
-
-def _split_channels(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk] | None:
-    # channels_first, one sample: channels are independent and contiguous in A's flat order.
-    count = plan.input_shape[1]
-    row = math.prod(plan.output_shape[2:])
-    cuts = _boundaries(count, threads, row)
-    if len(cuts) < 3:
-        return None
-    chunks = []
-    for start, stop in itertools.pairwise(cuts):
-        index = (slice(None), slice(start, stop)) + (slice(None),) * (len(plan.input_shape) - 2)
-        shape = (1, stop - start, *plan.input_shape[2:])
-        sub_plan = make_plan(spec, shape)
-        chunks.append(Chunk(index, index, spec, sub_plan, *_byte_range(start, stop, row)))
+        index = [slice(None)] * len(plan.input_shape)
+        index[axis] = slice(start, stop)
+        shape = list(plan.input_shape)
+        shape[axis] = stop - start
+        sub_plan = make_plan(spec, tuple(shape))
+        chunks.append(
+            Chunk(tuple(index), tuple(index), spec, sub_plan, *_byte_range(start, stop, row))
+        )
     return chunks
 
 
