@@ -150,8 +150,9 @@ class PausedEngine:
         assert await asyncio.to_thread(self.started.wait, 30)
 
 
-async def test_a_session_reaped_during_its_forward_stays_gone(
-    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "expired-not-reaped"])
+async def test_a_session_expiring_during_its_forward_stays_gone(
+    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch, reaped: bool
 ) -> None:
     clock = FakeClock()
     store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
@@ -162,29 +163,12 @@ async def test_a_session_reaped_during_its_forward_stays_gone(
         in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
         await engine.wait_started()
         clock.now += 10
-        assert await store.reap() == 1
-        engine.release.set()
-        response = await in_flight
-        assert_problem(response, 404, "session_not_found", session_id)
-        assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
-        assert await store.usage() == Usage(sessions=0, state_bytes=0)
-
-
-async def test_a_session_expiring_during_its_forward_is_not_renewed_by_it(
-    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = FakeClock()
-    store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
-    engine = PausedEngine(monkeypatch)
-    async with client_for(make_app(store=store)) as client:
-        session_id = await new_session(client, ttl_seconds=5)
-        path = f"/v1/sessions/{session_id}/forward"
-        in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
-        await engine.wait_started()
-        clock.now += 10  # expired, not reaped yet
+        if reaped:
+            assert await store.reap() == 1
         engine.release.set()
         assert_problem(await in_flight, 404, "session_not_found", session_id)
-        assert await store.reap() == 1
+        assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
+        assert await store.reap() == (0 if reaped else 1)
         assert await store.usage() == Usage(sessions=0, state_bytes=0)
 
 
