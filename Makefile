@@ -36,22 +36,29 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.serve: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install --quiet --constraint constraints.txt --editable '.[server]'
+# Two distributions from this one tree: the SDK (sdk/pyproject.toml, `poolgrad`) and the server
+# (pyproject.toml, `poolgrad-server`, which depends on the SDK): installed together, so the
+# server's `poolgrad` requirement is met by this checkout's SDK, never by an index.
+$(VENV)/.serve: pyproject.toml sdk/pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet --constraint constraints.txt --editable ./sdk --editable .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install --quiet --constraint constraints.txt --editable '.[server,dev]'
+$(VENV)/.dev: pyproject.toml sdk/pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet --constraint constraints.txt --editable ./sdk --editable '.[dev]'
 	$(PIP) install --quiet --no-deps $(EPYNN)
 	touch $@ $(VENV)/.serve
 
-# Re-pin constraints.txt from a fresh environment with every extra installed.
+# Re-pin constraints.txt from a fresh environment with every extra installed. Local version
+# labels (`torch==2.13.0+cpu`, from a wheel on this machine's disk) are cut: no public index
+# serves them, and `torch==2.13.0` matches the local build here and the public one elsewhere
+# (tests/test_packaging.py checks the file).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet '.[server,dev]'
+	.lock-venv/bin/python -m pip install --quiet ./sdk '.[dev]'
 	.lock-venv/bin/python -m pip install --quiet --no-deps $(EPYNN)
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
-	  | grep -v '^poolgrad'; } > constraints.new && mv constraints.new constraints.txt
+	  | grep -v '^poolgrad' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; } > constraints.new \
+	  && mv constraints.new constraints.txt
 	rm -rf .lock-venv
 
 clean:
