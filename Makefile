@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip
 # Python 3.11: it is installed without its dependencies, which the dev extra lists instead.
 EPYNN := epynn==1.2.13
 
-.PHONY: serve test lint typecheck pytest bench lock clean
+.PHONY: serve test test-deps lint typecheck pytest bench lock clean
 
 serve: $(VENV)/.serve
 	$(BIN)/poolgrad-server
@@ -25,8 +25,15 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev test-deps
 	$(BIN)/python -m pytest
+
+# Programs the tests drive that pip cannot install: headless Chromium renders /docs offline
+# (tests/service/test_docs_browser.py). Installed with apt-get when missing, which needs root.
+test-deps:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium for the /docs test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
