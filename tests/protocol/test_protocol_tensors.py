@@ -11,6 +11,7 @@ import re
 import struct
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from poolgrad import protocol
+from service import Settings, create_app
 
 FLOATS = ("float16", "float32", "float64")
 
@@ -94,59 +96,60 @@ def pickled_npy() -> bytes:
 GOOD = protocol.encode_npy(np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"", "not a .npy file"),
-        (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
-        (GOOD[:9], "not a .npy file"),
-        (GOOD[:40], "truncated: its header ends at byte"),
-        (GOOD[:-1], r"truncated: shape \(2, 3\) of float32 needs 24 bytes, body holds 23"),
-        (GOOD + b"\x00", "followed by extra bytes"),
-        (pickled_npy(), "holds Python objects: pickled arrays are refused"),
-        (
-            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (10**9, 10**9), }"),
-            "header is malformed",
+#: Bodies no .npy decoder may accept: (body, the message the refusal must contain).
+NPY_MALFORMED: list[tuple[bytes, str]] = [
+    (b"", "not a .npy file"),
+    (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
+    (GOOD[:9], "not a .npy file"),
+    (GOOD[:40], "truncated: its header ends at byte"),
+    (GOOD[:-1], r"truncated: shape \(2, 3\) of float32 needs 24 bytes, body holds 23"),
+    (GOOD + b"\x00", "followed by extra bytes"),
+    (pickled_npy(), "holds Python objects: pickled arrays are refused"),
+    (
+        npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (10**9, 10**9), }"),
+        "header is malformed",
+    ),
+    (
+        npy_with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
+            b"\x00" * 8,
         ),
-        (
-            npy_with_header(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
-                b"\x00" * 8,
-            ),
-            r"needs 4000000000000000000 bytes, body holds 8",
-        ),
-        (
-            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }"),
-            "negative dimension",
-        ),
-        (
-            npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
-            "structured dtype",
-        ),
-        (npy_with_header("__import__('os').system('true')"), "header is malformed"),
-        (b"\x93NUMPY\x07\x00" + b"\x00" * 8, r"format version 7\.0 is not supported"),
-        (
-            b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**6) + b"{}",
-            "header of 1000000 bytes exceeds the 65536 limit",
-        ),
-    ],
-    ids=[
-        "empty",
-        "zip",
-        "preamble",
-        "header-cut",
-        "data-cut",
-        "trailing",
-        "pickle",
-        "expression-shape",
-        "huge-shape",
-        "negative",
-        "structured",
-        "code-in-header",
-        "version",
-        "huge-header",
-    ],
-)
+        r"needs 4000000000000000000 bytes, body holds 8",
+    ),
+    (
+        npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }"),
+        "negative dimension",
+    ),
+    (
+        npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
+        "structured dtype",
+    ),
+    (npy_with_header("__import__('os').system('true')"), "header is malformed"),
+    (b"\x93NUMPY\x07\x00" + b"\x00" * 8, r"format version 7\.0 is not supported"),
+    (
+        b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**6) + b"{}",
+        "header of 1000000 bytes exceeds the 65536 limit",
+    ),
+]
+NPY_MALFORMED_IDS = [
+    "empty",
+    "zip",
+    "preamble",
+    "header-cut",
+    "data-cut",
+    "trailing",
+    "pickle",
+    "expression-shape",
+    "huge-shape",
+    "negative",
+    "structured",
+    "code-in-header",
+    "version",
+    "huge-header",
+]
+
+
+@pytest.mark.parametrize(("body", "message"), NPY_MALFORMED, ids=NPY_MALFORMED_IDS)
 def test_npy_refuses_malformed_bodies(body: bytes, message: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=message) as info:
         protocol.decode_npy(body)
@@ -282,36 +285,37 @@ def safetensors_with(header: object, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"\x01\x02", "shorter than its 8-byte prefix"),
-        (struct.pack("<Q", 2**40), "header of 1099511627776 bytes exceeds the 65536 limit"),
-        (struct.pack("<Q", 100) + b"{}", "truncated: header claims 100 bytes"),
-        (safetensors_with([1]), "header must be a JSON object, got list"),
-        (safetensors_with({"X": {"dtype": "F32"}}), "must hold dtype, shape, data_offsets"),
-        (
-            safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
-            r"offsets \[0, 8\] outside its 0-byte buffer",
+#: Bodies no safetensors decoder may accept: (body, the message the refusal must contain).
+SAFETENSORS_MALFORMED: list[tuple[bytes, str]] = [
+    (b"\x01\x02", "shorter than its 8-byte prefix"),
+    (struct.pack("<Q", 2**40), "header of 1099511627776 bytes exceeds the 65536 limit"),
+    (struct.pack("<Q", 100) + b"{}", "truncated: header claims 100 bytes"),
+    (safetensors_with([1]), "header must be a JSON object, got list"),
+    (safetensors_with({"X": {"dtype": "F32"}}), "must hold dtype, shape, data_offsets"),
+    (
+        safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+        r"offsets \[0, 8\] outside its 0-byte buffer",
+    ),
+    (
+        safetensors_with(
+            {"X": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, b"\x00" * 4
         ),
-        (
-            safetensors_with(
-                {"X": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, b"\x00" * 4
-            ),
-            "needs 4000000000 bytes, offsets span 4",
+        "needs 4000000000 bytes, offsets span 4",
+    ),
+    (
+        safetensors_with(
+            {"X": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\x00" * 4
         ),
-        (
-            safetensors_with(
-                {"X": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\x00" * 4
-            ),
-            "outside its",
-        ),
-        (
-            safetensors_with({"X": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
-            r"bad shape \[-1\]",
-        ),
-    ],
-)
+        "outside its",
+    ),
+    (
+        safetensors_with({"X": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
+        r"bad shape \[-1\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), SAFETENSORS_MALFORMED)
 def test_safetensors_refuses_malformed_bodies(body: bytes, message: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=message):
         protocol.decode_safetensors(body)
@@ -436,3 +440,47 @@ def test_a_media_type_without_a_codec_is_a_protocol_error(codec: Any, args: Any)
     with pytest.raises(protocol.UnsupportedMediaType, match="for media type") as caught:
         codec(*args)
     assert caught.value.code == "unsupported_media_type"
+
+
+# ------------------------------------------------------ at the server's input boundary
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _post(path: str, body: bytes, media_type: str) -> httpx.Response:
+    app = create_app(Settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        if path == "forward":
+            session_id = (await client.post("/v1/sessions")).json()["id"]
+            path = f"/v1/sessions/{session_id}/forward"
+            response = await client.post(path, content=body, headers={"Content-Type": media_type})
+            # Refused means unchanged: the session still has no forward.
+            assert (await client.get(f"/v1/sessions/{session_id}")).json()["step"] == 0
+            return response
+        return await client.post(path, content=body, headers={"Content-Type": media_type})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("body", "message"), NPY_MALFORMED, ids=NPY_MALFORMED_IDS)
+async def test_the_server_refuses_malformed_npy_as_the_decoder_does(
+    body: bytes, message: str
+) -> None:
+    response = await _post("forward", body, protocol.MEDIA_NPY)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "malformed_tensor"
+    assert re.search(message, response.json()["detail"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("body", "message"), SAFETENSORS_MALFORMED)
+async def test_the_server_refuses_malformed_safetensors_as_the_decoder_does(
+    body: bytes, message: str
+) -> None:
+    response = await _post("/v1/gradient", body, protocol.MEDIA_SAFETENSORS)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "malformed_tensor"
+    assert re.search(message, response.json()["detail"])

@@ -61,7 +61,7 @@ def info(session_id: str = SESSION_ID) -> httpx.Response:
     )
 
 
-def npy(array: np.ndarray, **headers: str) -> httpx.Response:
+def npy(array: np.ndarray, **headers: str | bytes) -> httpx.Response:
     return httpx.Response(
         200,
         content=protocol.encode_npy(array),

@@ -293,6 +293,19 @@ def test_forward_without_etag_is_refused() -> None:
             session.forward(X)
 
 
+@pytest.mark.parametrize(
+    "etag", ['"\N{SUPERSCRIPT TWO}"', '"\N{ARABIC-INDIC DIGIT THREE}"', '"1", "2"', "7"]
+)
+def test_forward_with_an_etag_that_is_no_step_is_an_api_response_error(etag: str) -> None:
+    X = np.zeros((1, 2, 2, 1))
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
+        router.post("/v1/sessions").mock(return_value=created())
+        router.post(FORWARD).mock(return_value=npy(X, ETag=etag.encode()))
+        router.delete(SESSION).mock(return_value=httpx.Response(204))
+        with client.session() as session, pytest.raises(poolgrad.APIResponseError, match="ETag"):
+            session.forward(X)
+
+
 def test_session_body_carries_spec_and_ttl() -> None:
     with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
         route = router.post("/v1/sessions").mock(return_value=created(ties="first"))
