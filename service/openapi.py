@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, Field, create_model
 
 from poolgrad.protocol import (
@@ -189,44 +190,54 @@ DELETE_SESSION: Final[dict[str, Any]] = {
     "responses": _errors(*_SESSION),
 }
 
-FORWARD: Final[dict[str, Any]] = {
-    "summary": "Forward pass: tensor X in, tensor A out; caches the state (step + 1)",
-    "openapi_extra": _body(_TENSOR_CONTENT, "X: a .npy file or a JSON tensor (Content-Type)."),
-    "responses": {
-        200: {
-            "description": "A, as Accept asks (else as X came); ETag is the new step.",
-            "content": _TENSOR_CONTENT,
-            "headers": {"ETag": {"description": 'The new step, quoted: "1".'}},
-        },
-        **_errors(*_SESSION, *_TENSOR_IO, "invalid_spec", "invalid_tensor", "capacity_exceeded"),
-    },
-}
 
-BACKWARD: Final[dict[str, Any]] = {
-    "summary": "Backward pass: tensor dA in, tensor dX out; the cached state is kept",
-    "openapi_extra": {
-        **_body(_TENSOR_CONTENT, "dA, shaped like A: a .npy file or a JSON tensor."),
-        "parameters": [
-            {
-                "name": "If-Match",
-                "in": "header",
-                "required": False,
-                "description": 'Only if this step is cached: "<step>", W/"<step>" or *.',
-                "schema": {"type": "string"},
-            }
-        ],
-    },
-    "responses": {
-        200: {
-            "description": "dX, shaped like X, as Accept asks (else as dA came).",
-            "content": _TENSOR_CONTENT,
-            "headers": {"ETag": {"description": "The step whose state was used."}},
+def _tensor_route(
+    summary: str, body: str, answer: str, etag: str, *codes: str, **extra: Any
+) -> dict[str, Any]:
+    """A session route with a tensor in and a tensor out, ``ETag`` on the answer."""
+    return {
+        "summary": summary,
+        "tags": ["sessions"],
+        "response_class": Response,
+        "openapi_extra": {**_body(_TENSOR_CONTENT, body), **extra},
+        "responses": {
+            200: {
+                "description": answer,
+                "content": _TENSOR_CONTENT,
+                "headers": {"ETag": {"description": etag}},
+            },
+            **_errors(*_SESSION, *_TENSOR_IO, "invalid_tensor", *codes),
         },
-        **_errors(
-            *_SESSION, *_TENSOR_IO, "no_forward", "stale_step", "invalid_tensor", "shape_mismatch"
-        ),
-    },
-}
+    }
+
+
+FORWARD: Final = _tensor_route(
+    "Forward pass: tensor X in, tensor A out; caches the state (step + 1)",
+    "X: a .npy file or a JSON tensor (Content-Type).",
+    "A, as Accept asks (else as X came); ETag is the new step.",
+    'The new step, quoted: "1".',
+    "invalid_spec",
+    "capacity_exceeded",
+)
+
+BACKWARD: Final = _tensor_route(
+    "Backward pass: tensor dA in, tensor dX out; the cached state is kept",
+    "dA, shaped like A: a .npy file or a JSON tensor.",
+    "dX, shaped like X, as Accept asks (else as dA came).",
+    "The step whose state was used.",
+    "no_forward",
+    "stale_step",
+    "shape_mismatch",
+    parameters=[
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "description": 'Only if this step is cached: "<step>", W/"<step>" or *.',
+            "schema": {"type": "string"},
+        }
+    ],
+)
 
 GRADIENT: Final[dict[str, Any]] = {
     "summary": "Stateless forward (and backward when dA is sent): named X, dA in; A, dX out",

@@ -5,13 +5,16 @@ the wire formats in :mod:`poolgrad.protocol`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from poolgrad import protocol
 from service import openapi
+from service.compute import Stepped
 from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
 from service.errors import BadRequest, InvalidSpec
 from service.httpio import read_body, request_media_type
@@ -24,6 +27,12 @@ TENSOR_TYPES = protocol.TENSOR_MEDIA_TYPES
 NAMED_TYPES = protocol.NAMED_MEDIA_TYPES
 
 router = APIRouter()
+
+#: A session step (``Compute.forward`` or ``backward`` with its session bound): how to decode
+#: the request tensor and how to encode the answer in, the encoded answer and its step out.
+StepRun = Callable[
+    [Callable[[], np.ndarray], Callable[[np.ndarray], bytes]], Awaitable[Stepped[bytes]]
+]
 
 # --------------------------------------------------------------------------- helpers
 
@@ -66,14 +75,18 @@ async def _spec_body(request: Request, settings: SettingsDep) -> dict[str, Any]:
     return fields
 
 
-async def _tensor_body(
-    request: Request, settings: SettingsDep, offered: tuple[str, ...]
-) -> tuple[bytes, str, str]:
-    """Body, its media type and the answer's media type: 415 and 406 before reading."""
-    media_in = request_media_type(request, offered)
-    media_out = protocol.negotiate(request.headers.get("accept"), offered, media_in)
+async def _stepped_tensor(request: Request, settings: Settings, run: StepRun) -> Response:
+    """A session's forward or backward: 415 and 406 before reading the body, then ``run``
+    with the codecs of the request's and the answer's media types; ``ETag`` the step."""
+    media_in = request_media_type(request, TENSOR_TYPES)
+    media_out = protocol.negotiate(request.headers.get("accept"), TENSOR_TYPES, media_in)
     body = await _read(request, settings, media_in)
-    return body, media_in, media_out
+    result = await run(
+        partial(protocol.decode_tensor, body, media_in),
+        partial(protocol.encode_tensor, media_type=media_out),
+    )
+    etag = protocol.format_etag(result.step)
+    return Response(result.payload, media_type=media_out, headers={"ETag": etag})
 
 
 # ---------------------------------------------------------------------------- routes
@@ -105,54 +118,20 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
     return Response(status_code=204)
 
 
-@router.post(
-    "/v1/sessions/{session_id}/forward",
-    tags=["sessions"],
-    response_class=Response,
-    **openapi.FORWARD,
-)
+@router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
 async def forward(
-    session_id: str,
-    request: Request,
-    compute: ComputeDep,
-    settings: SettingsDep,
-    owner: OwnerDep,
+    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
-    body, media_in, media_out = await _tensor_body(request, settings, TENSOR_TYPES)
-    result = await compute.forward(
-        session_id,
-        owner,
-        partial(protocol.decode_tensor, body, media_in),
-        partial(protocol.encode_tensor, media_type=media_out),
-    )
-    etag = protocol.format_etag(result.step)
-    return Response(result.payload, media_type=media_out, headers={"ETag": etag})
+    return await _stepped_tensor(request, settings, partial(compute.forward, session_id, owner))
 
 
-@router.post(
-    "/v1/sessions/{session_id}/backward",
-    tags=["sessions"],
-    response_class=Response,
-    **openapi.BACKWARD,
-)
+@router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
 async def backward(
-    session_id: str,
-    request: Request,
-    compute: ComputeDep,
-    settings: SettingsDep,
-    owner: OwnerDep,
+    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
     condition = protocol.parse_if_match(request.headers.get("if-match"))
-    body, media_in, media_out = await _tensor_body(request, settings, TENSOR_TYPES)
-    result = await compute.backward(
-        session_id,
-        owner,
-        partial(protocol.decode_tensor, body, media_in),
-        partial(protocol.encode_tensor, media_type=media_out),
-        condition,
-    )
-    etag = protocol.format_etag(result.step)
-    return Response(result.payload, media_type=media_out, headers={"ETag": etag})
+    run = partial(compute.backward, session_id, owner, condition=condition)
+    return await _stepped_tensor(request, settings, run)
 
 
 @router.post(

@@ -464,23 +464,22 @@ async def _post(path: str, body: bytes, media_type: str) -> httpx.Response:
         return await client.post(path, content=body, headers={"Content-Type": media_type})
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize(("body", "message"), NPY_MALFORMED, ids=NPY_MALFORMED_IDS)
-async def test_the_server_refuses_malformed_npy_as_the_decoder_does(
-    body: bytes, message: str
-) -> None:
-    response = await _post("forward", body, protocol.MEDIA_NPY)
-    assert response.status_code == 400, response.text
-    assert response.json()["code"] == "malformed_tensor"
-    assert re.search(message, response.json()["detail"])
+#: (route, media type, body, message) for every malformed body above.
+SERVER_CASES = [("forward", protocol.MEDIA_NPY, *case) for case in NPY_MALFORMED] + [
+    ("/v1/gradient", protocol.MEDIA_SAFETENSORS, *case) for case in SAFETENSORS_MALFORMED
+]
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("body", "message"), SAFETENSORS_MALFORMED)
-async def test_the_server_refuses_malformed_safetensors_as_the_decoder_does(
-    body: bytes, message: str
+@pytest.mark.parametrize(
+    ("route", "media_type", "body", "message"),
+    SERVER_CASES,
+    ids=[*NPY_MALFORMED_IDS, *(f"safetensors-{i}" for i in range(len(SAFETENSORS_MALFORMED)))],
+)
+async def test_the_server_refuses_malformed_bodies_as_the_decoder_does(
+    route: str, media_type: str, body: bytes, message: str
 ) -> None:
-    response = await _post("/v1/gradient", body, protocol.MEDIA_SAFETENSORS)
+    response = await _post(route, body, media_type)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "malformed_tensor"
     assert re.search(message, response.json()["detail"])

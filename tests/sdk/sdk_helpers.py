@@ -45,7 +45,8 @@ def created(session_id: str = SESSION_ID, **spec: Any) -> httpx.Response:
     )
 
 
-def info(session_id: str = SESSION_ID) -> httpx.Response:
+def info(session_id: str = SESSION_ID, **fields: Any) -> httpx.Response:
+    """A ``GET /v1/sessions/{id}`` answer; ``fields`` replace the defaults below."""
     body = {
         "id": session_id,
         "spec": {"mode": "max", "pool_size": [2, 2]},
@@ -55,6 +56,7 @@ def info(session_id: str = SESSION_ID) -> httpx.Response:
         "dtype": "float32",
         "state_bytes": 64,
         "expires_at": "2030-01-01T00:00:00Z",
+        **fields,
     }
     return httpx.Response(
         200, content=protocol.dumps(body), headers={"Content-Type": protocol.MEDIA_JSON}

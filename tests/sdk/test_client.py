@@ -309,21 +309,7 @@ def test_forward_with_an_etag_that_is_no_step_is_an_api_response_error(etag: str
 def test_session_body_carries_spec_and_ttl() -> None:
     with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
         route = router.post("/v1/sessions").mock(return_value=created(ties="first"))
-        router.get(SESSION).mock(
-            return_value=httpx.Response(
-                200,
-                json={
-                    "id": SESSION_ID,
-                    "spec": {"mode": "max"},
-                    "step": 2,
-                    "input_shape": [1, 4, 4, 1],
-                    "output_shape": [1, 2, 2, 1],
-                    "dtype": "float32",
-                    "state_bytes": 10,
-                    "expires_at": "x",
-                },
-            )
-        )
+        router.get(SESSION).mock(return_value=info(step=2, state_bytes=10, expires_at="x"))
         session = client.create_session(ttl_seconds=30, mode="max", pool_size=(2, 2), ties="first")
         described = session.info()
     assert json.loads(route.calls.last.request.content) == {

@@ -26,6 +26,7 @@ from service_helpers import (
 
 from engine import PoolSpec, forward
 from poolgrad import protocol
+from poolgrad.protocol.spec import DEFAULTS
 from service.openapi import SessionModel
 from service.stores import Limits, MemoryStore, Usage
 
@@ -44,16 +45,8 @@ async def test_create_answers_normalized_spec_location_and_step_zero(
     assert response.headers["location"] == f"/v1/sessions/{body['id']}"
     assert body["step"] == 0
     assert body["ttl_seconds"] == 120
-    assert body["spec"] == {
-        "mode": "avg",
-        "pool_size": [3, 3],
-        "strides": [1, 1],
-        "padding": "valid",
-        "count_include_pad": False,
-        "layout": "channels_last",
-        "ties": "all",
-        "nan": "propagate",
-    }
+    # Normalized: every field present, the rest at the schema's defaults.
+    assert body["spec"] == {**DEFAULTS, "mode": "avg", "pool_size": [3, 3], "strides": [1, 1]}
     expires = datetime.fromisoformat(body["expires_at"])
     assert expires.tzinfo is not None
     assert 100 < (expires - datetime.now(UTC)).total_seconds() <= 120
