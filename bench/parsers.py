@@ -9,7 +9,8 @@ Two servers with the same app, settings and event loop (uvloop where installed):
 service`` (the bounded httptools protocol, :mod:`service.server`) and the same app under
 uvicorn's ``h11`` with ``h11_max_incomplete_event_size`` at the same header bound (how the server
 ran before). Per case it prints the median time per request over interleaved rounds of
-:data:`BATCH` requests on one keep-alive connection each, and the ratio h11 / httptools:
+:data:`BATCH` requests on one keep-alive connection each and the ratio h11 / httptools, then
+the same from the best round (less disturbed by other load on a shared machine):
 
 - ``GET /healthz``: parsing and the middleware, no work;
 - ``forward (1,8,8,1)``: a session forward of a tiny float32 ``.npy`` tensor;
@@ -64,21 +65,17 @@ def cases(http: httpx.Client, base_url: str) -> dict[str, Callable[[], None]]:
         for _ in range(BATCH):
             http.get(f"{base_url}/healthz").raise_for_status()
 
-    def forward() -> None:
-        for _ in range(BATCH):
-            http.post(
-                f"{base_url}/v1/sessions/{session}/forward",
-                content=x_body,
-                headers={"Content-Type": wire.MEDIA_NPY},
-            ).raise_for_status()
+    def posting(path: str, body: bytes, media_type: str) -> Callable[[], None]:
+        def post() -> None:
+            for _ in range(BATCH):
+                http.post(
+                    f"{base_url}{path}", content=body, headers={"Content-Type": media_type}
+                ).raise_for_status()
 
-    def gradient() -> None:
-        for _ in range(BATCH):
-            http.post(
-                f"{base_url}/v1/gradient",
-                content=named,
-                headers={"Content-Type": wire.MEDIA_SAFETENSORS},
-            ).raise_for_status()
+        return post
+
+    forward = posting(f"/v1/sessions/{session}/forward", x_body, wire.MEDIA_NPY)
+    gradient = posting("/v1/gradient", named, wire.MEDIA_SAFETENSORS)
 
     return {"GET /healthz": healthz, "forward (1,8,8,1)": forward, "gradient (1,8,8,1)": gradient}
 

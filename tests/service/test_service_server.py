@@ -63,6 +63,18 @@ def read_response(sock: socket.socket) -> bytes:
     return data
 
 
+def forward_checked(http: httpx.Client, X: np.ndarray, content: Iterator[bytes]) -> str:
+    """Create a session and forward ``content`` (X's ``.npy``, streamed) to it; check that A is
+    the engine's; return the session's path."""
+    session = f"/v1/sessions/{http.post('/v1/sessions', json={}).json()['id']}"
+    response = http.post(f"{session}/forward", content=content, headers=NPY)
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(
+        wire.decode_npy(response.content), engine.forward(X, engine.PoolSpec())[0]
+    )
+    return session
+
+
 @pytest.fixture(scope="module")
 def strict(start_server: Callable[..., Any]) -> Any:
     """A server with a small header bound and a short header timeout."""
@@ -178,13 +190,9 @@ def test_a_slow_body_or_computation_is_not_cut_by_the_header_timeout(strict: Any
             yield body[start : start + 256]
 
     with httpx.Client(base_url=strict.base_url, timeout=30.0) as http:
-        session = http.post("/v1/sessions", json={}).json()["id"]
-        response = http.post(f"/v1/sessions/{session}/forward", content=slowly(), headers=NPY)
-        assert response.status_code == 200, response.text
-        expected, _ = engine.forward(X, engine.PoolSpec())
-        np.testing.assert_array_equal(wire.decode_npy(response.content), expected)
+        session = forward_checked(http, X, slowly())
         # The kept-alive connection still serves a second request after the first response.
-        assert http.get(f"/v1/sessions/{session}").json()["step"] == 1
+        assert http.get(session).json()["step"] == 1
 
 
 # The connection cap
@@ -246,11 +254,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(
         yield body[len(body) // 2 :]
 
     with httpx.Client(base_url=server.base_url, timeout=60.0) as http:
-        session = http.post("/v1/sessions", json={}).json()["id"]
-        response = http.post(f"/v1/sessions/{session}/forward", content=upload(), headers=NPY)
-    assert response.status_code == 200, response.text
-    expected, _ = engine.forward(X, engine.PoolSpec())
-    np.testing.assert_array_equal(wire.decode_npy(response.content), expected)
+        forward_checked(http, X, upload())
     assert refused == [True]
     assert server.process.wait(timeout=30) == 0
     assert "Application shutdown complete" in server.output()
