@@ -145,12 +145,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         # Whatever follows belongs to the next request: count it from zero. Its timer starts
-        # only once this response is complete, so a long computation is never cut short.
+        # once this response is complete, so a long computation is never cut short.
         self.awaiting_headers = True
         self.header_bytes = 0
+        self._wait_for_headers()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._wait_for_headers()
+
+    def _wait_for_headers(self) -> None:
+        """Start the next request's header timer once its request is read and its response
+        sent, whichever comes last (an early refusal can precede the end of its body)."""
         if self.idle:
             self.waiting_since = time.monotonic()
             self._arm_header_timer()
