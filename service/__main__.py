@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 
 from poolgrad import __version__
 from service.app import limits_of
-from service.server import bind, configure_logging, serve
+from service.server import bind, serve
 from service.settings import Settings, describe_errors
 from service.stores import MemoryStore, store_from_url
 
@@ -110,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{PROG}: cannot listen on {settings.host}:{settings.port} "
             f"(POOLGRAD_HOST, POOLGRAD_PORT): {exc.strerror or exc}"
         ) from None
-    configure_logging(settings)
     # One worker serves with the store checked above; spawned workers each build their own.
     serve(settings, sock, store if settings.workers == 1 else None)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import signal
 import socket
@@ -270,6 +271,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def event_loop() -> str:
+    """``uvloop`` where it is installed (not on Windows or PyPy), else ``asyncio``."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def server_config(settings: Settings, store: SessionStore | None = None) -> ServerConfig:
     """The uvicorn configuration the settings ask for.
 
@@ -283,7 +289,7 @@ def server_config(settings: Settings, store: SessionStore | None = None) -> Serv
         header_timeout_seconds=settings.header_timeout_seconds,
         max_connections=settings.max_connections,
         http=BoundedHttpToolsProtocol,
-        loop="auto",  # uvloop where it is installed, asyncio elsewhere
+        loop=event_loop(),
         ws="none",
         lifespan="on",
         workers=settings.workers,
@@ -303,14 +309,16 @@ def serve(settings: Settings, sock: socket.socket, store: SessionStore | None = 
     """
     if settings.workers > 1 and store is not None:
         raise ValueError(f"{settings.workers} worker processes cannot share one store object")
+    configure_logging(settings)
     config = server_config(settings, store)
     host, port = sock.getsockname()[:2]
     logger.info(
-        "Listening on http://%s:%d with %d worker%s",
+        "Listening on http://%s:%d with %d worker%s (bounded httptools parser, %s event loop)",
         f"[{host}]" if ":" in host else host,
         port,
         settings.workers,
         "" if settings.workers == 1 else "s",
+        config.loop,
     )
     if settings.workers > 1:
         Multiprocess(config, sockets=[sock]).run()

@@ -229,6 +229,37 @@ def test_hundreds_of_idle_sockets_do_not_stop_a_request(start_server: Callable[.
             sock.close()
 
 
+def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(
+    start_server: Callable[..., Any],
+) -> None:
+    server = start_server(POOLGRAD_MAX_CONNECTIONS="2", POOLGRAD_LOG_LEVEL="warning")
+    with httpx.Client(base_url=server.base_url) as http:
+        session = http.post("/v1/sessions", json={}).json()["id"]
+    head = (
+        f"POST /v1/sessions/{session}/forward HTTP/1.1\r\nHost: t\r\n"
+        "Content-Type: application/x-npy\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    busy = [socket.create_connection(address_of(server)) for _ in range(2)]
+    try:
+        for sock in busy:
+            sock.sendall(head + b"\x93NUMPY")  # headers complete, body in flight
+        with socket.create_connection(address_of(server)) as newcomer:
+            answer = read_until_closed(newcomer)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"Too many open connections" in answer
+    finally:
+        for sock in busy:
+            sock.close()
+    # The busy connections gone, the server serves again.
+    statuses = []
+    for _ in range(50):
+        statuses.append(httpx.get(f"{server.base_url}/healthz").status_code)
+        if statuses[-1] == 200:
+            break
+        time.sleep(0.1)
+    assert statuses[-1] == 200, statuses
+
+
 # Graceful shutdown
 
 
@@ -302,3 +333,4 @@ def test_two_workers_serve_one_pre_bound_socket_and_stop_with_0(tmp_path: Any) -
     output = log.read_text()
     assert output.count("Application startup complete") == 2, output
     assert output.count("Application shutdown complete") == 2, output
+    assert "with 2 workers (bounded httptools parser, uvloop event loop)" in output
