@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve poolgrad's HTTP API (pooling-layer forward and backward with per-session "
             "state). Every flag mirrors a POOLGRAD_* environment variable; a flag wins."
         ),
+        epilog=(
+            "Pass API keys in the environment rather than as --api-keys: other users of the "
+            "machine can read command lines (ps)."
+        ),
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
