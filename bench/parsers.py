@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.engine import timings
 from bench.service import _server
-from poolgrad import wire
+from poolgrad import protocol
 
 BATCH = 50
 
@@ -57,8 +57,8 @@ def cases(http: httpx.Client, base_url: str) -> dict[str, Callable[[], None]]:
     """One batch of requests per case against the server at ``base_url``."""
     X = np.random.default_rng(0).standard_normal((1, 8, 8, 1)).astype(np.float32)
     dA = np.ones((1, 4, 4, 1), np.float32)
-    x_body = wire.encode_npy(X)
-    named = wire.encode_named({"X": X, "dA": dA}, wire.MEDIA_SAFETENSORS)
+    x_body = protocol.encode_npy(X)
+    named = protocol.encode_named({"X": X, "dA": dA}, protocol.MEDIA_SAFETENSORS)
     session = http.post(f"{base_url}/v1/sessions", json={}).json()["id"]
 
     def healthz() -> None:
@@ -74,8 +74,8 @@ def cases(http: httpx.Client, base_url: str) -> dict[str, Callable[[], None]]:
 
         return post
 
-    forward = posting(f"/v1/sessions/{session}/forward", x_body, wire.MEDIA_NPY)
-    gradient = posting("/v1/gradient", named, wire.MEDIA_SAFETENSORS)
+    forward = posting(f"/v1/sessions/{session}/forward", x_body, protocol.MEDIA_NPY)
+    gradient = posting("/v1/gradient", named, protocol.MEDIA_SAFETENSORS)
 
     return {"GET /healthz": healthz, "forward (1,8,8,1)": forward, "gradient (1,8,8,1)": gradient}
 

@@ -23,7 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeVar
 
-from poolgrad import wire
+from poolgrad import protocol
 from service.errors import (
     CapacityExceeded,
     InternalError,
@@ -88,7 +88,7 @@ class SessionRecord:
 
     def to_bytes(self) -> bytes:
         """``magic | u32 metadata length | metadata JSON | state``: one copy of the state."""
-        meta = wire.dumps(
+        meta = protocol.dumps(
             {
                 "id": self.id,
                 "owner": self.owner,
@@ -117,7 +117,7 @@ class SessionRecord:
         if magic != _RECORD_MAGIC:
             raise ValueError(f"session record has magic {magic!r}, expected {_RECORD_MAGIC!r}")
         start = _RECORD_PREFIX.size
-        meta: dict[str, Any] = wire.loads(blob[start : start + meta_length])
+        meta: dict[str, Any] = protocol.loads(blob[start : start + meta_length])
         return meta
 
     @classmethod

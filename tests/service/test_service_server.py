@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from service_helpers import NPY, npy
 
 import engine
-from poolgrad import wire
+from poolgrad import protocol
 from service import Settings
 from service.server import BoundedHttpToolsProtocol, server_config
 
@@ -70,7 +70,7 @@ def forward_checked(http: httpx.Client, X: np.ndarray, content: Iterator[bytes])
     response = http.post(f"{session}/forward", content=content, headers=NPY)
     assert response.status_code == 200, response.text
     np.testing.assert_array_equal(
-        wire.decode_npy(response.content), engine.forward(X, engine.PoolSpec())[0]
+        protocol.decode_npy(response.content), engine.forward(X, engine.PoolSpec())[0]
     )
     return session
 
