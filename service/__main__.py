@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from poolgrad import __version__
+from poolgrad._version import __version__
 from service.app import limits_of
 from service.server import bind, serve
 from service.settings import Settings, describe_errors
