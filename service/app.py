@@ -25,6 +25,7 @@ from service.problems import install_handlers
 from service.routes import router
 from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
+from service.v2 import router as v2_router
 
 __all__ = ["DOCS_STATIC_URL", "create_app", "limits_of"]
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.state.compute = Compute(store, settings, metrics)
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(router)
+    app.include_router(v2_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app
 

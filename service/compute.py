@@ -15,6 +15,7 @@ expired while its forward runs stays gone: the store only replaces live sessions
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -37,6 +38,7 @@ from service.errors import (
     InvalidTensor,
     NoForward,
     ServiceError,
+    SessionNotFound,
     ShapeMismatch,
     StaleStep,
 )
@@ -118,15 +120,31 @@ class Compute:
 
     # ----------------------------------------------------------------- sessions
 
-    async def create_session(self, fields: Mapping[str, Any], owner: str) -> SessionInfo:
-        """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``)."""
+    async def create_session(
+        self, fields: Mapping[str, Any], owner: str, *, session_id: str | None = None
+    ) -> SessionInfo:
+        """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``).
+
+        ``session_id`` names it instead of a new random id, replacing any session of this
+        owner under that id (a protocol whose clients name their own sequences derives it,
+        see :mod:`service.v2`); the spec is checked before anything is replaced.
+        """
         spec_fields = dict(fields)
         ttl_seconds = self._ttl(spec_fields.pop("ttl_seconds", None))
         spec = parse_spec(spec_fields)
         record = SessionRecord(
-            id=new_session_id(), owner=owner, spec=spec.to_dict(), ttl_seconds=ttl_seconds
+            id=session_id or new_session_id(),
+            owner=owner,
+            spec=spec.to_dict(),
+            ttl_seconds=ttl_seconds,
         )
-        await self.store.create(record)
+        if session_id is None:
+            await self.store.create(record)
+            return session_info(record)
+        async with self.store.lock(session_id):
+            with contextlib.suppress(SessionNotFound):
+                await self.store.delete(session_id, owner)
+            await self.store.create(record)
         return session_info(record)
 
     async def get_session(self, session_id: str, owner: str) -> SessionInfo:

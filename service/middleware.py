@@ -16,9 +16,8 @@ from typing import Any
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from poolgrad import protocol
 from service.metrics import Metrics
-from service.problems import problem_body
+from service.problems import error_content
 
 __all__ = [
     "KNOWN_METHODS",
@@ -91,7 +90,7 @@ class RequestMiddleware:
             if response_started:
                 raise
             status = 500
-            await _send_internal_error(send_with_id, request_id)
+            await _send_internal_error(send_with_id, scope["path"], request_id)
         finally:
             self._record(scope, root_path, status, time.perf_counter() - started, request_id)
 
@@ -166,16 +165,19 @@ def _template_of(route: Any) -> str:
     return f"{path}/{{path}}" if isinstance(route, Mount) else path
 
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = problem_body(
-        "internal_error", "the server failed to handle this request; see its log", request_id
+async def _send_internal_error(send: Send, path: str, request_id: str) -> None:
+    body, media_type = error_content(
+        path,
+        "internal_error",
+        "the server failed to handle this request; see its log",
+        request_id,
     )
     await send(
         {
             "type": "http.response.start",
             "status": 500,
             "headers": [
-                (b"content-type", protocol.MEDIA_PROBLEM.encode()),
+                (b"content-type", media_type.encode()),
                 (b"content-length", str(len(body)).encode()),
             ],
         }

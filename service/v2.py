@@ -1,0 +1,501 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP) endpoints: server and model metadata,
+health, and ``infer`` for the models ``maxpool``, ``minpool`` and ``avgpool``.
+
+Thin endpoints, as in :mod:`service.routes`: they read the body under the same limits, parse
+it with the pure codec :mod:`poolgrad.protocol.inference`, read the spec from the request
+``parameters`` with the query-string parser of ``/v1/gradient`` (values are the query
+string's text), and delegate to :class:`~service.compute.Compute`, the one path to the engine
+and the store. Errors are rendered by the app's one handler, as ``{"error": ".."}`` under
+``/v2`` (:mod:`service.problems`).
+
+What the inputs mean (CONTRACT.md, "Open Inference Protocol")::
+
+    X          -> A         forward; in a sequence, caches the state (step + 1)
+    dA         -> dX        backward against the sequence's cached state
+    X and dA   -> A and dX  stateless without a sequence; in one, forward then backward
+
+A sequence (``parameters.sequence_id``, a uint64 or a string) is a session in the store
+under the caller's key: its id is a keyed hash of (owner, model, sequence id), so any replica
+on a shared store finds it. ``sequence_start`` creates it, replacing a sequence of the same
+id, with the spec of that request; ``sequence_end`` deletes it once the request succeeded.
+A refused ``sequence_start`` leaves no sequence behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+
+from poolgrad import protocol
+from poolgrad._version import __version__
+from poolgrad.protocol import inference, spec_from_query
+from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
+from service.compute import NAMED_INPUTS
+from service.deps import ComputeDep, OwnerDep, SettingsDep, StoreDep
+from service.errors import (
+    BadRequest,
+    InvalidSpec,
+    InvalidTensor,
+    PayloadTooLarge,
+    ServiceError,
+    SessionNotFound,
+    UnsupportedMediaType,
+)
+from service.httpio import read_body
+from service.settings import Settings
+
+__all__ = ["MODELS", "MODEL_VERSION", "router", "sequence_session_id"]
+
+#: The models served, and the pooling mode each one is.
+MODELS = {"maxpool": "max", "minpool": "min", "avgpool": "avg"}
+#: The one version of every model.
+MODEL_VERSION = "1"
+#: The output each input gives.
+OUTPUT_OF = {"X": "A", "dA": "dX"}
+_FLOAT_DATATYPES = ["FP16", "FP32", "FP64"]
+
+router = APIRouter(tags=["open inference protocol"])
+
+
+class ModelNotFound(ServiceError):
+    """A model name or version this server does not serve (404 ``not_found``)."""
+
+    code = "not_found"
+
+
+# ------------------------------------------------------------------- OpenAPI models
+
+
+class ErrorModel(BaseModel):
+    """Every non-2xx answer under /v2 (the protocol's error object)."""
+
+    error: str = Field(description="What was wrong, naming the offending value.")
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(examples=["poolgrad"])
+    version: str
+    extensions: list[str] = Field(examples=[list(inference.EXTENSIONS)])
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str = Field(description="FP32; FP16 and FP64 are accepted too (parameters).")
+    shape: list[int] = Field(description="-1: any size. Rank 3 to 5 (1 to 3 spatial dims).")
+    parameters: dict[str, Any]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class RequestInput(BaseModel):
+    name: Literal["X", "dA"]
+    shape: list[int]
+    datatype: Literal["FP16", "FP32", "FP64"]
+    parameters: dict[str, int] | None = Field(
+        default=None, description="binary_data_size: bytes of this tensor after the JSON."
+    )
+    data: list[Any] | None = Field(
+        default=None, description="Row-major, flat or nested as shape; absent for binary data."
+    )
+
+
+class RequestOutput(BaseModel):
+    name: Literal["A", "dX"]
+    parameters: dict[str, bool] | None = Field(
+        default=None, description="binary_data: return this output as binary data."
+    )
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, str | int | bool] | None = Field(
+        default=None,
+        description=(
+            "Spec fields as in the /v1/gradient query string (pool_size: '2,2', padding: "
+            "'1:1,0:1', ...); sequence_id (uint64 or string), sequence_start, sequence_end; "
+            "binary_data_output."
+        ),
+    )
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: Literal["A", "dX"]
+    shape: list[int]
+    datatype: Literal["FP16", "FP32", "FP64"]
+    parameters: dict[str, int] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the problem codes an endpoint can answer with, by status."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(protocol.PROBLEMS[code].status, []).append(code)
+    schema = ErrorModel.model_json_schema()
+    return {
+        status: {
+            "description": ", ".join(status_codes),
+            "content": {protocol.MEDIA_JSON: {"schema": schema}},
+        }
+        for status, status_codes in sorted(by_status.items())
+    }
+
+
+_BINARY = {"type": "string", "format": "binary"}
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "The JSON inference request; with binary tensors, followed by their bytes in input "
+            "order and sized by Inference-Header-Content-Length (the JSON's length)."
+        ),
+        "content": {
+            protocol.MEDIA_JSON: {"schema": InferenceRequest.model_json_schema()},
+            inference.BINARY_MEDIA_TYPE: {"schema": _BINARY},
+        },
+    },
+    "parameters": [
+        {
+            "name": inference.HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Bytes of JSON before the binary tensors (binary data only).",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ],
+}
+
+# --------------------------------------------------------------------- dependencies
+
+
+async def get_mode(model_name: str) -> str:
+    """The pooling mode of the model named in the path; 404 naming the models served."""
+    mode = MODELS.get(model_name)
+    if mode is None:
+        raise ModelNotFound(
+            f"model {model_name!r} is not served here; the models are {', '.join(MODELS)}"
+        )
+    return mode
+
+
+async def check_version(model_version: str) -> None:
+    if model_version != MODEL_VERSION:
+        raise ModelNotFound(
+            f"model version {model_version!r} is not served; the one version is {MODEL_VERSION!r}"
+        )
+
+
+ModeDep = Annotated[str, Depends(get_mode)]
+
+
+def _model_route(method: str, suffix: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """Register an endpoint at ``/v2/models/{model_name}<suffix>`` and at the same path with
+    ``/versions/{model_version}`` (checked against :data:`MODEL_VERSION`)."""
+
+    def register(endpoint: Any) -> Any:
+        router.add_api_route(
+            f"/v2/models/{{model_name}}{suffix}", endpoint, methods=[method], **kwargs
+        )
+        router.add_api_route(
+            f"/v2/models/{{model_name}}/versions/{{model_version}}{suffix}",
+            endpoint,
+            methods=[method],
+            dependencies=[Depends(check_version)],
+            **kwargs,
+        )
+        return endpoint
+
+    return register
+
+
+# ---------------------------------------------------------------------- endpoints
+
+
+@router.get("/v2", summary="Server metadata", response_model=ServerMetadata)
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "poolgrad", "version": __version__, "extensions": list(inference.EXTENSIONS)}
+
+
+@router.get("/v2/health/live", summary="Liveness: 200 while the process serves")
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get(
+    "/v2/health/ready",
+    summary="Readiness: 200 while the session store answers",
+    responses=_errors("store_unavailable"),
+)
+async def ready(store: StoreDep) -> Response:
+    await store.ping()
+    return Response(status_code=200)
+
+
+@_model_route(
+    "GET",
+    "",
+    summary="Model metadata: inputs X, dA and outputs A, dX",
+    response_model=ModelMetadata,
+    responses=_errors("not_found"),
+)
+async def model_metadata(model_name: str, _mode: ModeDep) -> dict[str, Any]:
+    return {
+        "name": model_name,
+        "versions": [MODEL_VERSION],
+        "platform": "poolgrad",
+        "inputs": [_tensor_metadata(name) for name in NAMED_INPUTS],
+        "outputs": [_tensor_metadata(OUTPUT_OF[name]) for name in NAMED_INPUTS],
+    }
+
+
+@_model_route(
+    "GET",
+    "/ready",
+    summary="Model readiness: 200 while the session store answers",
+    responses=_errors("not_found", "store_unavailable"),
+)
+async def model_ready(_mode: ModeDep, store: StoreDep) -> Response:
+    await store.ping()
+    return Response(status_code=200)
+
+
+@_model_route(
+    "POST",
+    "/infer",
+    summary="Inference: X -> A (forward), dA -> dX (backward, in a sequence), both statelessly",
+    openapi_extra=_INFER_DOC,
+    response_class=Response,
+    responses={
+        200: {
+            "description": (
+                "The outputs as JSON; with binary outputs, the JSON is followed by their bytes "
+                "and Inference-Header-Content-Length gives its length."
+            ),
+            "content": {
+                protocol.MEDIA_JSON: {"schema": InferenceResponse.model_json_schema()},
+                inference.BINARY_MEDIA_TYPE: {"schema": _BINARY},
+            },
+        },
+        **_errors(
+            "malformed_tensor",
+            "bad_request",
+            "unauthorized",
+            "session_not_found",
+            "not_found",
+            "no_forward",
+            "request_timeout",
+            "payload_too_large",
+            "unsupported_media_type",
+            "invalid_spec",
+            "invalid_tensor",
+            "shape_mismatch",
+            "capacity_exceeded",
+            "store_unavailable",
+        ),
+    },
+)
+async def infer(
+    model_name: str,
+    mode: ModeDep,
+    request: Request,
+    compute: ComputeDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+) -> Response:
+    body, header_length = await _infer_body(request, settings)
+    parsed = inference.parse_request(body, header_length)
+    sequence = parsed.sequence()
+    parameters = parsed.model_parameters()
+    if any(name == "mode" for name, _ in parameters):
+        raise InvalidSpec(
+            f"parameters.mode cannot be set: the model {model_name!r} is mode {mode!r} "
+            f"(models: {', '.join(MODELS)})"
+        )
+    spec_fields = {"mode": mode, **spec_from_query(parameters)}
+    wanted = _wanted_outputs(parsed)
+    if sequence is None:
+        encoded = await _stateless(compute, parsed, spec_fields, wanted)
+    else:
+        session_id = sequence_session_id(owner, model_name, sequence)
+        request.state.session_id = session_id
+        encoded = await _in_sequence(
+            compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted
+        )
+    payload, json_length = inference.response_body(
+        model_name, MODEL_VERSION, parsed.id, [encoded[name] for name in wanted]
+    )
+    if json_length is None:
+        return Response(payload, media_type=protocol.MEDIA_JSON)
+    return Response(
+        payload,
+        media_type=inference.BINARY_MEDIA_TYPE,
+        headers={inference.HEADER_LENGTH: str(json_length)},
+    )
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def sequence_session_id(owner: str, model_name: str, sequence: SequenceRef) -> str:
+    """The store session id of a sequence: an HMAC keyed by the owner over the model and the
+    typed sequence id (uint64 42 and string "42" are different sequences), so every replica
+    derives the same id, and one key's sequences never meet another's. The same form as a
+    random session id (32 URL-safe characters)."""
+    kind = "u" if isinstance(sequence.id, int) else "s"
+    message = f"{model_name}\0{kind}:{sequence.id}".encode()
+    digest = hmac.new(owner.encode(), message, hashlib.sha256).digest()[:24]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def _tensor_metadata(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": "FP32",
+        "shape": [-1, -1, -1, -1],
+        "parameters": {
+            "datatypes": _FLOAT_DATATYPES,
+            "rank": "3 to 5: (m, *spatial, d) channels_last, (m, d, *spatial) channels_first",
+        },
+    }
+
+
+async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int | None]:
+    """The body and the JSON header's length, under the limits of ``/v1``: JSON has its own,
+    smaller limit (the whole body without binary tensors, else the header), checked before a
+    byte is read when the lengths are declared."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
+        )
+    header_length = inference.parse_header_length(request.headers.get(inference.HEADER_LENGTH))
+    json_limit = min(settings.max_body_bytes, settings.max_json_body_bytes)
+    if header_length is None:
+        body = await read_body(
+            request,
+            limit=json_limit,
+            timeout=settings.body_timeout_seconds,
+            hint=" for a JSON inference request; send large tensors as binary data",
+        )
+        return body, None
+    if header_length > json_limit:
+        raise PayloadTooLarge(
+            f"{inference.HEADER_LENGTH} {header_length} exceeds the limit of {json_limit} bytes "
+            "for the JSON header"
+        )
+    body = await read_body(
+        request, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    return body, header_length
+
+
+def _wanted_outputs(parsed: InferRequest) -> list[str]:
+    """The outputs to answer with, in order: those requested, else every one the inputs give."""
+    unknown = sorted(set(parsed.inputs) - set(OUTPUT_OF))
+    if unknown:
+        raise InvalidTensor(
+            f"unknown input(s) {unknown}: the models take X (forward) and dA (backward)"
+        )
+    produced = [OUTPUT_OF[name] for name in NAMED_INPUTS if name in parsed.inputs]
+    if parsed.outputs is None:
+        return produced
+    for output in parsed.outputs:
+        if output.name not in produced:
+            raise BadRequest(
+                f"output {output.name!r} is not produced by this request: inputs "
+                f"{sorted(parsed.inputs)} give {produced}"
+            )
+    return [output.name for output in parsed.outputs]
+
+
+def _encoder(parsed: InferRequest, name: str) -> Callable[[np.ndarray], EncodedOutput]:
+    return partial(inference.encode_output, name, binary=parsed.binary_output(name))
+
+
+async def _stateless(
+    compute: ComputeDep, parsed: InferRequest, spec_fields: Mapping[str, Any], wanted: list[str]
+) -> dict[str, EncodedOutput]:
+    if "X" not in parsed.inputs:
+        raise InvalidTensor(
+            "input dA alone needs the state of a forward pass: send X too, or set "
+            "parameters.sequence_id of a sequence that ran X"
+        )
+    encoders = {name: _encoder(parsed, name) for name in wanted}
+
+    def encode(results: dict[str, np.ndarray]) -> dict[str, EncodedOutput]:
+        return {name: encoders[name](results[name]) for name in wanted}
+
+    return await compute.gradient(spec_fields, parsed.decode_inputs, encode)
+
+
+async def _in_sequence(
+    compute: ComputeDep,
+    parsed: InferRequest,
+    sequence: SequenceRef,
+    session_id: str,
+    owner: str,
+    model_name: str,
+    spec_fields: Mapping[str, Any],
+    wanted: list[str],
+) -> dict[str, EncodedOutput]:
+    """Run the request's inputs in its sequence; start and end as its flags say."""
+    if not sequence.start and len(spec_fields) > 1:
+        raise InvalidSpec(
+            f"spec parameters {sorted(set(spec_fields) - {'mode'})} can only come with "
+            f"sequence_start: sequence {sequence.id!r} keeps the spec it started with"
+        )
+    if sequence.start:
+        await compute.create_session(spec_fields, owner, session_id=session_id)
+    encoded: dict[str, EncodedOutput] = {}
+    try:
+        if "X" in parsed.inputs:
+            stepped = await compute.forward(
+                session_id, owner, parsed.inputs["X"].decode, _encoder(parsed, "A")
+            )
+            encoded["A"] = stepped.payload
+        if "dA" in parsed.inputs:
+            stepped = await compute.backward(
+                session_id, owner, parsed.inputs["dA"].decode, _encoder(parsed, "dX")
+            )
+            encoded["dX"] = stepped.payload
+    except SessionNotFound as exc:
+        if sequence.start:
+            raise
+        raise SessionNotFound(
+            f"sequence {sequence.id!r} of model {model_name!r} is unknown or has ended: start "
+            "it with parameters.sequence_start"
+        ) from exc
+    except ServiceError:
+        if sequence.start:
+            # Refused requests change nothing: a start that fails leaves no sequence.
+            with contextlib.suppress(SessionNotFound):
+                await compute.delete_session(session_id, owner)
+        raise
+    if sequence.end:
+        with contextlib.suppress(SessionNotFound):
+            await compute.delete_session(session_id, owner)
+    return {name: encoded[name] for name in wanted}
