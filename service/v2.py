@@ -29,16 +29,16 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
 
 from poolgrad import protocol
 from poolgrad._version import __version__
 from poolgrad.protocol import inference, spec_from_query
 from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
+from service import openapi
 from service.compute import NAMED_INPUTS
 from service.deps import ComputeDep, OwnerDep, SettingsDep, StoreDep
 from service.errors import (
@@ -71,123 +71,6 @@ class ModelNotFound(ServiceError):
 
     code = "not_found"
 
-
-# ------------------------------------------------------------------- OpenAPI models
-
-
-class ErrorModel(BaseModel):
-    """Every non-2xx answer under /v2 (the protocol's error object)."""
-
-    error: str = Field(description="What was wrong, naming the offending value.")
-
-
-class ServerMetadata(BaseModel):
-    name: str = Field(examples=["poolgrad"])
-    version: str
-    extensions: list[str] = Field(examples=[list(inference.EXTENSIONS)])
-
-
-class MetadataTensor(BaseModel):
-    name: str
-    datatype: str = Field(description="FP32; FP16 and FP64 are accepted too (parameters).")
-    shape: list[int] = Field(description="-1: any size. Rank 3 to 5 (1 to 3 spatial dims).")
-    parameters: dict[str, Any]
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[MetadataTensor]
-    outputs: list[MetadataTensor]
-
-
-class RequestInput(BaseModel):
-    name: Literal["X", "dA"]
-    shape: list[int]
-    datatype: Literal["FP16", "FP32", "FP64"]
-    parameters: dict[str, int] | None = Field(
-        default=None, description="binary_data_size: bytes of this tensor after the JSON."
-    )
-    data: list[Any] | None = Field(
-        default=None, description="Row-major, flat or nested as shape; absent for binary data."
-    )
-
-
-class RequestOutput(BaseModel):
-    name: Literal["A", "dX"]
-    parameters: dict[str, bool] | None = Field(
-        default=None, description="binary_data: return this output as binary data."
-    )
-
-
-class InferenceRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, str | int | bool] | None = Field(
-        default=None,
-        description=(
-            "Spec fields as in the /v1/gradient query string (pool_size: '2,2', padding: "
-            "'1:1,0:1', ...); sequence_id (uint64 or string), sequence_start, sequence_end; "
-            "binary_data_output."
-        ),
-    )
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = None
-
-
-class ResponseOutput(BaseModel):
-    name: Literal["A", "dX"]
-    shape: list[int]
-    datatype: Literal["FP16", "FP32", "FP64"]
-    parameters: dict[str, int] | None = None
-    data: list[Any] | None = None
-
-
-class InferenceResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[ResponseOutput]
-
-
-def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for the problem codes an endpoint can answer with, by status."""
-    by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(protocol.PROBLEMS[code].status, []).append(code)
-    schema = ErrorModel.model_json_schema()
-    return {
-        status: {
-            "description": ", ".join(status_codes),
-            "content": {protocol.MEDIA_JSON: {"schema": schema}},
-        }
-        for status, status_codes in sorted(by_status.items())
-    }
-
-
-_BINARY = {"type": "string", "format": "binary"}
-_INFER_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": (
-            "The JSON inference request; with binary tensors, followed by their bytes in input "
-            "order and sized by Inference-Header-Content-Length (the JSON's length)."
-        ),
-        "content": {
-            protocol.MEDIA_JSON: {"schema": InferenceRequest.model_json_schema()},
-            inference.BINARY_MEDIA_TYPE: {"schema": _BINARY},
-        },
-    },
-    "parameters": [
-        {
-            "name": inference.HEADER_LENGTH,
-            "in": "header",
-            "required": False,
-            "description": "Bytes of JSON before the binary tensors (binary data only).",
-            "schema": {"type": "integer", "minimum": 0},
-        }
-    ],
-}
 
 # --------------------------------------------------------------------- dependencies
 
@@ -235,33 +118,23 @@ def _model_route(method: str, suffix: str, **kwargs: Any) -> Callable[[Any], Any
 # ---------------------------------------------------------------------- endpoints
 
 
-@router.get("/v2", summary="Server metadata", response_model=ServerMetadata)
+@router.get("/v2", **openapi.V2_SERVER_METADATA)
 async def server_metadata() -> dict[str, Any]:
     return {"name": "poolgrad", "version": __version__, "extensions": list(inference.EXTENSIONS)}
 
 
-@router.get("/v2/health/live", summary="Liveness: 200 while the process serves")
+@router.get("/v2/health/live", **openapi.V2_LIVE)
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get(
-    "/v2/health/ready",
-    summary="Readiness: 200 while the session store answers",
-    responses=_errors("store_unavailable"),
-)
+@router.get("/v2/health/ready", **openapi.V2_READY)
 async def ready(store: StoreDep) -> Response:
     await store.ping()
     return Response(status_code=200)
 
 
-@_model_route(
-    "GET",
-    "",
-    summary="Model metadata: inputs X, dA and outputs A, dX",
-    response_model=ModelMetadata,
-    responses=_errors("not_found"),
-)
+@_model_route("GET", "", **openapi.V2_MODEL_METADATA)
 async def model_metadata(model_name: str, _mode: ModeDep) -> dict[str, Any]:
     return {
         "name": model_name,
@@ -272,52 +145,13 @@ async def model_metadata(model_name: str, _mode: ModeDep) -> dict[str, Any]:
     }
 
 
-@_model_route(
-    "GET",
-    "/ready",
-    summary="Model readiness: 200 while the session store answers",
-    responses=_errors("not_found", "store_unavailable"),
-)
+@_model_route("GET", "/ready", **openapi.V2_MODEL_READY)
 async def model_ready(_mode: ModeDep, store: StoreDep) -> Response:
     await store.ping()
     return Response(status_code=200)
 
 
-@_model_route(
-    "POST",
-    "/infer",
-    summary="Inference: X -> A (forward), dA -> dX (backward, in a sequence), both statelessly",
-    openapi_extra=_INFER_DOC,
-    response_class=Response,
-    responses={
-        200: {
-            "description": (
-                "The outputs as JSON; with binary outputs, the JSON is followed by their bytes "
-                "and Inference-Header-Content-Length gives its length."
-            ),
-            "content": {
-                protocol.MEDIA_JSON: {"schema": InferenceResponse.model_json_schema()},
-                inference.BINARY_MEDIA_TYPE: {"schema": _BINARY},
-            },
-        },
-        **_errors(
-            "malformed_tensor",
-            "bad_request",
-            "unauthorized",
-            "session_not_found",
-            "not_found",
-            "no_forward",
-            "request_timeout",
-            "payload_too_large",
-            "unsupported_media_type",
-            "invalid_spec",
-            "invalid_tensor",
-            "shape_mismatch",
-            "capacity_exceeded",
-            "store_unavailable",
-        ),
-    },
-)
+@_model_route("POST", "/infer", response_class=Response, **openapi.V2_INFER)
 async def infer(
     model_name: str,
     mode: ModeDep,
