@@ -174,7 +174,7 @@ async def infer(
     if sequence is None:
         encoded = await _stateless(compute, parsed, spec_fields, wanted)
     else:
-        session_id = sequence_session_id(owner, model_name, sequence)
+        session_id = sequence_session_id(owner, model_name, sequence.id)
         request.state.session_id = session_id
         encoded = await _in_sequence(
             compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted
@@ -194,13 +194,13 @@ async def infer(
 # ------------------------------------------------------------------------- helpers
 
 
-def sequence_session_id(owner: str, model_name: str, sequence: SequenceRef) -> str:
+def sequence_session_id(owner: str, model_name: str, sequence_id: int | str) -> str:
     """The store session id of a sequence: an HMAC keyed by the owner over the model and the
     typed sequence id (uint64 42 and string "42" are different sequences), so every replica
     derives the same id, and one key's sequences never meet another's. The same form as a
     random session id (32 URL-safe characters)."""
-    kind = "u" if isinstance(sequence.id, int) else "s"
-    message = f"{model_name}\0{kind}:{sequence.id}".encode()
+    kind = "u" if isinstance(sequence_id, int) else "s"
+    message = f"{model_name}\0{kind}:{sequence_id}".encode()
     digest = hmac.new(owner.encode(), message, hashlib.sha256).digest()[:24]
     return base64.urlsafe_b64encode(digest).decode()
 
