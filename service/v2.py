@@ -36,7 +36,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from poolgrad import protocol
 from poolgrad._version import __version__
-from poolgrad.protocol import inference, spec_from_query
+from poolgrad.protocol import ProtocolError, inference, spec_from_query
 from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
 from service import openapi
 from service.compute import NAMED_INPUTS
@@ -323,7 +323,7 @@ async def _in_sequence(
             f"sequence {sequence.id!r} of model {model_name!r} is unknown or has ended: start "
             "it with parameters.sequence_start"
         ) from exc
-    except ServiceError:
+    except (ServiceError, ProtocolError):
         if sequence.start:
             # Refused requests change nothing: a start that fails leaves no sequence.
             with contextlib.suppress(SessionNotFound):

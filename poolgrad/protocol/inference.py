@@ -139,10 +139,11 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferInput:
-    """One input tensor as the request declared it, its data not yet converted.
+    """One input tensor as the request declared it, its values not yet converted.
 
-    ``source`` is the JSON ``data`` (a list, flat or nested) or the tensor's slice of the
-    body (binary data, its size already checked against shape and datatype).
+    ``source`` is the JSON ``data`` as a flat, row-major list (its length already checked
+    against the shape), or the tensor's slice of the body (binary data, its size already
+    checked against shape and datatype).
     """
 
     name: str
@@ -152,20 +153,21 @@ class InferInput:
 
     def decode(self) -> np.ndarray:
         """The tensor as an array: a read-only view of the body for binary data (no copy),
-        a new array for JSON data. Cost: for JSON, one pass over the values."""
+        a new array for JSON data, each value checked (numbers only, nothing lossy but
+        rounding). Cost: for JSON, one pass over the values."""
         dtype = np.dtype(DATATYPES[self.datatype])
         if isinstance(self.source, memoryview):
             count = math.prod(self.shape)
             flat = np.frombuffer(self.source, dtype=dtype.newbyteorder("<"), count=count)
             return flat.reshape(self.shape)
-        flat_data = _flat_data(self.source, self.shape, self.name)
-        obj = {"dtype": dtype.name, "shape": list(self.shape), "data": flat_data}
+        obj = {"dtype": dtype.name, "shape": list(self.shape), "data": self.source}
         return tensor_from_obj(obj, name=f"input {self.name!r}")
 
 
 @dataclass(frozen=True)
 class InferRequest:
-    """A parsed inference request: every field checked, no tensor data converted yet."""
+    """A parsed inference request: every field and every tensor's extent checked, no value
+    converted yet."""
 
     id: str | None
     parameters: Mapping[str, Any]
@@ -337,7 +339,7 @@ def _input(
                 f"{where} has neither data (a list) nor parameters.binary_data_size; "
                 f"data is {kind(data)}"
             )
-        return InferInput(name, datatype, shape, data)
+        return InferInput(name, datatype, shape, _flat_data(data, shape, where))
     if data is not None:
         raise MalformedTensor(f"{where} has both data and parameters.binary_data_size; send one")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -411,41 +413,48 @@ def _flag(parameters: Mapping[str, Any], name: str) -> bool:
     return value
 
 
-def _flat_data(data: list[Any], shape: Sequence[int], name: str) -> list[Any]:
-    """JSON ``data`` as one flat, row-major list. Flat data passes as it is (its length is
-    checked with the values); nested data must nest exactly as ``shape`` says."""
-    if not any(isinstance(item, list) for item in data):
-        return data
-    flat: list[Any] = []
-    _walk(data, shape, 0, "", name, flat)
-    return flat
+def _flat_data(data: list[Any], shape: Sequence[int], where: str) -> list[Any]:
+    """JSON ``data`` as one flat, row-major list of ``prod(shape)`` items: flat data as it
+    is, nested data nesting exactly as ``shape`` says. The items themselves are checked when
+    converted (:meth:`InferInput.decode`)."""
+    if any(isinstance(item, list) for item in data):
+        flat: list[Any] = []
+        _walk(data, shape, 0, "", where, flat)
+        return flat
+    count = math.prod(shape)
+    if len(data) != count:
+        raise MalformedTensor(
+            f"{where} data holds {len(data)} values but shape {list(shape)} needs {count}"
+        )
+    return data
 
 
 def _walk(
-    node: Any, shape: Sequence[int], depth: int, path: str, name: str, flat: list[Any]
+    node: Any, shape: Sequence[int], depth: int, path: str, where: str, flat: list[Any]
 ) -> None:
     """Append the leaves of ``node`` (at ``depth`` of the nesting) to ``flat``; the depth is
     bounded by the shape's rank (at most MAX_NDIM), so the recursion is too."""
-    where = f"input {name!r} data{path}"
+    here = f"{where} data{path}"
+    if depth == len(shape):
+        raise MalformedTensor(f"{here} is a list, nested deeper than shape {list(shape)}")
     if not isinstance(node, list):
         raise MalformedTensor(
-            f"{where} is {node!r} where shape {list(shape)} needs a list of {shape[depth]}"
+            f"{here} is {node!r} where shape {list(shape)} needs a list of {shape[depth]}"
         )
     if len(node) != shape[depth]:
         raise MalformedTensor(
-            f"{where} has {len(node)} items; shape {list(shape)} needs {shape[depth]} in "
-            f"dim {depth}"
+            f"{here} has {len(node)} items; shape {list(shape)} needs {shape[depth]} in dim {depth}"
         )
     if depth == len(shape) - 1:
         deeper = next((i for i, item in enumerate(node) if isinstance(item, list)), None)
         if deeper is not None:
             raise MalformedTensor(
-                f"{where}[{deeper}] is a list, nested deeper than shape {list(shape)}"
+                f"{here}[{deeper}] is a list, nested deeper than shape {list(shape)}"
             )
         flat.extend(node)
         return
     for index, child in enumerate(node):
-        _walk(child, shape, depth + 1, f"{path}[{index}]", name, flat)
+        _walk(child, shape, depth + 1, f"{path}[{index}]", where, flat)
 
 
 # ------------------------------------------------------------------------ response
