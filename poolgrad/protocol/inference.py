@@ -39,7 +39,13 @@ import numpy as np
 from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, ProtocolError
 from poolgrad.protocol.etags import DIGITS
 from poolgrad.protocol.jsonio import dumps, kind, loads
-from poolgrad.protocol.tensors import MAX_NDIM, _checked_shape, tensor_from_obj, tensor_to_obj
+from poolgrad.protocol.tensors import (
+    JSON_NAMES,
+    MAX_NDIM,
+    _checked_shape,
+    tensor_from_obj,
+    tensor_to_obj,
+)
 
 __all__ = [
     "BINARY_MEDIA_TYPE",
@@ -71,14 +77,19 @@ BINARY_MEDIA_TYPE: Final = "application/octet-stream"
 #: What server metadata lists: binary tensors, and sequences with uint64 or string ids.
 EXTENSIONS: Final = ("binary_tensor_data", "sequence", "sequence(string_id)")
 
-#: v2 datatypes that have a NumPy dtype (the engine then decides what it accepts). BF16 and
-#: BYTES have none here, so they are refused by name like any unknown datatype.
-DATATYPES: Final[dict[str, str]] = {
-    "FP16": "float16", "FP32": "float32", "FP64": "float64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "BOOL": "bool",
-}  # fmt: skip
+
+def _datatype_name(dtype_name: str) -> str:
+    """The v2 name of a NumPy dtype name: ``float32`` -> ``FP32``, ``uint8`` -> ``UINT8``."""
+    dtype = np.dtype(dtype_name)
+    if dtype.kind == "b":
+        return "BOOL"
+    return {"f": "FP", "i": "INT", "u": "UINT"}[dtype.kind] + str(dtype.itemsize * 8)
+
+
+#: v2 datatypes of the dtypes a JSON tensor may have (the engine then decides what it
+#: accepts). BF16 and BYTES have no NumPy dtype here, so they are refused by name like any
+#: unknown datatype.
+DATATYPES: Final[dict[str, str]] = {_datatype_name(name): name for name in JSON_NAMES}
 _DATATYPE_OF: Final = {name: datatype for datatype, name in DATATYPES.items()}
 
 #: Request parameters the protocol defines; every other one belongs to the model.

@@ -223,95 +223,42 @@ def test_start_replaces_a_sequence_with_the_spec_of_that_request(
 # --------------------------------------------------------------------------- errors
 
 
+#: (id, inputs as (name, array, binary), infer keywords, status, text of the message)
+ERRORS: list[tuple[str, list[tuple[str, np.ndarray, bool]], dict[str, Any], str, str]] = [
+    ("dA-without-sequence", [("dA", DA, True)], {}, "422",
+     "input dA alone needs the state of a forward pass"),
+    ("integer-X", [("X", X.astype(np.int32), True)], {}, "422", "int32"),
+    ("dA-shape", [("X", X, True), ("dA", X, False)], {}, "422", "(2, 6, 6, 3)"),
+    ("bad-spec", [("X", X, True)], {"parameters": {"ties": "x"}}, "422", "'x'"),
+    ("unparsable-spec", [("X", X, True)], {"parameters": {"pool_size": "2,two"}}, "422", "'two'"),
+    ("mode-parameter", [("X", X, True)], {"parameters": {"mode": "avg"}}, "422",
+     "parameters.mode"),
+    ("output-not-produced", [("X", X, True)],
+     {"outputs": [triton.InferRequestedOutput("dX")]}, "400", "output 'dX' is not produced"),
+    ("unknown-input", [("Y", X, True)], {}, "422", "['Y']"),
+    ("unknown-sequence", [("dA", DA, True)], {"sequence_id": 31337}, "404",
+     "sequence 31337 of model 'maxpool' is unknown or has ended"),
+    ("spec-without-start", [("X", X, True)], {"sequence_id": 77, "parameters": {"ties": "all"}},
+     "422", "can only come with sequence_start"),
+    ("unknown-version", [("X", X, True)], {"model_version": "3"}, "404", "model version '3'"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("call", "status", "named"),
-    [
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("dA", DA, binary=True)]),
-            "422",
-            "input dA alone needs the state of a forward pass",
-            id="dA-without-sequence",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("X", X.astype(np.int32), binary=True)]),
-            "422",
-            "int32",
-            id="integer-X",
-        ),
-        pytest.param(
-            lambda c: c.infer(
-                "maxpool", [tensor("X", X, binary=True), tensor("dA", X, binary=False)]
-            ),
-            "422",
-            "(2, 6, 6, 3)",
-            id="dA-shape",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("X", X, binary=True)], parameters={"ties": "x"}),
-            "422",
-            "'x'",
-            id="bad-spec",
-        ),
-        pytest.param(
-            lambda c: c.infer(
-                "maxpool", [tensor("X", X, binary=True)], parameters={"pool_size": "2,two"}
-            ),
-            "422",
-            "'two'",
-            id="unparsable-spec",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("X", X, binary=True)], parameters={"mode": "avg"}),
-            "422",
-            "parameters.mode",
-            id="mode-parameter",
-        ),
-        pytest.param(
-            lambda c: c.infer(
-                "maxpool",
-                [tensor("X", X, binary=True)],
-                outputs=[triton.InferRequestedOutput("dX")],
-            ),
-            "400",
-            "output 'dX' is not produced",
-            id="output-not-produced",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("Y", X, binary=True)]),
-            "422",
-            "['Y']",
-            id="unknown-input",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("dA", DA, binary=True)], sequence_id=31337),
-            "404",
-            "sequence 31337 of model 'maxpool' is unknown or has ended",
-            id="unknown-sequence",
-        ),
-        pytest.param(
-            lambda c: c.infer(
-                "maxpool", [tensor("X", X, binary=True)], sequence_id=77, parameters={"ties": "all"}
-            ),
-            "422",
-            "can only come with sequence_start",
-            id="spec-without-start",
-        ),
-        pytest.param(
-            lambda c: c.infer("maxpool", [tensor("X", X, binary=True)], model_version="3"),
-            "404",
-            "model version '3'",
-            id="unknown-version",
-        ),
-    ],
+    ("inputs", "keywords", "status", "named"),
+    [case[1:] for case in ERRORS],
+    ids=[case[0] for case in ERRORS],
 )
 def test_errors_surface_as_inference_server_exceptions(
     client: triton.InferenceServerClient,
-    call: Callable[[triton.InferenceServerClient], Any],
+    inputs: list[tuple[str, np.ndarray, bool]],
+    keywords: dict[str, Any],
     status: str,
     named: str,
 ) -> None:
+    tensors = [tensor(name, array, binary=binary) for name, array, binary in inputs]
     with pytest.raises(InferenceServerException) as caught:
-        call(client)
+        client.infer("maxpool", tensors, **keywords)
     assert caught.value.status() == status
     assert named in caught.value.message(), caught.value.message()
 
