@@ -5,6 +5,7 @@ real uvicorn server on 127.0.0.1: every result equal to the engine's, errors sur
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -291,3 +292,26 @@ def test_api_keys_guard_inference_and_sequences(keyed: LiveServer) -> None:
         )  # fmt: skip
     np.testing.assert_array_equal(result.as_numpy("dX"), expected(X, DA)[1])
     assert session_status(keyed, session_id, "alice-key") == 404
+
+
+# --------------------------------------------------------------------------- README
+
+
+def readme_example() -> str:
+    """The Python example of the README's Open Inference Protocol section."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    section = readme.read_text().split("## Open Inference Protocol", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_example_runs_and_equals_the_engine(live_server: LiveServer) -> None:
+    address = live_server.base_url.removeprefix("http://")
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_example().replace("127.0.0.1:8000", address), "README", "exec"), namespace)
+    X_readme, ones = namespace["X"], np.ones((8, 16, 16, 3), np.float32)
+    A, dX = expected(X_readme, ones, pool_size=[2, 2], ties="first")
+    np.testing.assert_array_equal(namespace["A"], A)
+    np.testing.assert_array_equal(namespace["dX"], dX)
+    A_avg, dX_avg = expected(X_readme, ones, mode="avg", pool_size=[2, 2])
+    np.testing.assert_array_equal(namespace["A_avg"], A_avg)
+    np.testing.assert_array_equal(namespace["dX_avg"], dX_avg)
