@@ -61,7 +61,7 @@ MODELS = {"maxpool": "max", "minpool": "min", "avgpool": "avg"}
 MODEL_VERSION = "1"
 #: The output each input gives.
 OUTPUT_OF = {"X": "A", "dA": "dX"}
-_FLOAT_DATATYPES = ["FP16", "FP32", "FP64"]
+_FLOAT_DATATYPES = [name for name, dtype in inference.DATATYPES.items() if "float" in dtype]
 
 router = APIRouter(tags=["open inference protocol"])
 
