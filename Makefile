@@ -38,6 +38,7 @@ test-deps:
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.v2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
