@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from service_helpers import DA1, X1, assert_state_intact, client_for, expected
 
 from poolgrad.protocol import inference
+from service import v2
 from service.v2 import sequence_session_id
 
 INFER = "/v2/models/maxpool/infer"
@@ -190,7 +191,7 @@ HOSTILE: list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]], int, str]] 
         "unknown-parameter",
         lambda: binary_body([x_input()], X1.tobytes(), {**START, "window": "2,2"}),
         422,
-        "'window'",
+        "unknown request parameter 'window'",
     ),
     (
         "parameter-of-wrong-type",
@@ -248,13 +249,18 @@ async def refused(
     [case[1:] for case in HOSTILE],
     ids=[case[0] for case in HOSTILE],
 )
+@pytest.mark.parametrize("inline_json_bytes", [v2.INLINE_JSON_BYTES, 0], ids=["loop", "thread"])
 async def test_hostile_bodies_are_refused_and_nothing_is_stored(
     app: FastAPI,
     client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
     make: Callable[[], tuple[bytes, dict[str, str]]],
     status: int,
     named: str,
+    inline_json_bytes: int,
 ) -> None:
+    """Parsed on the event loop or, as large JSON is, in a worker thread: the same answers."""
+    monkeypatch.setattr(v2, "INLINE_JSON_BYTES", inline_json_bytes)
     await refused(client, make(), status, named)
     usage = await app.state.store.usage()
     assert (usage.sessions, usage.state_bytes) == (0, 0)
