@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import httpx
 import numpy as np
@@ -31,8 +32,7 @@ import tritonclient.http as triton
 
 import engine
 from bench.engine import timings
-from bench.service import _server
-from poolgrad import protocol
+from bench.service import _server, new_case
 
 SUITE: list[tuple[int, int, int, int]] = [
     (32, 28, 28, 1),
@@ -78,7 +78,6 @@ def main() -> None:
     }
     spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
     rng = np.random.default_rng(0)
-    npy = {"Content-Type": protocol.MEDIA_NPY}
 
     with (
         _server([sys.executable, "-m", "service"], settings) as url,
@@ -92,18 +91,10 @@ def main() -> None:
         infer = f"{url}/v2/models/maxpool/infer"
         for shape in SUITE:
             X = rng.standard_normal(shape).astype(np.float32)
-            A, _ = engine.forward(X, spec)
-            dA = rng.standard_normal(A.shape).astype(np.float32)
-            x_body, da_body = protocol.encode_npy(X), protocol.encode_npy(dA)
-            created = http.post(f"{url}/v1/sessions", json=spec.to_dict())
-            created.raise_for_status()
-            session = f"{url}/v1/sessions/{created.json()['id']}"
+            case = new_case(http, url, spec, X, rng)
+            dA = case.dA
             start = triton.InferInput("X", list(X.shape), "FP32").set_data_from_numpy(X)
             v2.infer("maxpool", [start], sequence_id=1, sequence_start=True)
-
-            def run_v1(session: str = session, x: bytes = x_body, da: bytes = da_body) -> None:
-                http.post(f"{session}/forward", content=x, headers=npy).raise_for_status()
-                http.post(f"{session}/backward", content=da, headers=npy).raise_for_status()
 
             def run_v2(binary: bool, X: np.ndarray = X, dA: np.ndarray = dA) -> None:
                 _infer(v2, "X", X, binary)
@@ -115,11 +106,12 @@ def main() -> None:
                 for body, headers in requests:
                     http.post(infer, content=body, headers=headers).raise_for_status()
 
+            run_v1 = partial(case.forward_backward, http)
             runs: list[Callable[[], object]] = [run_v1, lambda: run_v2(True), run_v2_httpx]
             if X.size <= JSON_MAX_ELEMENTS:
                 runs.append(lambda: run_v2(False))
             t_v1, t_bin, t_httpx, *t_json = [median for median, _ in timings(runs, repeats)]
-            http.delete(session)
+            http.delete(case.session)
             json_ms = f"{t_json[0] * 1e3:11.2f}" if t_json else f"{'-':>11}"
             print(
                 f"{shape!s:>18} {t_v1 * 1e3:9.2f} {t_bin * 1e3:10.2f} {t_httpx * 1e3:12.2f} "
