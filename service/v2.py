@@ -268,7 +268,7 @@ def _wanted_outputs(parsed: InferRequest) -> list[str]:
             f"unknown input(s) {unknown}: the models take X (forward) and dA (backward)"
         )
     produced = [OUTPUT_OF[name] for name in NAMED_INPUTS if name in parsed.inputs]
-    if parsed.outputs is None:
+    if not parsed.outputs:  # none named (absent, or an empty list): all of them
         return produced
     for output in parsed.outputs:
         if output.name not in produced:

@@ -402,6 +402,27 @@ async def test_x_and_da_in_a_sequence_run_forward_then_backward(
     await assert_state_intact(client, sequence_session_id("", "maxpool", 11))
 
 
+async def test_an_empty_output_list_asks_for_every_output(client: httpx.AsyncClient) -> None:
+    dA = {"name": "dA", "shape": list(DA1.shape), "datatype": "FP32", "data": DA1.ravel().tolist()}
+    body, headers = binary_body([x_input(), dA], X1.tobytes(), {"priority": 1}, outputs=[])
+    response = await client.post(INFER, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert [output["name"] for output in response.json()["outputs"]] == ["A", "dX"]
+
+
+async def test_an_unexpected_failure_is_a_500_in_the_protocol_s_form(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("internal detail that must not leak")
+
+    monkeypatch.setattr(app.state.compute, "gradient", broken)
+    body, headers = binary_body([x_input()], X1.tobytes(), {"priority": 1})
+    response = await client.post(INFER, content=body, headers=headers)
+    assert response.status_code == 500
+    assert response.json() == {"error": "the server failed to handle this request; see its log"}
+
+
 async def test_other_v2_paths_answer_errors_in_the_protocol_s_form(
     client: httpx.AsyncClient,
 ) -> None:
