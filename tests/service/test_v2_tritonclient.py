@@ -4,6 +4,7 @@ real uvicorn server on 127.0.0.1: every result equal to the engine's, errors sur
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from engine import PoolSpec, backward, forward
 from service.deps import owner_of
 from service.v2 import sequence_session_id
 
+HEADER = "Inference-Header-Content-Length"
 RNG = np.random.default_rng(7)
 # Values spread apart so every window has one clear winner (no ties at float rounding).
 X = RNG.permutation(2 * 6 * 6 * 3).reshape(2, 6, 6, 3).astype(np.float32) * 0.25 - 20.0
@@ -262,6 +264,41 @@ def test_errors_surface_as_inference_server_exceptions(
         client.infer("maxpool", tensors, **keywords)
     assert caught.value.status() == status
     assert named in caught.value.message(), caught.value.message()
+
+
+# ------------------------------------------------------------- hostile, over a socket
+
+
+def sessions_live(server: LiveServer) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    (line,) = [line for line in metrics.splitlines() if line.startswith("poolgrad_sessions_live ")]
+    return float(line.split()[1])
+
+
+def test_hostile_bodies_over_a_socket_store_nothing(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    server = start_server()
+    header = json.dumps(
+        {
+            "inputs": [{"name": "X", "shape": list(X.shape), "datatype": "FP32",
+                        "parameters": {"binary_data_size": X.nbytes}}],
+            "parameters": {"sequence_id": 3, "sequence_start": True},
+        }
+    ).encode()  # fmt: skip
+    url = f"{server.base_url}/v2/models/maxpool/infer"
+    for body, length, named in (
+        (header + X.tobytes(), len(header) + 7, "not the JSON header"),
+        (header + X.tobytes()[:-1], len(header), "runs past"),
+        (header + X.tobytes(), len(header) + X.nbytes + 1, "past the end"),
+    ):
+        response = httpx.post(url, content=body, headers={HEADER: str(length)}, timeout=10)
+        assert response.status_code == 400, response.text
+        assert named in response.json()["error"]
+        assert sessions_live(server) == 0
+    honest = httpx.post(url, content=header + X.tobytes(), headers={HEADER: str(len(header))})
+    assert honest.status_code == 200, honest.text
+    assert sessions_live(server) == 1
 
 
 # ----------------------------------------------------------------------------- auth
