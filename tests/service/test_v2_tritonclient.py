@@ -16,10 +16,11 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from engine import PoolSpec, backward, forward
+from poolgrad.protocol import inference
 from service.deps import owner_of
 from service.v2 import sequence_session_id
 
-HEADER = "Inference-Header-Content-Length"
+HEADER = inference.HEADER_LENGTH
 RNG = np.random.default_rng(7)
 # Values spread apart so every window has one clear winner (no ties at float rounding).
 X = RNG.permutation(2 * 6 * 6 * 3).reshape(2, 6, 6, 3).astype(np.float32) * 0.25 - 20.0
