@@ -50,7 +50,9 @@ def test_help_lists_every_setting_and_starts_nothing() -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = "empty" if field.default == () else repr(field.default)
-        assert f"{flag} {name.upper()}" in text, flag
+        # A bool setting is a pair of switches; every other one takes a value.
+        usage = f"{flag}, --no-{flag[2:]}" if field.annotation is bool else f"{flag} {name.upper()}"
+        assert usage in text, flag
         assert f"env POOLGRAD_{name.upper()};" in text, name
         assert f"default {default}]" in text, (name, default)
     assert "one of critical, error, warning, info, debug" in text
