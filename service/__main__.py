@@ -10,9 +10,9 @@ import logging
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app, limits_of
+from service.app import create_app, store_of
 from service.settings import Settings, describe_errors
-from service.stores import store_from_url
+from service.stores import MemoryStore
 
 __all__ = ["MAX_HEADER_BYTES", "main"]
 
@@ -35,20 +35,24 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        store = store_from_url(settings.store_url, limits_of(settings))
+        store = store_of(settings)
     except ValueError as exc:
         raise SystemExit(f"poolgrad-server: {exc}") from None
-    if settings.workers > 1:
+    if settings.workers > 1 and isinstance(store, MemoryStore):
         raise SystemExit(
             f"poolgrad-server: POOLGRAD_WORKERS={settings.workers} is refused with the in-memory "
             f"store (POOLGRAD_STORE_URL={settings.store_url!r}): each worker process would hold "
             "its own sessions, and a request reaching another worker would not find its "
             "session. Several workers need the Redis store, which shares sessions between "
-            "processes (POOLGRAD_STORE_URL=redis://host:6379/0; not in this build yet): "
-            "set POOLGRAD_WORKERS=1."
+            "processes (POOLGRAD_STORE_URL=redis://host:6379/0), or POOLGRAD_WORKERS=1."
         )
+    # Several workers each build their own app (and Redis connection pool) from the
+    # environment: uvicorn needs the factory's import path for that.
+    several = settings.workers > 1
     uvicorn.run(
-        create_app(settings, store),
+        "service.app:create_app" if several else create_app(settings, store),
+        factory=several,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -5,10 +5,11 @@ the result (the HTTP routes pass :mod:`poolgrad.wire` functions for the negotiat
 other protocols can pass their own), and decode, engine call and encode of one request run
 together in a worker thread, so the event loop never waits on NumPy.
 
-Forward and backward of one session run under the store's per-session lock: a backward always
-sees the state of one complete forward, and a forward that fails at any point (bad tensor,
-engine refusal, budget full) leaves the stored record exactly as it was. A session deleted or
-expired while its forward runs stays gone: the store only replaces live sessions.
+No lock is held while computing: a forward computes on its own X and then advances the session
+in one atomic store step (state, step + 1, TTL), so one that fails at any point (bad tensor,
+engine refusal, budget full) leaves the stored record exactly as it was, and a session deleted
+or expired while its forward runs stays gone. A backward computes on one snapshot of the
+session (the step and state of one complete forward), read in one store call.
 """
 
 from __future__ import annotations
@@ -81,16 +82,18 @@ class SessionInfo:
 
     @classmethod
     def of(cls, record: SessionRecord) -> SessionInfo:
-        """The view of ``record`` just after its TTL was renewed."""
+        """The view of ``record`` just after its TTL was renewed; shapes and dtype are read
+        from its cached state, the one place they are kept."""
         expires = datetime.now(UTC) + timedelta(seconds=record.ttl_seconds)
+        state = None if record.state is None else _state_of(record.state)
         return cls(
             id=record.id,
-            spec=record.spec,
+            spec=record.spec.to_dict(),
             ttl_seconds=record.ttl_seconds,
             step=record.step,
-            input_shape=record.input_shape,
-            output_shape=record.output_shape,
-            dtype=record.dtype,
+            input_shape=None if state is None else state.input_shape,
+            output_shape=None if state is None else state.output_shape,
+            dtype=None if state is None else state.dtype.name,
             state_bytes=record.state_bytes,
             expires_at=expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
@@ -138,18 +141,15 @@ class Compute:
         spec_fields = dict(fields)
         ttl_seconds = self._ttl(spec_fields.pop("ttl_seconds", None))
         spec = parse_spec(spec_fields)
-        record = SessionRecord(
-            id=new_session_id(), owner=owner, spec=spec.to_dict(), ttl_seconds=ttl_seconds
-        )
-        await self.store.create(record)
+        record = await self.store.create(new_session_id(), owner, spec, ttl_seconds)
         return SessionInfo.of(record)
 
     async def get_session(self, session_id: str, owner: str) -> SessionInfo:
         return SessionInfo.of(await self.store.get(session_id, owner))
 
     async def delete_session(self, session_id: str, owner: str) -> None:
-        # Not under the session lock, so it never waits for a forward in flight: that forward's
-        # put replaces only a live session, so it cannot write this one back (it answers 404).
+        # Never waits for a forward in flight: that forward's advance finds no live session,
+        # so it cannot write this one back (it answers 404).
         await self.store.delete(session_id, owner)
 
     # ------------------------------------------------------------------ compute
@@ -162,25 +162,17 @@ class Compute:
         encode: Callable[[np.ndarray], T],
     ) -> Stepped[T]:
         """Run forward on the decoded X, cache the new state (step + 1), return encoded A."""
-        async with self.store.lock(session_id):
-            record = await self.store.get(session_id, owner)
+        # Only the spec is needed (and the TTL renewed): the old state is not read.
+        record = await self.store.get(session_id, owner, state=False)
 
-            def work() -> tuple[T, bytes, PoolState]:
-                X = decode()
-                spec = PoolSpec.from_dict(record.spec)
-                A, state = self._timed("forward", forward, X, spec)
-                return encode(A), state.to_bytes(), state
+        def work() -> tuple[T, bytes, int]:
+            X = decode()
+            A, state = self._timed("forward", forward, X, record.spec)
+            return encode(A), state.to_bytes(), state.nbytes
 
-            payload, blob, state = await self._run(work)
-            updated = record.with_state(
-                blob,
-                state_bytes=state.nbytes,
-                input_shape=state.input_shape,
-                output_shape=state.output_shape,
-                dtype=state.dtype.name,
-            )
-            await self.store.put(updated)
-            return Stepped(payload, updated.step)
+        payload, blob, state_bytes = await self._run(work)
+        step = await self.store.advance(session_id, owner, blob, state_bytes)
+        return Stepped(payload, step)
 
     async def backward(
         self,
@@ -191,23 +183,22 @@ class Compute:
         condition: StepCondition | None = None,
     ) -> Stepped[T]:
         """dX for the decoded dA against the cached state, which stays (backward repeats)."""
-        async with self.store.lock(session_id):
-            record = await self.store.get(session_id, owner)
-            cached = record.state
-            if cached is None:
-                raise NoForward(
-                    f"session {session_id!r} has no cached forward state (step {record.step}): "
-                    "run forward first"
-                )
-            if condition is not None:
-                condition.check(session_id, record.step)
+        record = await self.store.get(session_id, owner)
+        cached = record.state
+        if cached is None:
+            raise NoForward(
+                f"session {session_id!r} has no cached forward state (step {record.step}): "
+                "run forward first"
+            )
+        if condition is not None:
+            condition.check(session_id, record.step)
 
-            def work() -> T:
-                dA = decode()
-                state = PoolState.from_bytes(cached)
-                return encode(self._timed("backward", backward, state, dA))
+        def work() -> T:
+            dA = decode()
+            state = PoolState.from_bytes(cached)
+            return encode(self._timed("backward", backward, state, dA))
 
-            return Stepped(await self._run(work), record.step)
+        return Stepped(await self._run(work), record.step)
 
     async def gradient(
         self,
@@ -283,3 +274,12 @@ def parse_spec(fields: Mapping[str, Any]) -> PoolSpec:
         return PoolSpec.from_dict(fields)
     except SpecError as exc:
         raise InvalidSpec(str(exc)) from exc
+
+
+def _state_of(blob: bytes | memoryview) -> PoolState:
+    """A cached state read back; one that does not parse is the store's fault (500)."""
+    try:
+        return PoolState.from_bytes(blob)
+    except StateError as exc:
+        logger.error("cached state could not be read: %s", exc)
+        raise InternalError("the cached forward state could not be read") from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 30.0
@@ -102,3 +103,13 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     """One server with default settings (in-memory store), shared by the whole session."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole test session (stopped at its end); missing, it is a
+    failure that says `make test` installs it, never a skip."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
