@@ -106,9 +106,7 @@ class TestSessionStoreContract:
         spec_only = await store.get("a", "o", state=False)
         assert (spec_only.spec, spec_only.step, spec_only.state_bytes) == (SPEC, 1, 300)
 
-    async def test_another_owner_sees_not_found_and_changes_nothing(
-        self, backend: Backend
-    ) -> None:
+    async def test_another_owner_sees_not_found_and_changes_nothing(self, backend: Backend) -> None:
         store = backend.store
         await store.create("a", "alice", SPEC, backend.seconds(10))
         await store.advance("a", "alice", blob(10, 1), 10)
@@ -148,7 +146,7 @@ class TestSessionStoreContract:
     async def test_session_count_limit(self, backend: Backend) -> None:
         for name in "abc":
             await backend.store.create(name, "", SPEC, backend.seconds(10))
-        with pytest.raises(CapacityExceeded, match="'d'.*holds 3 of max_sessions=3"):
+        with pytest.raises(CapacityExceeded, match=r"'d'.*holds 3 of max_sessions=3"):
             await backend.store.create("d", "", SPEC, backend.seconds(10))
         assert backend.store.refused_total == 1
 
@@ -167,7 +165,7 @@ class TestSessionStoreContract:
         await store.create("a", "", SPEC, backend.seconds(10))
         await store.create("b", "", SPEC, backend.seconds(10))
         await store.advance("a", "", blob(600, 1), 600)
-        with pytest.raises(CapacityExceeded, match="500 state bytes.*max_state_bytes=1000"):
+        with pytest.raises(CapacityExceeded, match=r"500 state bytes.*max_state_bytes=1000"):
             await store.advance("b", "", blob(500, 2), 500)
         with pytest.raises(CapacityExceeded):
             await store.advance("a", "", blob(1001, 3), 1001)
