@@ -174,19 +174,22 @@ return {released, redis.call('ZCARD', expiry), tonumber(redis.call('GET', total)
 """
 )
 
-#: Error replies that mean "this server cannot serve now" rather than a bug of ours.
+#: Error replies that mean "this server cannot serve now" rather than a bug of ours: those
+#: redis-py parses into classes of their own, then the rest by their reply code.
+_UNAVAILABLE_ERRORS: Final = (
+    redis_errors.ConnectionError,  # refused, reset, closed, loading, authentication
+    redis_errors.TimeoutError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.NoPermissionError,
+)
 _UNAVAILABLE_REPLIES: Final = (
-    "OOM",
-    "READONLY",
-    "LOADING",
     "MASTERDOWN",
     "MISCONF",
     "NOREPLICAS",
     "BUSY",
     "TRYAGAIN",
     "CLUSTERDOWN",
-    "NOAUTH",
-    "WRONGPASS",
 )
 
 
@@ -226,12 +229,11 @@ class RedisStore(SessionStore):
         self._usage_script = register(_USAGE)
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
-        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
-            return StoreUnavailable(f"session store did not answer: {exc}")
-        if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(
-            _UNAVAILABLE_REPLIES
+        if isinstance(exc, _UNAVAILABLE_ERRORS) or (
+            isinstance(exc, redis_errors.ResponseError)
+            and str(exc).startswith(_UNAVAILABLE_REPLIES)
         ):
-            return StoreUnavailable(f"session store refused the command: {exc}")
+            return StoreUnavailable(f"session store did not answer: {type(exc).__name__}: {exc}")
         return None
 
     async def _run(self, script: AsyncScript, key: str | None, *args: Any) -> list[Any]:
