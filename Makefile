@@ -1,6 +1,6 @@
 # poolgrad: every target creates the virtualenv and installs what it needs first.
 #   make serve   the server on the embedded in-memory store (http://127.0.0.1:8000)
-#   make test    lint, type-check and run every test
+#   make test    lint, type-check and run every test (installs redis-server and haproxy first)
 #   make bench   the benchmarks: engine vs PyTorch and the seed's loop; HTTP vs engine + echo
 
 PYTHON ?= python3
@@ -11,12 +11,28 @@ PIP := $(BIN)/python -m pip
 # Python 3.11: it is installed without its dependencies, which the dev extra lists instead.
 EPYNN := epynn==1.2.13
 
-.PHONY: serve test lint typecheck pytest bench lock clean
+.PHONY: serve test test-tools lint typecheck pytest bench lock clean
 
 serve: $(VENV)/.serve
 	$(BIN)/poolgrad-server
 
-test: lint typecheck pytest
+test: test-tools lint typecheck pytest
+
+# The tests run a real redis-server and HAProxy (Debian's packages): installed when missing
+# (as root, with apt-get), else a message saying how. The tests fail, never skip, without them.
+TEST_TOOLS := redis-server haproxy
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do \
+	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian packages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "make test needs$$missing: install Debian's package(s) (apt-get install$$missing)" \
+	      "or run make as root on Debian" >&2; exit 1; \
+	  fi; \
+	fi
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -25,12 +41,13 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev
+pytest: test-tools $(VENV)/.dev
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.store
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
