@@ -92,8 +92,7 @@ class MemoryStore(SessionStore):
         if entry is None or entry.stored.owner != owner:
             return None
         entry.expires_at = self._clock() + entry.stored.ttl_ms / 1000
-        # The state stays shared (immutable bytes): leaving it out would save nothing here.
-        return entry.stored
+        return entry.stored if state else entry.stored._replace(state=None)
 
     async def _advance(
         self, key: str, owner: str, state: bytes, state_bytes: int, limits: Limits

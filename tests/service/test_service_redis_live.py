@@ -209,6 +209,21 @@ def test_a_session_moves_between_replicas(
             headers={**NPY, "If-Match": '"1"'},
         )
         assert stale.status_code == 412, stale.text
+
+        # Forwards racing on one session from all three replicas: distinct steps, and the state
+        # kept is that of the highest step's X.
+        inputs = [rng.standard_normal(X.shape).astype(np.float32) for _ in range(9)]
+        with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+            racing = list(
+                pool.map(
+                    lambda i: forward(clients[i % 3], session_id, inputs[i]), range(len(inputs))
+                )
+            )
+        steps = [int(response.headers["etag"].strip('"')) for response in racing]
+        assert sorted(steps) == list(range(3, 3 + len(inputs)))
+        last = inputs[steps.index(max(steps))]
+        assert_dx(backward(second, session_id), expected(last, DA, mode="avg")[1])
+
         assert second.delete(f"/v1/sessions/{session_id}").status_code == 204
         assert backward(third, session_id).status_code == 404
     finally:

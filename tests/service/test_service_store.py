@@ -105,6 +105,7 @@ class TestSessionStoreContract:
         assert loaded.state_bytes == 300
         spec_only = await store.get("a", "o", state=False)
         assert (spec_only.spec, spec_only.step, spec_only.state_bytes) == (SPEC, 1, 300)
+        assert spec_only.state is None
 
     async def test_another_owner_sees_not_found_and_changes_nothing(self, backend: Backend) -> None:
         store = backend.store
