@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis_server import RedisServer, free_port
 
 from engine import PoolSpec
@@ -119,3 +120,32 @@ async def test_a_session_lost_by_redis_is_not_found_and_stops_counting(
     with pytest.raises(SessionNotFound):
         await store.get("a", "")
     assert await store.usage() == Usage(sessions=0, state_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (redis_errors.ConnectionError("Error 111 connecting to 10.0.0.7:6379"), True),
+        (redis_errors.TimeoutError("Timeout reading from 10.0.0.7:6379"), True),
+        (redis_errors.BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (redis_errors.ResponseError("MASTERDOWN Link with MASTER is down"), True),
+        (redis_errors.ResponseError("MISCONF Redis is configured to save RDB snapshots"), True),
+        (redis_errors.ResponseError("CLUSTERDOWN The cluster is down"), True),
+        (redis_errors.ResponseError("ERR user_script:3: Script attempted to access nil"), False),
+        (redis_errors.DataError("Invalid input of type: 'dict'"), False),
+    ],
+)
+async def test_which_redis_errors_mean_unavailable(
+    store: RedisStore, error: Exception, unavailable: bool
+) -> None:
+    """Failures of a server that cannot serve now are 503s; our own bugs stay 500s."""
+
+    async def failing() -> None:
+        raise error
+
+    if unavailable:
+        with pytest.raises(StoreUnavailable, match=type(error).__name__):
+            await store._call(failing())
+    else:
+        with pytest.raises(type(error)):
+            await store._call(failing())
