@@ -38,7 +38,7 @@ import numpy as np
 
 import engine
 from bench.engine import timings
-from poolgrad import wire
+from poolgrad import protocol
 
 SUITE: list[tuple[int, int, int, int]] = [
     (32, 28, 28, 1),
@@ -92,7 +92,7 @@ def main() -> None:
     echo_cmd = [sys.executable, "-m", "bench.echo"]
     spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
     rng = np.random.default_rng(0)
-    npy = {"Content-Type": wire.MEDIA_NPY}
+    npy = {"Content-Type": protocol.MEDIA_NPY}
 
     with (
         _server(service_cmd, quiet) as service_url,
@@ -106,7 +106,7 @@ def main() -> None:
             X = rng.standard_normal(shape).astype(np.float32)
             A, _ = engine.forward(X, spec)
             dA = rng.standard_normal(A.shape).astype(np.float32)
-            x_body, da_body = wire.encode_npy(X), wire.encode_npy(dA)
+            x_body, da_body = protocol.encode_npy(X), protocol.encode_npy(dA)
             created = http.post(f"{service_url}/v1/sessions", json=spec.to_dict())
             created.raise_for_status()
             session = f"{service_url}/v1/sessions/{created.json()['id']}"

@@ -33,7 +33,7 @@ import redis
 import engine
 from bench.engine import timings
 from bench.service import _free_port, _server
-from poolgrad import wire
+from poolgrad import protocol
 
 SHAPE = (64, 32, 32, 32)
 STARTUP_SECONDS = 20.0
@@ -83,8 +83,8 @@ def main() -> None:
     X = rng.standard_normal(SHAPE).astype(np.float32)
     A, _ = engine.forward(X, spec)
     dA = rng.standard_normal(A.shape).astype(np.float32)
-    x_body, da_body = wire.encode_npy(X), wire.encode_npy(dA)
-    npy = {"Content-Type": wire.MEDIA_NPY}
+    x_body, da_body = protocol.encode_npy(X), protocol.encode_npy(dA)
+    npy = {"Content-Type": protocol.MEDIA_NPY}
 
     with (
         _redis_server() as redis_url,

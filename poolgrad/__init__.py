@@ -13,37 +13,42 @@ repeat (see :mod:`poolgrad._base`), and :class:`AsyncClient` as the ``async`` tw
 ``poolgrad.epynn.RemotePooling`` is a drop-in EpyNN Pooling layer computed on the service.
 """
 
-from poolgrad._client import AsyncClient, AsyncSession, Client, Session
-from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from poolgrad._exceptions import (
-    APIConnectionError,
-    APIError,
-    APIResponseError,
-    APITimeoutError,
-    BadRequestError,
-    CapacityError,
-    ConflictError,
-    InternalServerError,
-    InvalidSpecError,
-    InvalidTensorError,
-    MalformedTensorError,
-    NoForwardError,
-    NotAcceptableError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PoolgradError,
-    PreconditionFailedError,
-    ServiceUnavailableError,
-    SessionNotFoundError,
-    ShapeMismatchError,
-    StaleStepError,
-    StoreUnavailableError,
-    UnauthorizedError,
-    UnprocessableEntityError,
-    UnsupportedMediaTypeError,
-)
-from poolgrad._types import PoolSpecKwargs, SessionInfo, TensorFormat
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from poolgrad._version import __version__
+
+if TYPE_CHECKING:
+    from poolgrad._client import AsyncClient, AsyncSession, Client, Session
+    from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+    from poolgrad._exceptions import (
+        APIConnectionError,
+        APIError,
+        APIResponseError,
+        APITimeoutError,
+        BadRequestError,
+        CapacityError,
+        ConflictError,
+        InternalServerError,
+        InvalidSpecError,
+        InvalidTensorError,
+        MalformedTensorError,
+        NoForwardError,
+        NotAcceptableError,
+        NotFoundError,
+        PayloadTooLargeError,
+        PoolgradError,
+        PreconditionFailedError,
+        ServiceUnavailableError,
+        SessionNotFoundError,
+        ShapeMismatchError,
+        StaleStepError,
+        StoreUnavailableError,
+        UnauthorizedError,
+        UnprocessableEntityError,
+        UnsupportedMediaTypeError,
+    )
+    from poolgrad._types import PoolSpecKwargs, SessionInfo, TensorFormat
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -83,3 +88,27 @@ __all__ = [
     "UnsupportedMediaTypeError",
     "__version__",
 ]
+
+
+#: Where each public name lives. The client (and httpx with it) loads on first use, so
+#: ``import poolgrad.protocol`` (what the server imports) loads neither.
+_HOMES = {
+    **dict.fromkeys(("AsyncClient", "AsyncSession", "Client", "Session"), "poolgrad._client"),
+    **dict.fromkeys(
+        ("DEFAULT_BASE_URL", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT"), "poolgrad._constants"
+    ),
+    **dict.fromkeys(("PoolSpecKwargs", "SessionInfo", "TensorFormat"), "poolgrad._types"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__ and name != "__version__":
+        module = importlib.import_module(_HOMES.get(name, "poolgrad._exceptions"))
+        value = getattr(module, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'poolgrad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

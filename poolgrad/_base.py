@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from poolgrad import wire
+from poolgrad import protocol
 from poolgrad._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -61,19 +61,10 @@ from poolgrad._exceptions import (
     _connection_message,
     _make_status_error,
 )
-from poolgrad._types import NOT_GIVEN, NotGiven, SessionInfo, TensorFormat
+from poolgrad._types import NOT_GIVEN, NotGiven, TensorFormat
 from poolgrad._version import __version__
-
-SPEC_FIELDS: Final = (
-    "mode",
-    "pool_size",
-    "strides",
-    "padding",
-    "count_include_pad",
-    "layout",
-    "ties",
-    "nan",
-)
+from poolgrad.protocol import SessionInfo
+from poolgrad.protocol import spec as spec_schema
 
 # Failures that prove the request never reached the server.
 _UNSENT_ERRORS: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -120,43 +111,17 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"spec value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
-def _check_fields(spec: Mapping[str, Any]) -> None:
-    unknown = sorted(set(spec) - set(SPEC_FIELDS))
-    if unknown:
-        raise TypeError(f"unknown spec field(s) {unknown}; expected some of {list(SPEC_FIELDS)}")
-
-
 def spec_to_json(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The session body's spec fields; ``None`` fields are left to the server's default."""
-    _check_fields(spec)
+    spec_schema.check_names(spec)
     return {name: _plain(value) for name, value in spec.items() if value is not None}
 
 
-def _ints(value: Any) -> str:
-    plain = _plain(value)
-    if not isinstance(plain, list):
-        return str(plain)  # an int: pool_size=2 is the 2-D square, strides=2 every dim
-    # "3," is the one-element list [3] (1-D); a bare "3" would be the int.
-    return ",".join(str(item) for item in plain) + ("," if len(plain) == 1 else "")
-
-
 def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:
-    """The spec as ``/v1/gradient`` query parameters (docs/DECISIONS.md, "HTTP details")."""
-    _check_fields(spec)
-    query: dict[str, str] = {}
-    for name, raw in spec.items():
-        value = _plain(raw)  # np.False_ must read "false", as False does
-        if value is None:
-            continue
-        if name in ("pool_size", "strides"):
-            query[name] = _ints(value)
-        elif name == "padding" and not isinstance(value, str):
-            query[name] = ",".join(f"{before}:{after}" for before, after in value)
-        elif isinstance(value, bool):
-            query[name] = "true" if value else "false"
-        else:
-            query[name] = str(value)
-    return query
+    """The spec as ``/v1/gradient`` query parameters (:func:`poolgrad.protocol.spec_to_query`
+    after NumPy values became plain ones: ``np.False_`` must read "false", as False does)."""
+    spec_schema.check_names(spec)
+    return protocol.spec_to_query({name: _plain(value) for name, value in spec.items()})
 
 
 # -------------------------------------------------------------------------- parsing
@@ -182,37 +147,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return seconds
 
 
-def parse_etag_step(value: str | None) -> int | None:
-    """The step in an ``ETag: "<step>"`` (weak ``W/"<step>"`` accepted), else ``None``."""
-    if not value:
-        return None
-    tag = value.strip().removeprefix("W/").strip('"')
-    return int(tag) if tag.isdigit() else None
-
-
 def _writable(array: np.ndarray) -> np.ndarray:
-    # wire decoders may return read-only views of the body; users expect to write.
+    # protocol decoders may return read-only views of the body; users expect to write.
     return array if array.flags.writeable else array.copy(order="K")
-
-
-def _shape(value: Any) -> tuple[int, ...] | None:
-    return tuple(int(dim) for dim in value) if isinstance(value, list) else None
 
 
 def session_info(body: Any) -> SessionInfo:
     """Build :class:`SessionInfo` from a session answer."""
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise APIResponseError(f"the server answered a session request with {body!r}")
-    return SessionInfo(
-        id=body["id"],
-        spec=dict(body.get("spec") or {}),
-        step=int(body.get("step") or 0),
-        input_shape=_shape(body.get("input_shape")),
-        output_shape=_shape(body.get("output_shape")),
-        dtype=body.get("dtype"),
-        state_bytes=int(body.get("state_bytes") or 0),
-        expires_at=body.get("expires_at"),
-    )
+    try:
+        return SessionInfo.from_json(body)
+    except protocol.ProtocolError as exc:
+        raise APIResponseError(f"the server answered a session request with {body!r}") from exc
 
 
 def session_path(session_id: str, action: str | None = None) -> str:
@@ -293,11 +238,11 @@ class BaseClient(Generic[_HttpT]):
 
     @property
     def _tensor_media(self) -> str:
-        return wire.MEDIA_NPY if self.tensor_format == "npy" else wire.MEDIA_JSON
+        return protocol.MEDIA_NPY if self.tensor_format == "npy" else protocol.MEDIA_JSON
 
     @property
     def _named_media(self) -> str:
-        return wire.MEDIA_SAFETENSORS if self.tensor_format == "npy" else wire.MEDIA_JSON
+        return protocol.MEDIA_SAFETENSORS if self.tensor_format == "npy" else protocol.MEDIA_JSON
 
     def _default_headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"poolgrad-python/{__version__}", **self._extra_headers}
@@ -386,14 +331,14 @@ class BaseClient(Generic[_HttpT]):
             "POST",
             "/v1/sessions",
             Retry.UNSENT,
-            content=wire.dumps(body),
-            headers={"Content-Type": wire.MEDIA_JSON, "Accept": wire.MEDIA_JSON},
+            content=protocol.dumps(body),
+            headers={"Content-Type": protocol.MEDIA_JSON, "Accept": protocol.MEDIA_JSON},
         )
 
     @staticmethod
     def _session_options(method: str, session_id: str, *, cleanup: bool = False) -> RequestOptions:
         return RequestOptions(method, session_path(session_id), Retry.SAFE,
-                              headers={"Accept": wire.MEDIA_JSON}, cleanup=cleanup)  # fmt: skip
+                              headers={"Accept": protocol.MEDIA_JSON}, cleanup=cleanup)  # fmt: skip
 
     def _forward_options(self, session_id: str, X: npt.ArrayLike) -> RequestOptions:
         media = self._tensor_media
@@ -401,7 +346,7 @@ class BaseClient(Generic[_HttpT]):
             "POST",
             session_path(session_id, "forward"),
             Retry.SAFE,
-            content=wire.encode_tensor(np.asarray(X), media),
+            content=protocol.encode_tensor(np.asarray(X), media),
             headers={"Content-Type": media, "Accept": media},
         )
 
@@ -411,12 +356,12 @@ class BaseClient(Generic[_HttpT]):
         media = self._tensor_media
         headers = {"Content-Type": media, "Accept": media}
         if step is not None:
-            headers["If-Match"] = f'"{step}"'
+            headers["If-Match"] = protocol.format_etag(step)
         return RequestOptions(
             "POST",
             session_path(session_id, "backward"),
             Retry.SAFE,
-            content=wire.encode_tensor(np.asarray(dA), media),
+            content=protocol.encode_tensor(np.asarray(dA), media),
             headers=headers,
         )
 
@@ -431,7 +376,7 @@ class BaseClient(Generic[_HttpT]):
             "POST",
             "/v1/gradient",
             Retry.SAFE,
-            content=wire.encode_named(tensors, media),
+            content=protocol.encode_named(tensors, media),
             params=spec_to_query(spec),
             headers={"Content-Type": media, "Accept": media},
         )
@@ -445,8 +390,8 @@ class BaseClient(Generic[_HttpT]):
     @staticmethod
     def _json(response: httpx.Response) -> Any:
         try:
-            return wire.loads(response.content)
-        except wire.WireError as exc:
+            return protocol.loads(response.content)
+        except protocol.ProtocolError as exc:
             raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered "
                 f"{response.status_code} with a body that is not JSON: {exc}"
@@ -454,10 +399,10 @@ class BaseClient(Generic[_HttpT]):
 
     @staticmethod
     def _tensor(response: httpx.Response) -> np.ndarray:
-        media = wire.media_type_of(response.headers.get("content-type"))
+        media = protocol.media_type_of(response.headers.get("content-type"))
         try:
-            return _writable(wire.decode_tensor(response.content, media))
-        except ValueError as exc:  # WireError, or a media type no decoder reads
+            return _writable(protocol.decode_tensor(response.content, media))
+        except protocol.ProtocolError as exc:  # bad bytes, or a media type no decoder reads
             raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered a tensor "
                 f"that does not decode ({media or 'no Content-Type'}): {exc}"
@@ -465,10 +410,10 @@ class BaseClient(Generic[_HttpT]):
 
     @staticmethod
     def _named(response: httpx.Response) -> dict[str, np.ndarray]:
-        media = wire.media_type_of(response.headers.get("content-type"))
+        media = protocol.media_type_of(response.headers.get("content-type"))
         try:
-            tensors = wire.decode_named(response.content, media)
-        except ValueError as exc:
+            tensors = protocol.decode_named(response.content, media)
+        except protocol.ProtocolError as exc:
             raise APIResponseError(
                 f"{response.request.method} {response.request.url} answered named tensors "
                 f"that do not decode ({media or 'no Content-Type'}): {exc}"
@@ -477,7 +422,7 @@ class BaseClient(Generic[_HttpT]):
 
     @staticmethod
     def _health(response: httpx.Response) -> dict[str, Any]:
-        if wire.media_type_of(response.headers.get("content-type")) == wire.MEDIA_JSON:
+        if protocol.media_type_of(response.headers.get("content-type")) == protocol.MEDIA_JSON:
             body = BaseClient._json(response)
             if isinstance(body, dict):
                 return body

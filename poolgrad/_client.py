@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from poolgrad._base import BaseClient, RequestOptions, parse_etag_step, session_info
+from poolgrad._base import BaseClient, RequestOptions, session_info
 from poolgrad._constants import CLEANUP_TIMEOUT
 from poolgrad._exceptions import (
     APIResponseError,
@@ -25,7 +25,8 @@ from poolgrad._exceptions import (
     PoolgradError,
     SessionNotFoundError,
 )
-from poolgrad._types import PoolSpecKwargs, SessionInfo
+from poolgrad._types import PoolSpecKwargs
+from poolgrad.protocol import SessionInfo, parse_etag
 
 __all__ = ["AsyncClient", "AsyncSession", "Client", "Session"]
 
@@ -45,7 +46,7 @@ class _SessionState:
         self.deleted = False
 
     def _record_forward(self, response: httpx.Response) -> None:
-        step = parse_etag_step(response.headers.get("etag"))
+        step = parse_etag(response.headers.get("etag"))
         if step is None:
             raise APIResponseError(
                 f"forward on session {self.id} answered without an ETag step "

@@ -30,7 +30,7 @@ The tree::
                 └── StoreUnavailableError       store_unavailable
 
 An answer is mapped by its problem ``code`` first (the contract's codes, see
-:data:`poolgrad.wire.PROBLEMS`), then by its status, then to :class:`APIError` itself.
+:data:`poolgrad.protocol.PROBLEMS`), then by its status, then to :class:`APIError` itself.
 No ``httpx`` exception escapes the SDK: every ``httpx.RequestError`` is translated and chained
 (``raise APIConnectionError(...) from exc``), and a closed client raises :class:`PoolgradError`.
 Every exception pickles (an :class:`APIError` without its ``response``), e.g. across processes.
@@ -44,7 +44,14 @@ from typing import Any
 import httpx
 
 from poolgrad._constants import API_KEY_ENV, BASE_URL_ENV, REQUEST_ID_HEADER
-from poolgrad.wire import MEDIA_JSON, MEDIA_PROBLEM, PROBLEMS, WireError, loads, media_type_of
+from poolgrad.protocol import (
+    MEDIA_JSON,
+    MEDIA_PROBLEM,
+    PROBLEMS,
+    ProtocolError,
+    loads,
+    media_type_of,
+)
 
 __all__ = [
     "APIConnectionError",
@@ -292,7 +299,7 @@ def _make_status_error(response: httpx.Response) -> APIError:
     body: object = response.text
     problem: dict[str, Any] = {}
     if media_type_of(response.headers.get("content-type")) in (MEDIA_PROBLEM, MEDIA_JSON):
-        with contextlib.suppress(WireError):
+        with contextlib.suppress(ProtocolError):
             body = loads(response.content)
         if isinstance(body, dict):
             problem = body

@@ -1,11 +1,13 @@
-"""Public type aliases: the layer spec as keyword arguments and the session description."""
+"""Public type aliases: the layer spec as keyword arguments (pinned to
+:data:`poolgrad.protocol.spec.FIELDS` by a test) and the session description."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias, TypedDict
+from typing import Final, Literal, TypeAlias, TypedDict
+
+from poolgrad.protocol import SessionInfo
 
 __all__ = ["NOT_GIVEN", "NotGiven", "PoolSpecKwargs", "SessionInfo", "TensorFormat"]
 
@@ -26,20 +28,6 @@ class PoolSpecKwargs(TypedDict, total=False):
     layout: Literal["channels_last", "channels_first"]
     ties: Literal["all", "first", "split"]
     nan: Literal["propagate", "reject"]
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What ``GET /v1/sessions/{id}`` answers; shapes and dtype are ``None`` before a forward."""
-
-    id: str
-    spec: dict[str, Any]
-    step: int
-    input_shape: tuple[int, ...] | None
-    output_shape: tuple[int, ...] | None
-    dtype: str | None
-    state_bytes: int
-    expires_at: str | None
 
 
 class NotGiven(enum.Enum):

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from poolgrad import __version__
+from poolgrad._version import __version__
 from service.compute import Compute
 from service.errors import StoreUnavailable
 from service.metrics import Metrics

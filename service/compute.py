@@ -1,9 +1,11 @@
 """The one code path behind every route: sessions, forward, backward, the stateless gradient.
 
 It knows nothing of HTTP. Callers hand in how to decode the request tensor(s) and how to encode
-the result (the HTTP routes pass :mod:`poolgrad.wire` functions for the negotiated media types;
-other protocols can pass their own), and decode, engine call and encode of one request run
-together in a worker thread, so the event loop never waits on NumPy.
+the result (the HTTP routes pass :mod:`poolgrad.protocol` codecs for the negotiated media types;
+other protocols can pass their own) and the step condition as data (:class:`IfMatch`, parsed at
+the edge); decode, engine call and encode of one request run together in a worker thread, so
+the event loop never waits on NumPy. Engine errors become service errors here; protocol errors
+(a body that does not decode) pass through with their own problem code.
 
 No lock is held while computing: a forward computes on its own X and then advances the session
 in one atomic store step (state, step + 1, TTL), so one that fails at any point (bad tensor,
@@ -29,7 +31,7 @@ import numpy as np
 
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
-from poolgrad.wire import WireError
+from poolgrad.protocol import IfMatch, ProtocolError, SessionInfo
 from service.errors import (
     InternalError,
     InvalidSpec,
@@ -38,7 +40,6 @@ from service.errors import (
     ServiceError,
     ShapeMismatch,
     StaleStep,
-    from_wire_error,
 )
 from service.metrics import Metrics
 from service.settings import Settings
@@ -47,10 +48,10 @@ from service.stores import SessionRecord, SessionStore
 __all__ = [
     "NAMED_INPUTS",
     "Compute",
-    "SessionInfo",
-    "StepCondition",
+    "EngineCalls",
     "Stepped",
     "new_session_id",
+    "session_info",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,37 +67,32 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(24)
 
 
+def session_info(record: SessionRecord) -> SessionInfo:
+    """The API's view of ``record`` just after its TTL was renewed; shapes and dtype are read
+    from its cached state, the one place they are kept."""
+    expires = datetime.now(UTC) + timedelta(seconds=record.ttl_seconds)
+    state = None if record.state is None else _state_of(record.state)
+    return SessionInfo(
+        id=record.id,
+        spec=record.spec.to_dict(),
+        ttl_seconds=record.ttl_seconds,
+        step=record.step,
+        input_shape=None if state is None else state.input_shape,
+        output_shape=None if state is None else state.output_shape,
+        dtype=None if state is None else state.dtype.name,
+        state_bytes=record.state_bytes,
+        expires_at=expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+
+
 @dataclass(frozen=True)
-class SessionInfo:
-    """What the API shows of a session (never its state)."""
+class EngineCalls:
+    """The engine entry points compute calls. ``Compute.engine`` holds one: the supported
+    place to swap them (a test that pauses or counts engine calls sets it on the app's
+    compute), so no one patches module names."""
 
-    id: str
-    spec: Mapping[str, Any]
-    ttl_seconds: float
-    step: int
-    input_shape: tuple[int, ...] | None
-    output_shape: tuple[int, ...] | None
-    dtype: str | None
-    state_bytes: int
-    expires_at: str
-
-    @classmethod
-    def of(cls, record: SessionRecord) -> SessionInfo:
-        """The view of ``record`` just after its TTL was renewed; shapes and dtype are read
-        from its cached state, the one place they are kept."""
-        expires = datetime.now(UTC) + timedelta(seconds=record.ttl_seconds)
-        state = None if record.state is None else _state_of(record.state)
-        return cls(
-            id=record.id,
-            spec=record.spec.to_dict(),
-            ttl_seconds=record.ttl_seconds,
-            step=record.step,
-            input_shape=None if state is None else state.input_shape,
-            output_shape=None if state is None else state.output_shape,
-            dtype=None if state is None else state.dtype.name,
-            state_bytes=record.state_bytes,
-            expires_at=expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        )
+    forward: Callable[[np.ndarray, PoolSpec], tuple[np.ndarray, PoolState]] = forward
+    backward: Callable[[PoolState, np.ndarray], np.ndarray] = backward
 
 
 @dataclass(frozen=True)
@@ -107,31 +103,20 @@ class Stepped(Generic[T]):
     step: int
 
 
-@dataclass(frozen=True)
-class StepCondition:
-    """A precondition on the cached step (HTTP ``If-Match``): one of ``steps`` must be current.
-
-    ``raw`` is what the client sent, quoted back in the error.
-    """
-
-    raw: str
-    steps: frozenset[int]
-
-    def check(self, session_id: str, step: int) -> None:
-        if step not in self.steps:
-            raise StaleStep(
-                f"If-Match {self.raw!r} does not name step {step}, the step session "
-                f"{session_id!r} caches now"
-            )
-
-
 class Compute:
     """Sessions and gradients over one :class:`SessionStore`; shared by every protocol."""
 
-    def __init__(self, store: SessionStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: Settings,
+        metrics: Metrics,
+        engine: EngineCalls | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.engine = engine if engine is not None else EngineCalls()
         self._limiter = anyio.CapacityLimiter(settings.compute_threads)
 
     # ----------------------------------------------------------------- sessions
@@ -142,10 +127,10 @@ class Compute:
         ttl_seconds = self._ttl(spec_fields.pop("ttl_seconds", None))
         spec = parse_spec(spec_fields)
         record = await self.store.create(new_session_id(), owner, spec, ttl_seconds)
-        return SessionInfo.of(record)
+        return session_info(record)
 
     async def get_session(self, session_id: str, owner: str) -> SessionInfo:
-        return SessionInfo.of(await self.store.get(session_id, owner))
+        return session_info(await self.store.get(session_id, owner))
 
     async def delete_session(self, session_id: str, owner: str) -> None:
         # Never waits for a forward in flight: that forward's advance finds no live session,
@@ -167,7 +152,7 @@ class Compute:
 
         def work() -> tuple[T, bytes, int]:
             X = decode()
-            A, state = self._timed("forward", forward, X, record.spec)
+            A, state = self._timed("forward", self.engine.forward, X, record.spec)
             return encode(A), state.to_bytes(), state.nbytes
 
         payload, blob, state_bytes = await self._run(work)
@@ -180,9 +165,10 @@ class Compute:
         owner: str,
         decode: Callable[[], np.ndarray],
         encode: Callable[[np.ndarray], T],
-        condition: StepCondition | None = None,
+        condition: IfMatch | None = None,
     ) -> Stepped[T]:
         """dX for the decoded dA against the cached state, which stays (backward repeats)."""
+        # One snapshot: the step and the state of one forward, read together; no lock held.
         record = await self.store.get(session_id, owner)
         cached = record.state
         if cached is None:
@@ -190,13 +176,16 @@ class Compute:
                 f"session {session_id!r} has no cached forward state (step {record.step}): "
                 "run forward first"
             )
-        if condition is not None:
-            condition.check(session_id, record.step)
+        if condition is not None and not condition.matches(record.step):
+            raise StaleStep(
+                f"If-Match {condition.raw!r} does not name step {record.step}, the step "
+                f"session {session_id!r} caches now"
+            )
 
         def work() -> T:
             dA = decode()
             state = PoolState.from_bytes(cached)
-            return encode(self._timed("backward", backward, state, dA))
+            return encode(self._timed("backward", self.engine.backward, state, dA))
 
         return Stepped(await self._run(work), record.step)
 
@@ -218,10 +207,10 @@ class Compute:
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
-            A, state = self._timed("forward", forward, tensors["X"], spec)
+            A, state = self._timed("forward", self.engine.forward, tensors["X"], spec)
             results = {"A": A}
             if "dA" in tensors:
-                results["dX"] = self._timed("backward", backward, state, tensors["dA"])
+                results["dX"] = self._timed("backward", self.engine.backward, state, tensors["dA"])
             return encode(results)
 
         return await self._run(work)
@@ -250,16 +239,13 @@ class Compute:
 
     async def _run(self, work: Callable[[], T]) -> T:
         """Run ``work`` in a worker thread, at most ``compute_threads`` at once, translating
-        engine and wire errors at this boundary."""
+        engine errors at this boundary."""
         try:
             return await anyio.to_thread.run_sync(work, limiter=self._limiter)
-        except ServiceError:
+        except (ServiceError, ProtocolError):
             raise
-        except WireError as exc:
-            raise from_wire_error(exc) from exc
         except StateError as exc:
-            logger.error("cached state could not be read: %s", exc)
-            raise InternalError("the cached forward state could not be read") from exc
+            raise _unreadable(exc) from exc
         except SpecError as exc:
             raise InvalidSpec(str(exc)) from exc
         except TensorError as exc:
@@ -281,5 +267,9 @@ def _state_of(blob: bytes | memoryview) -> PoolState:
     try:
         return PoolState.from_bytes(blob)
     except StateError as exc:
-        logger.error("cached state could not be read: %s", exc)
-        raise InternalError("the cached forward state could not be read") from exc
+        raise _unreadable(exc) from exc
+
+
+def _unreadable(exc: StateError) -> InternalError:
+    logger.error("cached state could not be read: %s", exc)
+    return InternalError("the cached forward state could not be read")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -28,23 +28,19 @@ _bearer = HTTPBearer(
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return cast(Settings, request.app.state.settings)
 
 
 async def get_store(request: Request) -> SessionStore:
-    store: SessionStore = request.app.state.store
-    return store
+    return cast(SessionStore, request.app.state.store)
 
 
 async def get_compute(request: Request) -> Compute:
-    compute: Compute = request.app.state.compute
-    return compute
+    return cast(Compute, request.app.state.compute)
 
 
 async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+    return cast(Metrics, request.app.state.metrics)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,7 +1,7 @@
 """Service errors: each carries its HTTP status, problem code and a detail naming the value.
 
-The tree (codes and titles come from :data:`poolgrad.wire.PROBLEMS`, the catalogue the SDK
-maps back to exception classes)::
+The tree (codes and titles come from :data:`poolgrad.protocol.PROBLEMS`, the catalogue the
+SDK maps back to exception classes)::
 
     ServiceError                  root; rendered as application/problem+json by one handler
     ├── BadRequest                400 bad_request
@@ -21,15 +21,16 @@ maps back to exception classes)::
     ├── InternalError             500 internal_error      (detail never shows internals)
     └── StoreUnavailable          503 store_unavailable   (Retry-After)
 
-Engine and wire errors are translated into this tree at the one place they are caught
-(:mod:`service.compute`); nothing else reaches the handler except as a 500.
+Engine errors are translated into this tree where they are caught (:mod:`service.compute`),
+protocol errors (:class:`poolgrad.protocol.ProtocolError`) by :func:`from_protocol_error`
+wherever they are caught; nothing else reaches the handler except as a 500.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from poolgrad.wire import PROBLEMS, WireError
+from poolgrad.protocol import PROBLEMS, ProtocolError
 
 __all__ = [
     "BadRequest",
@@ -49,7 +50,7 @@ __all__ = [
     "StoreUnavailable",
     "Unauthorized",
     "UnsupportedMediaType",
-    "from_wire_error",
+    "from_protocol_error",
 ]
 
 
@@ -136,8 +137,9 @@ class StoreUnavailable(ServiceError):
     code = "store_unavailable"
 
 
-def from_wire_error(exc: WireError) -> ServiceError:
-    """The service error for a wire decoding failure (its ``code`` picks the class)."""
-    if exc.code == InvalidTensor.code:
-        return InvalidTensor(str(exc))
-    return MalformedTensor(str(exc))
+def from_protocol_error(exc: ProtocolError) -> ServiceError:
+    """The service error for a protocol failure: the class whose code is ``exc.code``."""
+    return _BY_CODE[exc.code](str(exc))
+
+
+_BY_CODE: dict[str, type[ServiceError]] = {cls.code: cls for cls in ServiceError.__subclasses__()}

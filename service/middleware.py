@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from poolgrad import wire
+from poolgrad import protocol
 from service.metrics import Metrics
 from service.problems import problem_body
 
@@ -124,7 +124,7 @@ async def _send_internal_error(send: Send, request_id: str) -> None:
             "type": "http.response.start",
             "status": 500,
             "headers": [
-                (b"content-type", wire.MEDIA_PROBLEM.encode()),
+                (b"content-type", protocol.MEDIA_PROBLEM.encode()),
                 (b"content-length", str(len(body)).encode()),
             ],
         }

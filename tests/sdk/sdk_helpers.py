@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from poolgrad import wire
+from poolgrad import protocol
 
 MOCK_URL = "http://poolgrad.test"
 SESSION_ID = "3b1f0c2a9e8d4f6b8a7c5d3e1f0a2b4c"
@@ -19,14 +19,14 @@ def problem(status: int, code: str, detail: str = "bad", **headers: str) -> http
         "type": "about:blank",
         "status": status,
         "code": code,
-        "title": wire.PROBLEMS[code].title,
+        "title": protocol.PROBLEMS[code].title,
         "detail": detail,
         "request_id": "srv-req-1",
     }
     return httpx.Response(
         status,
-        content=wire.dumps(body),
-        headers={"Content-Type": wire.MEDIA_PROBLEM, "X-Request-ID": "srv-req-1", **headers},
+        content=protocol.dumps(body),
+        headers={"Content-Type": protocol.MEDIA_PROBLEM, "X-Request-ID": "srv-req-1", **headers},
     )
 
 
@@ -40,12 +40,13 @@ def created(session_id: str = SESSION_ID, **spec: Any) -> httpx.Response:
     }
     return httpx.Response(
         201,
-        content=wire.dumps(body),
-        headers={"Content-Type": wire.MEDIA_JSON, "Location": f"/v1/sessions/{session_id}"},
+        content=protocol.dumps(body),
+        headers={"Content-Type": protocol.MEDIA_JSON, "Location": f"/v1/sessions/{session_id}"},
     )
 
 
-def info(session_id: str = SESSION_ID) -> httpx.Response:
+def info(session_id: str = SESSION_ID, **fields: Any) -> httpx.Response:
+    """A ``GET /v1/sessions/{id}`` answer; ``fields`` replace the defaults below."""
     body = {
         "id": session_id,
         "spec": {"mode": "max", "pool_size": [2, 2]},
@@ -55,19 +56,24 @@ def info(session_id: str = SESSION_ID) -> httpx.Response:
         "dtype": "float32",
         "state_bytes": 64,
         "expires_at": "2030-01-01T00:00:00Z",
+        **fields,
     }
-    return httpx.Response(200, content=wire.dumps(body), headers={"Content-Type": wire.MEDIA_JSON})
-
-
-def npy(array: np.ndarray, **headers: str) -> httpx.Response:
     return httpx.Response(
-        200, content=wire.encode_npy(array), headers={"Content-Type": wire.MEDIA_NPY, **headers}
+        200, content=protocol.dumps(body), headers={"Content-Type": protocol.MEDIA_JSON}
+    )
+
+
+def npy(array: np.ndarray, **headers: str | bytes) -> httpx.Response:
+    return httpx.Response(
+        200,
+        content=protocol.encode_npy(array),
+        headers={"Content-Type": protocol.MEDIA_NPY, **headers},
     )
 
 
 def named(**tensors: np.ndarray) -> httpx.Response:
     return httpx.Response(
         200,
-        content=wire.encode_safetensors(tensors),
-        headers={"Content-Type": wire.MEDIA_SAFETENSORS},
+        content=protocol.encode_safetensors(tensors),
+        headers={"Content-Type": protocol.MEDIA_SAFETENSORS},
     )

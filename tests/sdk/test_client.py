@@ -14,7 +14,7 @@ from sdk_helpers import MOCK_URL, SESSION_ID, created, info, npy, problem
 
 import poolgrad
 import poolgrad._client
-from poolgrad import AsyncClient, Client, Session, wire
+from poolgrad import AsyncClient, Client, Session, protocol
 from poolgrad._base import spec_to_json, spec_to_query
 from poolgrad._constants import CLEANUP_TIMEOUT, DEFAULT_BASE_URL, DEFAULT_TIMEOUT
 
@@ -163,7 +163,7 @@ def test_numpy_scalars_are_plain_values_in_the_body_and_the_query() -> None:
     body = spec_to_json(spec)
     assert body == {"mode": "avg", "pool_size": 2, "strides": [1, 2],
                     "padding": [[1, 1], [0, 1]], "count_include_pad": False}  # fmt: skip
-    assert json.loads(wire.dumps(body)) == body
+    assert json.loads(protocol.dumps(body)) == body
     assert spec_to_query(spec) == {"mode": "avg", "pool_size": "2", "strides": "1,2",
                                    "padding": "1:1,0:1", "count_include_pad": "false"}  # fmt: skip
     assert spec_to_query({"count_include_pad": np.True_}) == {"count_include_pad": "true"}
@@ -181,15 +181,15 @@ def test_gradient_sends_named_tensors_and_the_spec_in_the_query() -> None:
     dA = np.ones((2, 2, 2, 3))
 
     def echo(request: httpx.Request) -> httpx.Response:
-        assert request.headers["Content-Type"] == wire.MEDIA_SAFETENSORS
-        assert request.headers["Accept"] == wire.MEDIA_SAFETENSORS
-        got = wire.decode_safetensors(request.content)
+        assert request.headers["Content-Type"] == protocol.MEDIA_SAFETENSORS
+        assert request.headers["Accept"] == protocol.MEDIA_SAFETENSORS
+        got = protocol.decode_safetensors(request.content)
         np.testing.assert_array_equal(got["X"], X)
         np.testing.assert_array_equal(got["dA"], dA)
         return httpx.Response(
             200,
-            content=wire.encode_safetensors({"A": dA * 2, "dX": X * 3}),
-            headers={"Content-Type": wire.MEDIA_SAFETENSORS},
+            content=protocol.encode_safetensors({"A": dA * 2, "dX": X * 3}),
+            headers={"Content-Type": protocol.MEDIA_SAFETENSORS},
         )
 
     with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
@@ -211,12 +211,12 @@ def test_gradient_sends_named_tensors_and_the_spec_in_the_query() -> None:
 
 def _echo_tensor(request: httpx.Request) -> httpx.Response:
     """Answer with the tensor received, in the media type it came in, ETag step 1."""
-    media = wire.media_type_of(request.headers["Content-Type"])
+    media = protocol.media_type_of(request.headers["Content-Type"])
     assert request.headers["Accept"] == media
-    array = wire.decode_tensor(request.content, media)
+    array = protocol.decode_tensor(request.content, media)
     return httpx.Response(
         200,
-        content=wire.encode_tensor(array, media),
+        content=protocol.encode_tensor(array, media),
         headers={"Content-Type": media, "ETag": '"1"'},
     )
 
@@ -293,24 +293,23 @@ def test_forward_without_etag_is_refused() -> None:
             session.forward(X)
 
 
+@pytest.mark.parametrize(
+    "etag", ['"\N{SUPERSCRIPT TWO}"', '"\N{ARABIC-INDIC DIGIT THREE}"', '"1", "2"', "7"]
+)
+def test_forward_with_an_etag_that_is_no_step_is_an_api_response_error(etag: str) -> None:
+    X = np.zeros((1, 2, 2, 1))
+    with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
+        router.post("/v1/sessions").mock(return_value=created())
+        router.post(FORWARD).mock(return_value=npy(X, ETag=etag.encode()))
+        router.delete(SESSION).mock(return_value=httpx.Response(204))
+        with client.session() as session, pytest.raises(poolgrad.APIResponseError, match="ETag"):
+            session.forward(X)
+
+
 def test_session_body_carries_spec_and_ttl() -> None:
     with respx.mock(base_url=MOCK_URL) as router, Client(MOCK_URL) as client:
         route = router.post("/v1/sessions").mock(return_value=created(ties="first"))
-        router.get(SESSION).mock(
-            return_value=httpx.Response(
-                200,
-                json={
-                    "id": SESSION_ID,
-                    "spec": {"mode": "max"},
-                    "step": 2,
-                    "input_shape": [1, 4, 4, 1],
-                    "output_shape": [1, 2, 2, 1],
-                    "dtype": "float32",
-                    "state_bytes": 10,
-                    "expires_at": "x",
-                },
-            )
-        )
+        router.get(SESSION).mock(return_value=info(step=2, state_bytes=10, expires_at="x"))
         session = client.create_session(ttl_seconds=30, mode="max", pool_size=(2, 2), ties="first")
         described = session.info()
     assert json.loads(route.calls.last.request.content) == {

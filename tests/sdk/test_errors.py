@@ -11,7 +11,7 @@ import respx
 from sdk_helpers import MOCK_URL, problem
 
 import poolgrad
-from poolgrad import AsyncClient, Client, wire
+from poolgrad import AsyncClient, Client, protocol
 from poolgrad._exceptions import _make_status_error
 
 CONTRACT_CODES = {
@@ -38,22 +38,22 @@ def response(answer: httpx.Response) -> httpx.Response:
 
 @pytest.mark.parametrize(("code", "cls"), CONTRACT_CODES.items())
 def test_every_contract_code_has_its_own_class(code: str, cls: type[poolgrad.APIError]) -> None:
-    status = wire.PROBLEMS[code].status
+    status = protocol.PROBLEMS[code].status
     error = _make_status_error(response(problem(status, code, f"detail naming {code}")))
     assert type(error) is cls
     assert isinstance(error, poolgrad.APIError)
     assert isinstance(error, poolgrad.PoolgradError)
     assert (error.status, error.code) == (status, code)
-    assert error.title == wire.PROBLEMS[code].title
+    assert error.title == protocol.PROBLEMS[code].title
     assert error.detail == f"detail naming {code}"
     assert error.request_id == "srv-req-1"
     assert f"detail naming {code}" in str(error)
     assert "srv-req-1" in str(error)
 
 
-@pytest.mark.parametrize("code", sorted(wire.PROBLEMS))
+@pytest.mark.parametrize("code", sorted(protocol.PROBLEMS))
 def test_every_catalogued_code_maps_to_a_class_of_its_status(code: str) -> None:
-    status = wire.PROBLEMS[code].status
+    status = protocol.PROBLEMS[code].status
     error = _make_status_error(response(problem(status, code)))
     assert error.status == status
     assert error.code == code
@@ -128,7 +128,7 @@ def test_error_carries_the_request_id_the_client_sent() -> None:
             return_value=httpx.Response(
                 422,
                 json={"status": 422, "code": "invalid_spec", "detail": "mode 'mean'"},
-                headers={"Content-Type": wire.MEDIA_PROBLEM},
+                headers={"Content-Type": protocol.MEDIA_PROBLEM},
             )
         )
         with pytest.raises(poolgrad.InvalidSpecError, match="mode 'mean'") as caught:

@@ -168,13 +168,16 @@ def test_contract_errors_arrive_as_their_classes(client: Client) -> None:
     with client.session() as session:
         with pytest.raises(poolgrad.NoForwardError):
             session.backward(np.ones((1, 2, 2, 1)))
-        session.forward(_spread((1, 4, 4, 1)))
+        X = _spread((1, 4, 4, 1))
+        session.forward(X)
         with pytest.raises(poolgrad.ShapeMismatchError, match=r"\(1, 3, 2, 1\)|\[1, 3, 2, 1\]"):
             session.backward(np.ones((1, 3, 2, 1)))
         with pytest.raises(poolgrad.InvalidTensorError, match="int64"):
             session.forward(np.ones((1, 4, 4, 1), dtype=np.int64))
         # Nothing half-applied: the refused forward left the previous state usable.
-        np.testing.assert_array_equal(session.backward(np.ones((1, 2, 2, 1))).shape, (1, 4, 4, 1))
+        dA = _spread((1, 2, 2, 1), seed=5)
+        np.testing.assert_array_equal(session.backward(dA), _engine(X, dA, {})[1])
+        assert session.info().step == 1
     with pytest.raises(poolgrad.InvalidSpecError, match="median"):
         client.create_session(mode="median")  # type: ignore[typeddict-item]
     with pytest.raises(poolgrad.InvalidSpecError, match="pool_size"):
@@ -184,7 +187,7 @@ def test_contract_errors_arrive_as_their_classes(client: Client) -> None:
 
 
 def test_health(client: Client) -> None:
-    assert isinstance(client.health(), dict)
+    assert client.health() == {"status": "ok"}
 
 
 def test_api_keys_are_sent_from_the_environment(
@@ -252,4 +255,32 @@ async def test_async_client_round_trips_and_cleans_up(live_server: LiveServer) -
         np.testing.assert_array_equal(A, A_ref)
         np.testing.assert_array_equal(dX, dX_ref)
         np.testing.assert_array_equal(await client.pool(X, mode="min"), A_ref)
-        assert isinstance(await client.health(), dict)
+        assert await client.health() == {"status": "ok"}
+
+
+@pytest.mark.anyio
+async def test_async_client_sessions_by_id_and_json_format(live_server: LiveServer) -> None:
+    X = _spread((1, 4, 6, 2), dtype=np.float32)
+    dA = _spread((1, 2, 3, 2), seed=4, dtype=np.float32)
+    A_ref, dX_ref = _engine(X, dA, {"mode": "avg"})
+    async with AsyncClient(live_server.base_url, tensor_format="json") as client:
+        created = await client.create_session(mode="avg", ttl_seconds=60)
+        described = await created.info()
+        assert (described.id, described.step, described.input_shape) == (created.id, 0, None)
+        assert described.spec["mode"] == "avg"
+        np.testing.assert_array_equal(await created.forward(X), A_ref)
+        again = await client.get_session(created.id)
+        assert again.id == created.id
+        np.testing.assert_array_equal(await again.backward(dA), dX_ref)
+        described = await again.info()
+        assert (described.step, described.input_shape, described.dtype) == (
+            1,
+            (1, 4, 6, 2),
+            "float32",
+        )
+        A, dX = await client.gradient(X, dA, mode="avg")
+        np.testing.assert_array_equal(A, A_ref)
+        np.testing.assert_array_equal(dX, dX_ref)
+        await created.delete()
+        with pytest.raises(poolgrad.SessionNotFoundError):
+            await client.get_session(created.id)

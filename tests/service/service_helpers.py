@@ -9,11 +9,11 @@ import numpy as np
 from fastapi import FastAPI
 
 from engine import PoolSpec, backward, forward
-from poolgrad import wire
+from poolgrad import protocol
 
 BASE_URL = "http://poolgrad.test"
-NPY = {"Content-Type": wire.MEDIA_NPY}
-JSON = {"Content-Type": wire.MEDIA_JSON}
+NPY = {"Content-Type": protocol.MEDIA_NPY}
+JSON = {"Content-Type": protocol.MEDIA_JSON}
 
 # Values spread apart so every window has one clear winner.
 X1 = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)[:, ::-1] * 0.5 - 7.0
@@ -26,7 +26,7 @@ def client_for(app: FastAPI, **kwargs: Any) -> httpx.AsyncClient:
 
 
 def npy(array: np.ndarray) -> bytes:
-    return wire.encode_npy(array)
+    return protocol.encode_npy(array)
 
 
 def expected(X: np.ndarray, dA: np.ndarray | None = None, **spec: Any) -> tuple[Any, Any]:
@@ -58,11 +58,11 @@ async def primed_session(client: httpx.AsyncClient, **fields: Any) -> str:
 def assert_problem(response: httpx.Response, status: int, code: str, *named: str) -> None:
     """A problem+json answer with this status and code whose detail names every ``named``."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"] == wire.MEDIA_PROBLEM
+    assert response.headers["content-type"] == protocol.MEDIA_PROBLEM
     body = response.json()
     assert body["status"] == status
     assert body["code"] == code
-    assert body["title"] == wire.PROBLEMS[code].title
+    assert body["title"] == protocol.PROBLEMS[code].title
     assert body["type"] == "about:blank"
     assert body["request_id"] == response.headers["x-request-id"]
     for value in named:
@@ -88,4 +88,4 @@ async def assert_state_intact(
     )
     assert response.status_code == 200, response.text
     assert response.headers["etag"] == f'"{step}"'
-    np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X, dA, **spec)[1])
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), expected(X, dA, **spec)[1])

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import DA1, NPY, X1, assert_problem, client_for, npy
 
-from poolgrad import wire
+from poolgrad import protocol
 from service.deps import owner_of
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +112,7 @@ async def test_operations_routes_stay_open(keyed: httpx.AsyncClient, path: str) 
 async def test_gradient_with_a_valid_key(keyed: httpx.AsyncClient) -> None:
     response = await keyed.post(
         "/v1/gradient",
-        content=wire.encode_safetensors({"X": X1}),
-        headers={"Content-Type": wire.MEDIA_SAFETENSORS, **BOB},
+        content=protocol.encode_safetensors({"X": X1}),
+        headers={"Content-Type": protocol.MEDIA_SAFETENSORS, **BOB},
     )
     assert response.status_code == 200, response.text

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import DA1, JSON, NPY, X1, assert_problem, assert_state_intact, npy
 
-from poolgrad import wire
+from poolgrad import protocol
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,9 @@ def _zero_size_huge_npy() -> bytes:
 
 
 def _json_tensor(**fields: Any) -> bytes:
-    return wire.dumps({"dtype": "float32", "shape": [1, 2, 2, 1], "data": [1, 2, 3, 4], **fields})
+    return protocol.dumps(
+        {"dtype": "float32", "shape": [1, 2, 2, 1], "data": [1, 2, 3, 4], **fields}
+    )
 
 
 def _nan_x() -> bytes:

@@ -14,9 +14,9 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
 
-import service.compute
 from engine import PoolSpec, PoolState, forward
-from poolgrad import wire
+from poolgrad import protocol
+from service.compute import EngineCalls
 from service.stores import Limits, MemoryStore, Usage
 
 pytestmark = pytest.mark.anyio
@@ -49,11 +49,11 @@ async def test_parallel_pairs_on_distinct_sessions_get_their_own_results(
         forward = await client.post(
             f"/v1/sessions/{session_id}/forward", content=npy(X), headers=NPY
         )
-        np.testing.assert_array_equal(wire.decode_npy(forward.content), A_expected)
+        np.testing.assert_array_equal(protocol.decode_npy(forward.content), A_expected)
         backward = await client.post(
             f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY
         )
-        np.testing.assert_array_equal(wire.decode_npy(backward.content), expected(X, dA)[1])
+        np.testing.assert_array_equal(protocol.decode_npy(backward.content), expected(X, dA)[1])
 
     async with asyncio.TaskGroup() as group:
         for seed in range(24):
@@ -85,7 +85,9 @@ async def test_racing_forward_and_backward_on_one_session_never_tear(
             f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY
         )
         assert response.status_code == 200
-        seen.append((int(response.headers["etag"].strip('"')), wire.decode_npy(response.content)))
+        seen.append(
+            (int(response.headers["etag"].strip('"')), protocol.decode_npy(response.content))
+        )
 
     async with asyncio.TaskGroup() as group:
         for round_ in range(30):
@@ -102,7 +104,7 @@ async def test_racing_forward_and_backward_on_one_session_never_tear(
 
 @pytest.mark.parametrize("compute_threads", [1, 3])
 async def test_compute_threads_bounds_the_engine_calls_at_once(
-    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch, compute_threads: int
+    make_app: Callable[..., FastAPI], compute_threads: int
 ) -> None:
     running = 0
     most = 0
@@ -118,8 +120,9 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
             running -= 1
         return forward(X, spec)
 
-    monkeypatch.setattr(service.compute, "forward", slow_forward)
-    async with client_for(make_app(compute_threads=compute_threads)) as client:
+    app = make_app(compute_threads=compute_threads)
+    app.state.compute.engine = EngineCalls(forward=slow_forward)
+    async with client_for(app) as client:
         sessions = [await new_session(client) for _ in range(8)]
         responses = await asyncio.gather(
             *(
@@ -132,13 +135,14 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
 
 
 class PausedEngine:
-    """``service.compute.forward`` replaced by one that stops inside the worker thread until
-    the test lets it go, so the test can act while a forward is in flight."""
+    """The app's engine forward replaced (through ``Compute.engine``) by one that stops inside
+    the worker thread until the test lets it go, so the test can act while a forward is in
+    flight."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.started = threading.Event()
         self.release = threading.Event()
-        monkeypatch.setattr(service.compute, "forward", self._forward)
+        app.state.compute.engine = EngineCalls(forward=self._forward)
 
     def _forward(self, X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
         self.started.set()
@@ -152,12 +156,13 @@ class PausedEngine:
 
 @pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "expired-not-reaped"])
 async def test_a_session_expiring_during_its_forward_stays_gone(
-    make_app: Callable[..., FastAPI], monkeypatch: pytest.MonkeyPatch, reaped: bool
+    make_app: Callable[..., FastAPI], reaped: bool
 ) -> None:
     clock = FakeClock()
     store = MemoryStore(Limits(max_sessions=10, max_state_bytes=10**6), clock=clock)
-    engine = PausedEngine(monkeypatch)
-    async with client_for(make_app(store=store)) as client:
+    app = make_app(store=store)
+    engine = PausedEngine(app)
+    async with client_for(app) as client:
         session_id = await new_session(client, ttl_seconds=5)
         path = f"/v1/sessions/{session_id}/forward"
         in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
@@ -173,11 +178,9 @@ async def test_a_session_expiring_during_its_forward_stays_gone(
         assert store.expired_total == 1
 
 
-async def test_delete_during_a_forward_is_final(
-    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: FastAPI) -> None:
     session_id = await new_session(client)
-    engine = PausedEngine(monkeypatch)
+    engine = PausedEngine(app)
     path = f"/v1/sessions/{session_id}/forward"
     in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
     await engine.wait_started()

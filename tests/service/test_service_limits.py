@@ -22,7 +22,7 @@ from service_helpers import (
     primed_session,
 )
 
-from poolgrad import wire
+from poolgrad import protocol
 from service.app import _reap_forever
 from service.stores import Limits, MemoryStore
 
@@ -88,7 +88,9 @@ async def test_body_at_the_limit_is_read(make_app: Callable[..., FastAPI]) -> No
 @pytest.mark.parametrize("route", ["/v1/sessions", "/v1/gradient"])
 async def test_other_routes_enforce_the_limit(make_app: Callable[..., FastAPI], route: str) -> None:
     async with client_for(make_app(max_body_bytes=LIMIT)) as client:
-        content_type = wire.MEDIA_JSON if route == "/v1/sessions" else wire.MEDIA_SAFETENSORS
+        content_type = (
+            protocol.MEDIA_JSON if route == "/v1/sessions" else protocol.MEDIA_SAFETENSORS
+        )
         response = await client.post(
             route, content=Chunks(b" " * 1000, 10), headers={"Content-Type": content_type}
         )
@@ -97,25 +99,28 @@ async def test_other_routes_enforce_the_limit(make_app: Callable[..., FastAPI], 
 
 @pytest.mark.parametrize(
     ("path", "media_type"),
-    [("/forward", wire.MEDIA_JSON), ("/forward", wire.MEDIA_NPY), ("", None)],
+    [("/forward", protocol.MEDIA_JSON), ("/forward", protocol.MEDIA_NPY), ("", None)],
     ids=["json-tensor", "npy-tensor", "named-json"],
 )
 async def test_json_bodies_have_their_own_smaller_limit(
     make_app: Callable[..., FastAPI], path: str, media_type: str | None
 ) -> None:
     X = np.arange(2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
-    json_body = wire.encode_json_tensor(X)
+    json_body = protocol.encode_json_tensor(X)
     app = make_app(max_body_bytes=64 * 1024, max_json_body_bytes=len(json_body) - 1)
     async with client_for(app) as client:
         session_id = await primed_session(client)
         if media_type is None:  # the stateless route's named JSON tensors
             url = "/v1/gradient?pool_size=2"
-            body, media_type = wire.encode_named({"X": X}, wire.MEDIA_JSON), wire.MEDIA_JSON
+            body, media_type = (
+                protocol.encode_named({"X": X}, protocol.MEDIA_JSON),
+                protocol.MEDIA_JSON,
+            )
         else:
             url = f"/v1/sessions/{session_id}{path}"
-            body = json_body if media_type == wire.MEDIA_JSON else npy(X)
+            body = json_body if media_type == protocol.MEDIA_JSON else npy(X)
         response = await client.post(url, content=body, headers={"Content-Type": media_type})
-        if media_type == wire.MEDIA_NPY:
+        if media_type == protocol.MEDIA_NPY:
             assert response.status_code == 200, response.text  # binary: the 64 KiB limit
         else:
             assert_problem(

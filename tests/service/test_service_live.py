@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from service_helpers import DA1, NPY, X1, expected, npy
 
-from poolgrad import wire
+from poolgrad import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1024 * 1024
@@ -52,7 +52,7 @@ def assert_intact(http: httpx.Client, session_id: str) -> None:
     response = http.post(f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY)
     assert response.status_code == 200, response.text
     assert response.headers["etag"] == '"1"'
-    np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X1, DA1)[1])
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), expected(X1, DA1)[1])
 
 
 def test_full_flow_over_a_real_socket(http: httpx.Client, limited: Server) -> None:
@@ -67,13 +67,13 @@ def test_full_flow_over_a_real_socket(http: httpx.Client, limited: Server) -> No
     assert forward.headers["x-request-id"] == "live-flow-1"
     assert forward.headers["etag"] == '"1"'
     A, dX = expected(X1, DA1, mode="avg")
-    np.testing.assert_array_equal(wire.decode_npy(forward.content), A)
+    np.testing.assert_array_equal(protocol.decode_npy(forward.content), A)
     backward = http.post(
         f"/v1/sessions/{session_id}/backward",
-        content=wire.encode_json_tensor(DA1),
-        headers={"Content-Type": wire.MEDIA_JSON, "If-Match": '"1"'},
+        content=protocol.encode_json_tensor(DA1),
+        headers={"Content-Type": protocol.MEDIA_JSON, "If-Match": '"1"'},
     )
-    np.testing.assert_array_equal(wire.decode_json_tensor(backward.content), dX)
+    np.testing.assert_array_equal(protocol.decode_json_tensor(backward.content), dX)
     assert http.get(f"/v1/sessions/{session_id}").json()["input_shape"] == list(X1.shape)
     assert http.delete(f"/v1/sessions/{session_id}").status_code == 204
     assert http.get(f"/v1/sessions/{session_id}").status_code == 404

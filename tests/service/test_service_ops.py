@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import DA1, NPY, assert_problem, client_for, npy, primed_session
 
-from poolgrad import wire
+from poolgrad import protocol
 from service import Settings, create_app
 from service.stores import Limits, MemoryStore, StoredSession, Usage
 
@@ -212,14 +212,15 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
     for path, methods in expected.items():
         assert methods <= set(paths[path]), path
     forward = paths["/v1/sessions/{session_id}/forward"]["post"]
-    assert set(forward["requestBody"]["content"]) == {wire.MEDIA_NPY, wire.MEDIA_JSON}
-    assert set(forward["responses"]["200"]["content"]) == {wire.MEDIA_NPY, wire.MEDIA_JSON}
+    assert set(forward["requestBody"]["content"]) == {protocol.MEDIA_NPY, protocol.MEDIA_JSON}
+    assert set(forward["responses"]["200"]["content"]) == {protocol.MEDIA_NPY, protocol.MEDIA_JSON}
     gradient = paths["/v1/gradient"]["post"]
-    assert wire.MEDIA_SAFETENSORS in gradient["requestBody"]["content"]
+    assert protocol.MEDIA_SAFETENSORS in gradient["requestBody"]["content"]
     assert {p["name"] for p in gradient["parameters"]} >= {"mode", "pool_size", "padding"}
     create = paths["/v1/sessions"]["post"]
     assert (
-        "ttl_seconds" in create["requestBody"]["content"][wire.MEDIA_JSON]["schema"]["properties"]
+        "ttl_seconds"
+        in create["requestBody"]["content"][protocol.MEDIA_JSON]["schema"]["properties"]
     )
     documented = " ".join(
         response.get("description", "")
@@ -227,16 +228,16 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
         for operation in item.values()
         for response in operation["responses"].values()
     )
-    for code in wire.PROBLEMS:
+    for code in protocol.PROBLEMS:
         if code in ("bad_request", "not_found", "method_not_allowed", "internal_error"):
             continue
         assert f"`{code}`" in documented, code
     backward = paths["/v1/sessions/{session_id}/backward"]["post"]
     assert {"404", "409", "412", "413", "415", "422"} <= set(backward["responses"])
     problem = backward["responses"]["412"]["content"]
-    assert set(problem) == {wire.MEDIA_PROBLEM}
+    assert set(problem) == {protocol.MEDIA_PROBLEM}
     assert {"status", "code", "title", "detail"} <= set(
-        problem[wire.MEDIA_PROBLEM]["schema"]["properties"]
+        problem[protocol.MEDIA_PROBLEM]["schema"]["properties"]
     )
     docs = await client.get("/docs")
     assert docs.status_code == 200

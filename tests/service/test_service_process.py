@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from service_helpers import DA1, JSON, NPY, X1, expected, npy
 
-from poolgrad import wire
+from poolgrad import protocol
 from service.__main__ import MAX_HEADER_BYTES
 
 
@@ -47,7 +47,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(
 
         response = http.post(f"/v1/sessions/{session_id}/forward", content=upload(), headers=NPY)
     assert response.status_code == 200, response.text
-    np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X1)[0])
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), expected(X1)[0])
     # uvicorn re-raises the captured SIGTERM once shut down, as a process manager expects.
     assert process.wait(timeout=20) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.output()
@@ -71,7 +71,7 @@ def hostile_requests(session: str) -> list[tuple[str, bytes, dict[str, str]]]:
     np.lib.format.write_array_header_1_0(
         zero_size_huge, {"descr": "<f4", "fortran_order": False, "shape": (0, 2**62, 2**62, 1)}
     )
-    safetensors = {"Content-Type": wire.MEDIA_SAFETENSORS}
+    safetensors = {"Content-Type": protocol.MEDIA_SAFETENSORS}
     forward = f"{session}/forward"
     return [
         (forward, pickled_npy(), NPY),
@@ -104,12 +104,12 @@ def hostile_requests(session: str) -> list[tuple[str, bytes, dict[str, str]]]:
         ("/v1/sessions", b'{"pool_size": [100000, 100000], "padding": "same"}', JSON),
         (
             "/v1/gradient?pool_size=255&strides=1&padding=254:254,254:254",
-            wire.encode_named({"X": X1}, wire.MEDIA_JSON),
+            protocol.encode_named({"X": X1}, protocol.MEDIA_JSON),
             JSON,
         ),
         (
             "/v1/gradient?mode=max&pool_size=99,99",
-            wire.encode_named({"X": X1}, wire.MEDIA_JSON),
+            protocol.encode_named({"X": X1}, protocol.MEDIA_JSON),
             JSON,
         ),
     ]
@@ -140,7 +140,7 @@ def test_hostile_requests_neither_kill_nor_grow_the_server(
         info = http.get(session).json()
         assert info["step"] == 1
         response = http.post(f"{session}/backward", content=npy(DA1), headers=NPY)
-        np.testing.assert_array_equal(wire.decode_npy(response.content), expected(X1, DA1)[1])
+        np.testing.assert_array_equal(protocol.decode_npy(response.content), expected(X1, DA1)[1])
     # 1,200 refused requests, several of them megabytes: a leak of even one body each would
     # show as hundreds of MiB.
     assert grown < 32 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"

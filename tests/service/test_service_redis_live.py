@@ -22,7 +22,7 @@ import pytest
 from redis_server import RedisServer, binary, free_port
 from service_helpers import NPY, expected, npy
 
-from poolgrad import wire
+from poolgrad import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -48,7 +48,7 @@ def backward(http: httpx.Client, session_id: str, dA: np.ndarray = DA) -> httpx.
 
 def assert_dx(response: httpx.Response, dX: np.ndarray = DX_EXPECTED) -> None:
     assert response.status_code == 200, response.text
-    np.testing.assert_array_equal(wire.decode_npy(response.content), dX)
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), dX)
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ def test_a_session_moves_between_replicas(
         A_avg, dX_avg = expected(X, DA, mode="avg")
         response = forward(second, session_id)
         assert response.status_code == 200, response.text
-        np.testing.assert_array_equal(wire.decode_npy(response.content), A_avg)
+        np.testing.assert_array_equal(protocol.decode_npy(response.content), A_avg)
         assert response.headers["etag"] == '"1"'
         # If-Match holds across replicas: the step is the store's, not a process's.
         assert_dx(
@@ -273,12 +273,12 @@ def run_clients(
                 if step.status_code != 200:
                     failures.append(f"forward {step.status_code} {step.text}")
                     continue
-                np.testing.assert_array_equal(wire.decode_npy(step.content), a_expected)
+                np.testing.assert_array_equal(protocol.decode_npy(step.content), a_expected)
                 grad = send(http, f"/v1/sessions/{session_id}/backward", da)
                 if grad.status_code != 200:
                     failures.append(f"backward {grad.status_code} {grad.text}")
                     continue
-                np.testing.assert_array_equal(wire.decode_npy(grad.content), dx_expected)
+                np.testing.assert_array_equal(protocol.decode_npy(grad.content), dx_expected)
         return failures
 
     with ThreadPoolExecutor(max_workers=len(sessions)) as pool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -23,8 +25,9 @@ from service_helpers import (
 )
 
 from engine import PoolSpec, forward
-from poolgrad import wire
-from service.routes import SessionModel
+from poolgrad import protocol
+from poolgrad.protocol.spec import DEFAULTS
+from service.openapi import SessionModel
 from service.stores import Limits, MemoryStore, Usage
 
 pytestmark = pytest.mark.anyio
@@ -42,16 +45,8 @@ async def test_create_answers_normalized_spec_location_and_step_zero(
     assert response.headers["location"] == f"/v1/sessions/{body['id']}"
     assert body["step"] == 0
     assert body["ttl_seconds"] == 120
-    assert body["spec"] == {
-        "mode": "avg",
-        "pool_size": [3, 3],
-        "strides": [1, 1],
-        "padding": "valid",
-        "count_include_pad": False,
-        "layout": "channels_last",
-        "ties": "all",
-        "nan": "propagate",
-    }
+    # Normalized: every field present, the rest at the schema's defaults.
+    assert body["spec"] == {**DEFAULTS, "mode": "avg", "pool_size": [3, 3], "strides": [1, 1]}
     expires = datetime.fromisoformat(body["expires_at"])
     assert expires.tzinfo is not None
     assert 100 < (expires - datetime.now(UTC)).total_seconds() <= 120
@@ -67,8 +62,15 @@ async def test_create_with_empty_body_takes_every_default(client: httpx.AsyncCli
 async def test_session_ids_are_unguessable(client: httpx.AsyncClient) -> None:
     ids = {await new_session(client) for _ in range(20)}
     assert len(ids) == 20
-    # token_urlsafe(24): 32 characters of 6 bits each, 192 random bits (>= 128).
-    assert all(len(session_id) >= 22 for session_id in ids)
+    # URL-safe base64 of at least 16 bytes (128 bits): each id decodes to its random bytes.
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22,}", session_id) for session_id in ids), ids
+    raw = b"".join(base64.urlsafe_b64decode(session_id + "==") for session_id in ids)
+    assert len(raw) >= 20 * 16
+    # Random bytes, not a counter or a clock: 320+ draws cover most of the 256 byte values
+    # (about 181 expected for 320 draws; a counter or timestamp prefix covers a few dozen)
+    # and no two ids share their first 6 characters (36 bits).
+    assert len(set(raw)) > 120, sorted(set(raw))
+    assert len({session_id[:6] for session_id in ids}) == 20
 
 
 async def test_get_before_forward_has_no_state(client: httpx.AsyncClient) -> None:
@@ -87,16 +89,16 @@ async def test_forward_and_backward_equal_the_engine(client: httpx.AsyncClient, 
     session_id = await new_session(client, mode=mode)
     response = await run_forward(client, session_id, X1)
     A, dX = expected(X1, DA1, mode=mode)
-    assert response.headers["content-type"] == wire.MEDIA_NPY
+    assert response.headers["content-type"] == protocol.MEDIA_NPY
     assert response.headers["etag"] == '"1"'
-    np.testing.assert_array_equal(wire.decode_npy(response.content), A)
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), A)
 
     for _ in range(2):  # backward is repeatable: the state stays
         back = await client.post(
             f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY
         )
         assert back.status_code == 200, back.text
-        np.testing.assert_array_equal(wire.decode_npy(back.content), dX)
+        np.testing.assert_array_equal(protocol.decode_npy(back.content), dX)
 
     info = (await client.get(f"/v1/sessions/{session_id}")).json()
     assert info["step"] == 1
@@ -113,7 +115,7 @@ async def test_forward_replaces_state_and_counts_steps(client: httpx.AsyncClient
     assert response.headers["etag"] == '"2"'
     back = await client.post(f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY)
     assert back.headers["etag"] == '"2"'
-    np.testing.assert_array_equal(wire.decode_npy(back.content), expected(X2, DA1)[1])
+    np.testing.assert_array_equal(protocol.decode_npy(back.content), expected(X2, DA1)[1])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -124,15 +126,15 @@ async def test_json_tensors_round_trip_every_float_dtype(
     dA = DA1.astype(dtype)
     session_id = await new_session(client)
     response = await client.post(
-        f"/v1/sessions/{session_id}/forward", content=wire.encode_json_tensor(X), headers=JSON
+        f"/v1/sessions/{session_id}/forward", content=protocol.encode_json_tensor(X), headers=JSON
     )
-    assert response.headers["content-type"] == wire.MEDIA_JSON
+    assert response.headers["content-type"] == protocol.MEDIA_JSON
     A, dX = expected(X, dA)
-    np.testing.assert_array_equal(wire.decode_json_tensor(response.content), A)
+    np.testing.assert_array_equal(protocol.decode_json_tensor(response.content), A)
     back = await client.post(
-        f"/v1/sessions/{session_id}/backward", content=wire.encode_json_tensor(dA), headers=JSON
+        f"/v1/sessions/{session_id}/backward", content=protocol.encode_json_tensor(dA), headers=JSON
     )
-    decoded = wire.decode_json_tensor(back.content)
+    decoded = protocol.decode_json_tensor(back.content)
     assert decoded.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(decoded, dX)
 
@@ -143,23 +145,23 @@ async def test_json_carries_non_finite_values_by_name(client: httpx.AsyncClient)
     X[1, 0, 0, 0] = np.inf
     session_id = await new_session(client)
     response = await client.post(
-        f"/v1/sessions/{session_id}/forward", content=wire.encode_json_tensor(X), headers=JSON
+        f"/v1/sessions/{session_id}/forward", content=protocol.encode_json_tensor(X), headers=JSON
     )
     assert '"NaN"' in response.text
     assert '"Infinity"' in response.text
-    np.testing.assert_array_equal(wire.decode_json_tensor(response.content), expected(X)[0])
+    np.testing.assert_array_equal(protocol.decode_json_tensor(response.content), expected(X)[0])
 
 
 @pytest.mark.parametrize(
     ("accept", "answer"),
     [
-        (None, wire.MEDIA_NPY),
-        ("*/*", wire.MEDIA_NPY),
-        ("application/json", wire.MEDIA_JSON),
-        ("application/*", wire.MEDIA_NPY),
-        ("application/json;q=0.5, application/x-npy;q=0.9", wire.MEDIA_NPY),
-        ("application/x-npy;q=0, */*;q=0.1", wire.MEDIA_JSON),
-        ("text/html, application/json", wire.MEDIA_JSON),
+        (None, protocol.MEDIA_NPY),
+        ("*/*", protocol.MEDIA_NPY),
+        ("application/json", protocol.MEDIA_JSON),
+        ("application/*", protocol.MEDIA_NPY),
+        ("application/json;q=0.5, application/x-npy;q=0.9", protocol.MEDIA_NPY),
+        ("application/x-npy;q=0, */*;q=0.1", protocol.MEDIA_JSON),
+        ("text/html, application/json", protocol.MEDIA_JSON),
     ],
 )
 async def test_accept_picks_the_encoder(
@@ -172,7 +174,7 @@ async def test_accept_picks_the_encoder(
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == answer
-    A = wire.decode_tensor(response.content, answer)
+    A = protocol.decode_tensor(response.content, answer)
     np.testing.assert_array_equal(A, expected(X1)[0])
 
 
@@ -237,7 +239,7 @@ async def test_da_is_cast_to_the_dtype_of_x(client: httpx.AsyncClient) -> None:
     dA = DA1.astype(np.float64) + 1e-12  # not representable in float32
     back = await client.post(f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY)
     assert back.status_code == 200, back.text
-    dX = wire.decode_npy(back.content)
+    dX = protocol.decode_npy(back.content)
     assert dX.dtype == np.float32
     np.testing.assert_array_equal(dX, expected(X1, dA.astype(np.float32))[1])
 
@@ -254,6 +256,6 @@ async def test_spec_options_reach_the_engine(
     dA = np.arange(A.size, dtype=np.float64).reshape(A.shape)
     session_id = await new_session(client, **spec)
     response = await run_forward(client, session_id, X)
-    np.testing.assert_array_equal(wire.decode_npy(response.content), A)
+    np.testing.assert_array_equal(protocol.decode_npy(response.content), A)
     back = await client.post(f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=NPY)
-    np.testing.assert_array_equal(wire.decode_npy(back.content), expected(X, dA, **spec)[1])
+    np.testing.assert_array_equal(protocol.decode_npy(back.content), expected(X, dA, **spec)[1])

@@ -1,4 +1,4 @@
-"""Settings from the environment, the store URL, and the HTTP helpers' parsing tables."""
+"""Settings from the environment and the store URL."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import pytest
 from pydantic import ValidationError
 
 from service import Settings
-from service.errors import InvalidSpec, NotAcceptable
-from service.httpio import negotiate, parse_if_match, spec_from_query
 from service.stores import Limits, MemoryStore, store_from_url
 from service.stores.redis import RedisStore
 
@@ -81,95 +79,3 @@ def test_store_url_picks_the_backend() -> None:
         assert isinstance(store_from_url(url, limits), RedisStore)  # connects on first use
     with pytest.raises(ValueError, match=r"POOLGRAD_STORE_URL='memcached://db:11211'"):
         store_from_url("memcached://db:11211", limits)
-
-
-@pytest.mark.parametrize(
-    ("accept", "default", "chosen"),
-    [
-        (None, JSON, JSON),
-        ("", NPY, NPY),
-        ("*/*", JSON, JSON),
-        ("application/x-npy", JSON, NPY),
-        ("APPLICATION/JSON", NPY, JSON),
-        ("application/*;q=0.5, application/x-npy;q=0.4", JSON, JSON),
-        ("application/*;q=0.5, application/x-npy;q=0.6", JSON, NPY),
-        ("application/json;q=0, */*", JSON, NPY),
-        ("text/plain, */*;q=0.01", NPY, NPY),
-        ("application/json;q=bogus, application/x-npy", JSON, NPY),
-        ("application/json;q=nan, application/x-npy;q=0.1", JSON, NPY),
-        ("application/json;q=inf, application/x-npy;q=0.1", JSON, NPY),
-        ("application/json;q=2, application/x-npy;q=0.1", JSON, NPY),
-        ("application/json;q=-1, application/x-npy;q=0.1", JSON, NPY),
-    ],
-)
-def test_negotiate(accept: str | None, default: str, chosen: str) -> None:
-    assert negotiate(accept, (NPY, JSON), default) == chosen
-
-
-@pytest.mark.parametrize(
-    "accept",
-    ["text/html", "application/json;q=0, application/x-npy;q=0", "*/*;q=nan", "*/*;q=NaN"],
-)
-def test_negotiate_refuses_naming_the_header(accept: str) -> None:
-    with pytest.raises(NotAcceptable, match="Accept"):
-        negotiate(accept, (NPY, JSON), NPY)
-
-
-@pytest.mark.parametrize(
-    ("header", "steps"),
-    [
-        ('"3"', {3}),
-        ('W/"3"', {3}),
-        ('"1", W/"2" , "x"', {1, 2}),
-        ("3", set()),
-        ('"-1"', set()),
-        ('"\N{SUPERSCRIPT TWO}"', set()),
-        ('"\N{ARABIC-INDIC DIGIT THREE}"', set()),
-        ('"' + "9" * 5000 + '"', set()),
-        ('"' + "9" * 19 + '"', set()),
-        ('"' + "9" * 18 + '"', {10**18 - 1}),
-        ('"+3"', set()),
-    ],
-)
-def test_if_match_steps(header: str, steps: set[int]) -> None:
-    condition = parse_if_match(header)
-    assert condition is not None
-    assert condition.steps == steps
-
-
-@pytest.mark.parametrize("header", [None, "*", " * "])
-def test_if_match_any(header: str | None) -> None:
-    assert parse_if_match(header) is None
-
-
-@pytest.mark.parametrize(
-    ("query", "fields"),
-    [
-        ([("pool_size", "2")], {"pool_size": 2}),
-        ([("pool_size", "2,")], {"pool_size": [2]}),
-        ([("pool_size", "2,3,4"), ("strides", "1")], {"pool_size": [2, 3, 4], "strides": 1}),
-        ([("padding", "1:0,0:1")], {"padding": [[1, 0], [0, 1]]}),
-        ([("padding", "same"), ("count_include_pad", "false")],
-         {"padding": "same", "count_include_pad": False}),
-        ([("mode", "avg"), ("layout", "channels_first"), ("ties", "first"), ("nan", "reject")],
-         {"mode": "avg", "layout": "channels_first", "ties": "first", "nan": "reject"}),
-    ],
-)  # fmt: skip
-def test_spec_from_query(query: list[tuple[str, str]], fields: dict[str, object]) -> None:
-    assert spec_from_query(query) == fields
-
-
-@pytest.mark.parametrize(
-    ("query", "match"),
-    [
-        ([("size", "2")], "'size'"),
-        ([("pool_size", "")], "''"),
-        ([("pool_size", ",")], "','"),
-        ([("padding", "1:1:1")], "'1:1:1'"),
-        ([("count_include_pad", "1")], "'1'"),
-        ([("nan", "a"), ("nan", "b")], "more than once"),
-    ],
-)
-def test_spec_from_query_refuses(query: list[tuple[str, str]], match: str) -> None:
-    with pytest.raises(InvalidSpec, match=match):
-        spec_from_query(query)

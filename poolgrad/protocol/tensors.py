@@ -1,10 +1,10 @@
-"""Wire formats shared by the service and the SDK: the one place bytes become arrays.
+"""Tensor codecs: the one place bytes become arrays, for the service and the SDK alike.
 
-Both sides import this module, so a tensor the SDK encodes is exactly what the
-service decodes, and the other way round. It needs NumPy and the standard library
-only (``orjson`` is used when it is installed, for speed), so the SDK stays light.
+Both sides use these functions, so a tensor the SDK encodes is exactly what the service
+decodes, and the other way round. NumPy and the standard library only (safetensors is parsed
+here, under the same checks as ``.npy``; orjson is used for JSON when installed).
 
-Formats (media types in ``MEDIA_*``):
+Formats (media types in :mod:`poolgrad.protocol.media`):
 
 * ``application/x-npy``: one NumPy ``.npy`` file. The header is parsed with
   NumPy's own reader under a size limit, object and structured dtypes are refused,
@@ -13,17 +13,14 @@ Formats (media types in ``MEDIA_*``):
 * ``application/json``: ``{"dtype": "float32", "shape": [..], "data": [..]}``,
   ``data`` flat and row-major; non-finite values as ``"NaN"``, ``"Infinity"``,
   ``"-Infinity"``.
-* Named tensors: ``application/vnd.safetensors`` (a safetensors file, parsed
-  here with the same checks), or JSON ``{"X": <tensor>, "dA": <tensor>}``.
+* Named tensors: ``application/vnd.safetensors`` (a safetensors file), or JSON
+  ``{"X": <tensor>, "dA": <tensor>}``.
 
 Decoders return arrays that may be read-only views of the body (no copy); callers
-that need to write must copy. Every failure raises :class:`WireError`, whose
-``code`` is the contract's problem code (``malformed_tensor`` for bytes that do not
-decode, ``invalid_tensor`` for a decodable tensor of a dtype no one accepts) and
-whose message names the offending value.
-
-The problem catalogue (:data:`PROBLEMS`) lives here too: the service renders
-errors from it and the SDK maps them back to exception classes from it.
+that need to write must copy. Every failure is a
+:class:`~poolgrad.protocol.errors.ProtocolError`: ``MalformedTensor`` for bytes that do not
+decode, ``InvalidTensor`` for a decodable tensor of a dtype no one accepts,
+``UnsupportedMediaType`` for a media type with no codec; the message names the value.
 """
 
 from __future__ import annotations
@@ -39,44 +36,27 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-try:  # orjson is a server dependency; the SDK falls back to the standard library.
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised only without the server extra
-    _orjson = None  # type: ignore[assignment]
+from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, UnsupportedMediaType
+from poolgrad.protocol.jsonio import dumps, kind, loads
+from poolgrad.protocol.media import MEDIA_JSON, MEDIA_NPY, MEDIA_SAFETENSORS
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
     "JSON_NAMES",
-    "MEDIA_JSON",
-    "MEDIA_NPY",
-    "MEDIA_PROBLEM",
-    "MEDIA_SAFETENSORS",
-    "NAMED_MEDIA_TYPES",
-    "PROBLEMS",
-    "TENSOR_MEDIA_TYPES",
-    "Problem",
-    "WireError",
+    "MAX_NDIM",
     "decode_json_tensor",
     "decode_named",
     "decode_npy",
     "decode_safetensors",
     "decode_tensor",
-    "dumps",
     "encode_json_tensor",
     "encode_named",
     "encode_npy",
     "encode_safetensors",
     "encode_tensor",
-    "loads",
-    "media_type_of",
+    "tensor_from_obj",
+    "tensor_to_obj",
 ]
-
-MEDIA_NPY: Final = "application/x-npy"
-MEDIA_JSON: Final = "application/json"
-MEDIA_SAFETENSORS: Final = "application/vnd.safetensors"
-MEDIA_PROBLEM: Final = "application/problem+json"
-TENSOR_MEDIA_TYPES: Final = (MEDIA_NPY, MEDIA_JSON)
-NAMED_MEDIA_TYPES: Final = (MEDIA_SAFETENSORS, MEDIA_JSON)
 
 #: Largest ``.npy`` or safetensors header accepted (NumPy's own default is 10 000).
 DEFAULT_MAX_HEADER_BYTES: Final = 65_536
@@ -104,77 +84,6 @@ _NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.
 _NPY_MAGIC: Final = b"\x93NUMPY"
 
 
-class WireError(ValueError):
-    """Bytes that do not decode as the claimed format, or a dtype no one accepts.
-
-    ``code`` is the contract's problem code the service answers with.
-    """
-
-    def __init__(self, message: str, *, code: str = "malformed_tensor") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Problem:
-    """One row of the contract's error table: HTTP status, code and title."""
-
-    __slots__ = ("code", "status", "title")
-
-    def __init__(self, status: int, code: str, title: str) -> None:
-        self.status = status
-        self.code = code
-        self.title = title
-
-    def __repr__(self) -> str:
-        return f"Problem({self.status}, {self.code!r})"
-
-
-#: Every error the API answers with, keyed by code (``../shared/CONTRACT.md``).
-PROBLEMS: Final[dict[str, Problem]] = {
-    p.code: p
-    for p in (
-        Problem(400, "malformed_tensor", "Malformed tensor"),
-        Problem(400, "bad_request", "Bad request"),
-        Problem(401, "unauthorized", "Unauthorized"),
-        Problem(404, "session_not_found", "Session not found"),
-        Problem(404, "not_found", "Not found"),
-        Problem(405, "method_not_allowed", "Method not allowed"),
-        Problem(406, "not_acceptable", "Not acceptable"),
-        Problem(408, "request_timeout", "Request timeout"),
-        Problem(409, "no_forward", "No forward pass cached"),
-        Problem(412, "stale_step", "Stale step"),
-        Problem(413, "payload_too_large", "Payload too large"),
-        Problem(415, "unsupported_media_type", "Unsupported media type"),
-        Problem(422, "invalid_spec", "Invalid layer spec"),
-        Problem(422, "invalid_tensor", "Invalid tensor"),
-        Problem(422, "shape_mismatch", "Shape mismatch"),
-        Problem(429, "capacity_exceeded", "Capacity exceeded"),
-        Problem(500, "internal_error", "Internal server error"),
-        Problem(503, "store_unavailable", "Session store unavailable"),
-    )
-}
-
-
-# ---------------------------------------------------------------------------- JSON
-
-
-def dumps(obj: Any) -> bytes:
-    """Serialize ``obj`` to compact JSON bytes (orjson when installed)."""
-    if _orjson is not None:
-        return _orjson.dumps(obj)
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def loads(body: bytes | str) -> Any:
-    """Parse JSON; raise :class:`WireError` naming the position of the fault."""
-    try:
-        if _orjson is not None:
-            return _orjson.loads(body)
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise WireError(f"body is not valid JSON: {exc}") from exc
-
-
 # ----------------------------------------------------------------------------- npy
 
 
@@ -182,7 +91,7 @@ def encode_npy(array: npt.ArrayLike) -> bytes:
     """Encode ``array`` as one ``.npy`` file (format 1.0 or 2.0; copies the data once)."""
     arr = np.asarray(array)
     if arr.dtype.hasobject:
-        raise WireError(f"dtype {arr.dtype} cannot be sent: object arrays are never pickled")
+        raise MalformedTensor(f"dtype {arr.dtype} cannot be sent: object arrays are never pickled")
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, arr, allow_pickle=False)
     return buffer.getvalue()
@@ -195,7 +104,7 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
     header says. Cost: parsing the header; the data is not touched.
     """
     if len(body) < 10 or not body.startswith(_NPY_MAGIC):
-        raise WireError(
+        raise MalformedTensor(
             f"body is not a .npy file: expected magic {_NPY_MAGIC!r}, got {bytes(body[:6])!r}"
         )
     major = body[6]
@@ -204,15 +113,19 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
         data_start = 10 + header_len
     elif major in (2, 3):
         if len(body) < 12:
-            raise WireError(f".npy body of {len(body)} bytes is truncated inside its preamble")
+            raise MalformedTensor(
+                f".npy body of {len(body)} bytes is truncated inside its preamble"
+            )
         (header_len,) = struct.unpack_from("<I", body, 8)
         data_start = 12 + header_len
     else:
-        raise WireError(f".npy format version {major}.{body[7]} is not supported")
+        raise MalformedTensor(f".npy format version {major}.{body[7]} is not supported")
     if header_len > max_header_bytes:
-        raise WireError(f".npy header of {header_len} bytes exceeds the {max_header_bytes} limit")
+        raise MalformedTensor(
+            f".npy header of {header_len} bytes exceeds the {max_header_bytes} limit"
+        )
     if data_start > len(body):
-        raise WireError(
+        raise MalformedTensor(
             f".npy body of {len(body)} bytes is truncated: its header ends at byte {data_start}"
         )
     stream = io.BytesIO(body[:data_start])
@@ -227,17 +140,17 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
                 stream, max_header_size=max_header_bytes
             )
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
-        raise WireError(f".npy header is malformed: {exc}") from exc
+        raise MalformedTensor(f".npy header is malformed: {exc}") from exc
     _check_plain_dtype(dtype)
     if any(dim < 0 for dim in shape):
-        raise WireError(f".npy header has a negative dimension in shape {shape}")
+        raise MalformedTensor(f".npy header has a negative dimension in shape {shape}")
     shape = _checked_shape(shape, dtype, ".npy header")
     count = math.prod(shape)
     expected = count * dtype.itemsize
     actual = len(body) - data_start
     if actual != expected:
         what = "truncated" if actual < expected else "followed by extra bytes"
-        raise WireError(
+        raise MalformedTensor(
             f".npy data is {what}: shape {tuple(shape)} of {dtype} needs {expected} bytes, "
             f"body holds {actual}"
         )
@@ -247,17 +160,17 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
 
 def _checked_shape(shape: Any, dtype: np.dtype[Any], name: str) -> tuple[int, ...]:
     """``shape`` (non-negative ints, already checked) as a tuple NumPy can build, or
-    :class:`WireError` naming it.
+    :class:`MalformedTensor` naming it.
 
     A zero-size shape needs no bytes, so its other dims escape the body-length check; NumPy
     still refuses more than 32 (or 64) dims, or dims whose product, zeros aside, overflows
     ``sys.maxsize`` bytes, with a ``ValueError`` of its own. Both are refused here first.
     """
     if len(shape) > MAX_NDIM:
-        raise WireError(f"{name} shape has {len(shape)} dims; at most {MAX_NDIM} are allowed")
+        raise MalformedTensor(f"{name} shape has {len(shape)} dims; at most {MAX_NDIM} are allowed")
     nbytes = math.prod(max(dim, 1) for dim in shape) * dtype.itemsize
     if nbytes > sys.maxsize:
-        raise WireError(
+        raise MalformedTensor(
             f"{name} shape {list(shape)} of {dtype} spans {nbytes} bytes, "
             f"more than any array can (sys.maxsize = {sys.maxsize})"
         )
@@ -266,14 +179,11 @@ def _checked_shape(shape: Any, dtype: np.dtype[Any], name: str) -> tuple[int, ..
 
 def _check_plain_dtype(dtype: np.dtype[Any]) -> None:
     if dtype.hasobject:
-        raise WireError(f"dtype {dtype} holds Python objects: pickled arrays are refused")
+        raise MalformedTensor(f"dtype {dtype} holds Python objects: pickled arrays are refused")
     if dtype.fields is not None or dtype.subdtype is not None:
-        raise WireError(f"structured dtype {dtype} is refused: send a plain numeric array")
+        raise MalformedTensor(f"structured dtype {dtype} is refused: send a plain numeric array")
     if dtype.kind not in "biuf":
-        raise WireError(
-            f"dtype {dtype} is not numeric: send float16, float32 or float64",
-            code="invalid_tensor",
-        )
+        raise InvalidTensor(f"dtype {dtype} is not numeric: send float16, float32 or float64")
 
 
 # ---------------------------------------------------------------------- JSON tensor
@@ -283,7 +193,7 @@ def tensor_to_obj(array: npt.ArrayLike) -> dict[str, Any]:
     """The JSON object for one tensor (``dtype``, ``shape``, flat row-major ``data``)."""
     arr = np.asarray(array)
     if arr.dtype.name not in JSON_NAMES:
-        raise WireError(f"dtype {arr.dtype} cannot be sent as JSON", code="invalid_tensor")
+        raise InvalidTensor(f"dtype {arr.dtype} cannot be sent as JSON")
     data: list[Any] = arr.ravel(order="C").tolist()
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         data = [_finite_or_name(value) for value in data]
@@ -301,29 +211,32 @@ def _finite_or_name(value: float) -> float | str:
 def tensor_from_obj(obj: Any, *, name: str = "tensor") -> np.ndarray:
     """Build an array from one JSON tensor object, checking every field by name."""
     if not isinstance(obj, Mapping):
-        raise WireError(f"{name} must be a JSON object with dtype, shape, data; got {_kind(obj)}")
+        raise MalformedTensor(
+            f"{name} must be a JSON object with dtype, shape, data; got {kind(obj)}"
+        )
     unknown = sorted(set(obj) - {"dtype", "shape", "data"})
     if unknown:
-        raise WireError(f"{name} has unknown field(s) {unknown}; expected dtype, shape, data")
+        raise MalformedTensor(f"{name} has unknown field(s) {unknown}; expected dtype, shape, data")
     dtype_name = obj.get("dtype", "float32")
     if dtype_name not in JSON_NAMES:
-        raise WireError(
-            f"{name}.dtype {dtype_name!r} is not supported; use float16, float32 or float64",
-            code="invalid_tensor",
+        raise InvalidTensor(
+            f"{name}.dtype {dtype_name!r} is not supported; use float16, float32 or float64"
         )
     shape = obj.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
     ):
-        raise WireError(f"{name}.shape must be a list of non-negative ints, got {shape!r}")
+        raise MalformedTensor(f"{name}.shape must be a list of non-negative ints, got {shape!r}")
     dtype = np.dtype(dtype_name)
     checked = _checked_shape(shape, dtype, name)
     data = obj.get("data")
     if not isinstance(data, list):
-        raise WireError(f"{name}.data must be a flat list of numbers, got {_kind(data)}")
+        raise MalformedTensor(f"{name}.data must be a flat list of numbers, got {kind(data)}")
     count = math.prod(checked)
     if len(data) != count:
-        raise WireError(f"{name}.data holds {len(data)} values but shape {shape} needs {count}")
+        raise MalformedTensor(
+            f"{name}.data holds {len(data)} values but shape {shape} needs {count}"
+        )
     return _flat_array(data, dtype, name).reshape(checked)
 
 
@@ -332,22 +245,22 @@ def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
     try:
         inferred = np.array(data)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise WireError(f"{name}.data must be a flat list of numbers: {exc}") from exc
+        raise MalformedTensor(f"{name}.data must be a flat list of numbers: {exc}") from exc
     if inferred.ndim != 1:
-        raise WireError(f"{name}.data must be flat (row-major); got nested lists")
+        raise MalformedTensor(f"{name}.data must be flat (row-major); got nested lists")
     if inferred.size == 0:
         return np.zeros(0, dtype=dtype)
     if dtype.kind != "b":
         boolean = next((i for i, v in enumerate(data) if v is True or v is False), None)
         if boolean is not None:
-            raise WireError(f"{name}.data[{boolean}] = {data[boolean]!r} is not a number")
+            raise MalformedTensor(f"{name}.data[{boolean}] = {data[boolean]!r} is not a number")
     if inferred.dtype.kind not in "biuf":
         return _slow_flat(data, dtype, name)
     with np.errstate(invalid="ignore", over="ignore"):
         flat = inferred.astype(dtype)
     if dtype.kind in "biu" and not np.array_equal(flat, inferred):
         index = int(np.flatnonzero(flat != inferred)[0])
-        raise WireError(f"{name}.data[{index}] = {data[index]!r} does not fit dtype {dtype}")
+        raise MalformedTensor(f"{name}.data[{index}] = {data[index]!r} does not fit dtype {dtype}")
     if dtype.kind == "f":
         _check_no_overflow(inferred, flat, data, name)
     return flat
@@ -359,7 +272,7 @@ def _check_no_overflow(wide: np.ndarray, narrow: np.ndarray, data: list[Any], na
     overflowed = np.isinf(narrow) & np.isfinite(wide)
     if overflowed.any():
         index = int(np.flatnonzero(overflowed)[0])
-        raise WireError(
+        raise MalformedTensor(
             f"{name}.data[{index}] = {data[index]!r} overflows dtype {narrow.dtype} "
             f"(largest finite value {np.finfo(narrow.dtype).max})"
         )
@@ -378,22 +291,18 @@ def _slow_flat(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
                 continue
             except OverflowError:
                 pass
-        raise WireError(
+        raise MalformedTensor(
             f"{name}.data[{index}] = {value!r} is not a number of dtype {dtype}"
             ' (non-finite floats are "NaN", "Infinity", "-Infinity")'
         )
     if dtype.kind != "f":
         # Every value was a number but numpy could not infer a dtype: out of range.
-        raise WireError(f"{name}.data holds values that do not fit dtype {dtype}")
+        raise MalformedTensor(f"{name}.data holds values that do not fit dtype {dtype}")
     wide = np.array(values, dtype=np.float64)
     with np.errstate(over="ignore"):
         flat = wide.astype(dtype)
     _check_no_overflow(wide, flat, data, name)
     return flat
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def encode_json_tensor(array: npt.ArrayLike) -> bytes:
@@ -418,7 +327,7 @@ def encode_safetensors(tensors: Mapping[str, npt.ArrayLike]) -> bytes:
         arr = np.asarray(value)
         code = _SAFETENSORS_CODES.get(arr.dtype.name)
         if code is None:
-            raise WireError(f"tensor {name!r} of dtype {arr.dtype} cannot go in safetensors")
+            raise MalformedTensor(f"tensor {name!r} of dtype {arr.dtype} cannot go in safetensors")
         raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
         header[name] = {"dtype": code, "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(raw)]}  # fmt: skip
@@ -434,45 +343,48 @@ def decode_safetensors(
 ) -> dict[str, np.ndarray]:
     """Decode a safetensors file into read-only views of ``body``, checking every offset."""
     if len(body) < 8:
-        raise WireError(f"safetensors body of {len(body)} bytes is shorter than its 8-byte prefix")
+        raise MalformedTensor(
+            f"safetensors body of {len(body)} bytes is shorter than its 8-byte prefix"
+        )
     (header_len,) = struct.unpack_from("<Q", body, 0)
     if header_len > max_header_bytes:
-        raise WireError(
+        raise MalformedTensor(
             f"safetensors header of {header_len} bytes exceeds the {max_header_bytes} limit"
         )
     if 8 + header_len > len(body):
-        raise WireError(
+        raise MalformedTensor(
             f"safetensors body of {len(body)} bytes is truncated: header claims {header_len} bytes"
         )
     header = loads(body[8 : 8 + header_len])
     if not isinstance(header, dict):
-        raise WireError(f"safetensors header must be a JSON object, got {_kind(header)}")
+        raise MalformedTensor(f"safetensors header must be a JSON object, got {kind(header)}")
     buffer = memoryview(body)[8 + header_len :]
     out: dict[str, np.ndarray] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise WireError(f"safetensors entry {name!r} must hold dtype, shape, data_offsets")
+            raise MalformedTensor(
+                f"safetensors entry {name!r} must hold dtype, shape, data_offsets"
+            )
         code = entry["dtype"]
         dtype_name = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
         if dtype_name is None:
-            raise WireError(
-                f"safetensors tensor {name!r} has unsupported dtype {entry['dtype']!r}",
-                code="invalid_tensor",
+            raise InvalidTensor(
+                f"safetensors tensor {name!r} has unsupported dtype {entry['dtype']!r}"
             )
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise WireError(f"safetensors tensor {name!r} has a bad shape {shape!r}")
+            raise MalformedTensor(f"safetensors tensor {name!r} has a bad shape {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= len(buffer)
         ):
-            raise WireError(
+            raise MalformedTensor(
                 f"safetensors tensor {name!r} has offsets {offsets!r} outside its "
                 f"{len(buffer)}-byte buffer"
             )
@@ -480,7 +392,7 @@ def decode_safetensors(
         checked = _checked_shape(shape, dtype, f"safetensors tensor {name!r}")
         count = math.prod(checked)
         if offsets[1] - offsets[0] != count * dtype.itemsize:
-            raise WireError(
+            raise MalformedTensor(
                 f"safetensors tensor {name!r}: shape {shape} of {dtype_name} needs "
                 f"{count * dtype.itemsize} bytes, offsets span {offsets[1] - offsets[0]}"
             )
@@ -492,18 +404,13 @@ def decode_safetensors(
 # ----------------------------------------------------------------- by media type
 
 
-def media_type_of(content_type: str | None) -> str:
-    """The bare media type of a ``Content-Type`` value (parameters dropped, lower case)."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
 def decode_tensor(body: bytes, media_type: str) -> np.ndarray:
     """Decode one tensor of ``media_type`` (``MEDIA_NPY`` or ``MEDIA_JSON``)."""
     if media_type == MEDIA_NPY:
         return decode_npy(body)
     if media_type == MEDIA_JSON:
         return decode_json_tensor(body)
-    raise ValueError(f"no tensor decoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no tensor decoder for media type {media_type!r}")
 
 
 def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
@@ -512,7 +419,7 @@ def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
         return encode_npy(array)
     if media_type == MEDIA_JSON:
         return encode_json_tensor(array)
-    raise ValueError(f"no tensor encoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no tensor encoder for media type {media_type!r}")
 
 
 def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
@@ -522,9 +429,11 @@ def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
     if media_type == MEDIA_JSON:
         obj = loads(body)
         if not isinstance(obj, dict):
-            raise WireError(f"named tensors must be a JSON object of tensors, got {_kind(obj)}")
+            raise MalformedTensor(
+                f"named tensors must be a JSON object of tensors, got {kind(obj)}"
+            )
         return {name: tensor_from_obj(value, name=name) for name, value in obj.items()}
-    raise ValueError(f"no named-tensor decoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no named-tensor decoder for media type {media_type!r}")
 
 
 def encode_named(tensors: Mapping[str, npt.ArrayLike], media_type: str) -> bytes:
@@ -533,4 +442,4 @@ def encode_named(tensors: Mapping[str, npt.ArrayLike], media_type: str) -> bytes
         return encode_safetensors(tensors)
     if media_type == MEDIA_JSON:
         return dumps({name: tensor_to_obj(value) for name, value in tensors.items()})
-    raise ValueError(f"no named-tensor encoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no named-tensor encoder for media type {media_type!r}")

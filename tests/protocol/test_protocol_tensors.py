@@ -1,5 +1,6 @@
-"""poolgrad.wire: every format round-trips exactly, against numpy's and safetensors' own codecs,
-and every malformed or hostile body is refused with a WireError naming what is wrong."""
+"""poolgrad.protocol.tensors: every format round-trips exactly, against numpy's and safetensors'
+own codecs, and every malformed or hostile body is refused with a ProtocolError naming what is
+wrong (tests/service/test_service_bad_input.py sends the same bodies through the server)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import struct
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -17,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from poolgrad import wire
+from poolgrad import protocol
+from service import Settings, create_app
 
 FLOATS = ("float16", "float32", "float64")
 
@@ -52,8 +55,8 @@ def same(a: np.ndarray, b: np.ndarray, *, nan_sign: bool = True) -> bool:
 @settings(max_examples=60, deadline=None)
 @given(arrays((*FLOATS, "int32", "uint8", "bool")))
 def test_npy_round_trip_matches_numpy(array: np.ndarray) -> None:
-    body = wire.encode_npy(array)
-    decoded = wire.decode_npy(body)
+    body = protocol.encode_npy(array)
+    decoded = protocol.decode_npy(body)
     assert same(decoded, array)
     assert same(np.load(io.BytesIO(body), allow_pickle=False), array)
 
@@ -68,12 +71,12 @@ def test_npy_round_trip_matches_numpy(array: np.ndarray) -> None:
     ids=["fortran", "non-contiguous", "big-endian"],
 )
 def test_npy_accepts_any_memory_layout(array: np.ndarray) -> None:
-    assert np.array_equal(wire.decode_npy(wire.encode_npy(array)), array)
+    assert np.array_equal(protocol.decode_npy(protocol.encode_npy(array)), array)
 
 
 def test_npy_decoding_is_a_read_only_view() -> None:
-    body = wire.encode_npy(np.zeros((3, 3), np.float32))
-    decoded = wire.decode_npy(body)
+    body = protocol.encode_npy(np.zeros((3, 3), np.float32))
+    decoded = protocol.decode_npy(body)
     assert not decoded.flags.writeable
     assert decoded.base is not None
 
@@ -90,78 +93,79 @@ def pickled_npy() -> bytes:
     return buffer.getvalue()
 
 
-GOOD = wire.encode_npy(np.arange(6, dtype=np.float32).reshape(2, 3))
+GOOD = protocol.encode_npy(np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"", "not a .npy file"),
-        (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
-        (GOOD[:9], "not a .npy file"),
-        (GOOD[:40], "truncated: its header ends at byte"),
-        (GOOD[:-1], r"truncated: shape \(2, 3\) of float32 needs 24 bytes, body holds 23"),
-        (GOOD + b"\x00", "followed by extra bytes"),
-        (pickled_npy(), "holds Python objects: pickled arrays are refused"),
-        (
-            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (10**9, 10**9), }"),
-            "header is malformed",
+#: Bodies no .npy decoder may accept: (body, the message the refusal must contain).
+NPY_MALFORMED: list[tuple[bytes, str]] = [
+    (b"", "not a .npy file"),
+    (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
+    (GOOD[:9], "not a .npy file"),
+    (GOOD[:40], "truncated: its header ends at byte"),
+    (GOOD[:-1], r"truncated: shape \(2, 3\) of float32 needs 24 bytes, body holds 23"),
+    (GOOD + b"\x00", "followed by extra bytes"),
+    (pickled_npy(), "holds Python objects: pickled arrays are refused"),
+    (
+        npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (10**9, 10**9), }"),
+        "header is malformed",
+    ),
+    (
+        npy_with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
+            b"\x00" * 8,
         ),
-        (
-            npy_with_header(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000000000), }",
-                b"\x00" * 8,
-            ),
-            r"needs 4000000000000000000 bytes, body holds 8",
-        ),
-        (
-            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }"),
-            "negative dimension",
-        ),
-        (
-            npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
-            "structured dtype",
-        ),
-        (npy_with_header("__import__('os').system('true')"), "header is malformed"),
-        (b"\x93NUMPY\x07\x00" + b"\x00" * 8, r"format version 7\.0 is not supported"),
-        (
-            b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**6) + b"{}",
-            "header of 1000000 bytes exceeds the 65536 limit",
-        ),
-    ],
-    ids=[
-        "empty",
-        "zip",
-        "preamble",
-        "header-cut",
-        "data-cut",
-        "trailing",
-        "pickle",
-        "expression-shape",
-        "huge-shape",
-        "negative",
-        "structured",
-        "code-in-header",
-        "version",
-        "huge-header",
-    ],
-)
+        r"needs 4000000000000000000 bytes, body holds 8",
+    ),
+    (
+        npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4), }"),
+        "negative dimension",
+    ),
+    (
+        npy_with_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }"),
+        "structured dtype",
+    ),
+    (npy_with_header("__import__('os').system('true')"), "header is malformed"),
+    (b"\x93NUMPY\x07\x00" + b"\x00" * 8, r"format version 7\.0 is not supported"),
+    (
+        b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**6) + b"{}",
+        "header of 1000000 bytes exceeds the 65536 limit",
+    ),
+]
+NPY_MALFORMED_IDS = [
+    "empty",
+    "zip",
+    "preamble",
+    "header-cut",
+    "data-cut",
+    "trailing",
+    "pickle",
+    "expression-shape",
+    "huge-shape",
+    "negative",
+    "structured",
+    "code-in-header",
+    "version",
+    "huge-header",
+]
+
+
+@pytest.mark.parametrize(("body", "message"), NPY_MALFORMED, ids=NPY_MALFORMED_IDS)
 def test_npy_refuses_malformed_bodies(body: bytes, message: str) -> None:
-    with pytest.raises(wire.WireError, match=message) as info:
-        wire.decode_npy(body)
+    with pytest.raises(protocol.ProtocolError, match=message) as info:
+        protocol.decode_npy(body)
     assert info.value.code == "malformed_tensor"
 
 
 def test_npy_non_numeric_dtype_is_invalid_tensor_not_malformed() -> None:
-    body = wire.encode_npy(np.array(["ab", "cd"]))
-    with pytest.raises(wire.WireError, match="dtype <U2 is not numeric") as info:
-        wire.decode_npy(body)
+    body = protocol.encode_npy(np.array(["ab", "cd"]))
+    with pytest.raises(protocol.ProtocolError, match="dtype <U2 is not numeric") as info:
+        protocol.decode_npy(body)
     assert info.value.code == "invalid_tensor"
 
 
 def test_npy_encoder_refuses_object_arrays() -> None:
-    with pytest.raises(wire.WireError, match="never pickled"):
-        wire.encode_npy(np.array([None], dtype=object))
+    with pytest.raises(protocol.ProtocolError, match="never pickled"):
+        protocol.encode_npy(np.array([None], dtype=object))
 
 
 # ---------------------------------------------------------------------- JSON tensor
@@ -170,7 +174,9 @@ def test_npy_encoder_refuses_object_arrays() -> None:
 @settings(max_examples=60, deadline=None)
 @given(arrays((*FLOATS, "int64", "uint16", "bool")))
 def test_json_round_trip_is_exact(array: np.ndarray) -> None:
-    assert same(wire.decode_json_tensor(wire.encode_json_tensor(array)), array, nan_sign=False)
+    assert same(
+        protocol.decode_json_tensor(protocol.encode_json_tensor(array)), array, nan_sign=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,20 +193,20 @@ def test_json_refuses_finite_values_that_overflow_the_dtype(
     dtype: str, data: list[object], message: str
 ) -> None:
     body = json.dumps({"dtype": dtype, "shape": [2], "data": data}).encode()
-    with pytest.raises(wire.WireError, match=message) as info:
-        wire.decode_json_tensor(body)
+    with pytest.raises(protocol.ProtocolError, match=message) as info:
+        protocol.decode_json_tensor(body)
     assert info.value.code == "malformed_tensor"
 
 
 def test_json_keeps_named_infinities_and_the_largest_finite_value() -> None:
     body = json.dumps({"dtype": "float16", "shape": [3], "data": ["Infinity", 65504, -65504]})
-    decoded = wire.decode_json_tensor(body.encode())
+    decoded = protocol.decode_json_tensor(body.encode())
     assert decoded.tolist() == [np.inf, 65504.0, -65504.0]
 
 
 def test_json_names_non_finite_values() -> None:
     array = np.array([np.nan, np.inf, -np.inf, -0.0, 1.5], dtype=np.float32)
-    obj = json.loads(wire.encode_json_tensor(array))
+    obj = json.loads(protocol.encode_json_tensor(array))
     assert obj == {
         "dtype": "float32",
         "shape": [5],
@@ -241,19 +247,19 @@ def test_json_names_non_finite_values() -> None:
     ],
 )
 def test_json_refuses_bad_tensors(obj: object, message: str, code: int | None) -> None:
-    with pytest.raises(wire.WireError, match=message) as info:
-        wire.decode_json_tensor(json.dumps(obj).encode())
+    with pytest.raises(protocol.ProtocolError, match=message) as info:
+        protocol.decode_json_tensor(json.dumps(obj).encode())
     assert info.value.code == ("invalid_tensor" if code else "malformed_tensor")
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[" * 100_000, b"\xff\xfe"])
 def test_json_refuses_unparsable_bodies(body: bytes) -> None:
-    with pytest.raises(wire.WireError, match="not valid JSON"):
-        wire.decode_json_tensor(body)
+    with pytest.raises(protocol.ProtocolError, match="not valid JSON"):
+        protocol.decode_json_tensor(body)
 
 
 def test_json_dtype_defaults_to_float32() -> None:
-    decoded = wire.decode_json_tensor(b'{"shape": [2], "data": [1, 2]}')
+    decoded = protocol.decode_json_tensor(b'{"shape": [2], "data": [1, 2]}')
     assert decoded.dtype == np.float32
 
 
@@ -265,11 +271,11 @@ def test_json_dtype_defaults_to_float32() -> None:
 def test_safetensors_interoperates_with_the_reference_library(
     x: np.ndarray, da: np.ndarray
 ) -> None:
-    ours = wire.encode_safetensors({"X": x, "dA": da})
+    ours = protocol.encode_safetensors({"X": x, "dA": da})
     theirs = safetensors.numpy.load(ours)
     assert same(theirs["X"], x)
     assert same(theirs["dA"], da)
-    decoded = wire.decode_safetensors(safetensors.numpy.save({"X": x, "dA": da}))
+    decoded = protocol.decode_safetensors(safetensors.numpy.save({"X": x, "dA": da}))
     assert same(decoded["X"], x)
     assert same(decoded["dA"], da)
 
@@ -279,45 +285,46 @@ def safetensors_with(header: object, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        (b"\x01\x02", "shorter than its 8-byte prefix"),
-        (struct.pack("<Q", 2**40), "header of 1099511627776 bytes exceeds the 65536 limit"),
-        (struct.pack("<Q", 100) + b"{}", "truncated: header claims 100 bytes"),
-        (safetensors_with([1]), "header must be a JSON object, got list"),
-        (safetensors_with({"X": {"dtype": "F32"}}), "must hold dtype, shape, data_offsets"),
-        (
-            safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
-            r"offsets \[0, 8\] outside its 0-byte buffer",
+#: Bodies no safetensors decoder may accept: (body, the message the refusal must contain).
+SAFETENSORS_MALFORMED: list[tuple[bytes, str]] = [
+    (b"\x01\x02", "shorter than its 8-byte prefix"),
+    (struct.pack("<Q", 2**40), "header of 1099511627776 bytes exceeds the 65536 limit"),
+    (struct.pack("<Q", 100) + b"{}", "truncated: header claims 100 bytes"),
+    (safetensors_with([1]), "header must be a JSON object, got list"),
+    (safetensors_with({"X": {"dtype": "F32"}}), "must hold dtype, shape, data_offsets"),
+    (
+        safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}),
+        r"offsets \[0, 8\] outside its 0-byte buffer",
+    ),
+    (
+        safetensors_with(
+            {"X": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, b"\x00" * 4
         ),
-        (
-            safetensors_with(
-                {"X": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4]}}, b"\x00" * 4
-            ),
-            "needs 4000000000 bytes, offsets span 4",
+        "needs 4000000000 bytes, offsets span 4",
+    ),
+    (
+        safetensors_with(
+            {"X": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\x00" * 4
         ),
-        (
-            safetensors_with(
-                {"X": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\x00" * 4
-            ),
-            "outside its",
-        ),
-        (
-            safetensors_with({"X": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
-            r"bad shape \[-1\]",
-        ),
-    ],
-)
+        "outside its",
+    ),
+    (
+        safetensors_with({"X": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}),
+        r"bad shape \[-1\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), SAFETENSORS_MALFORMED)
 def test_safetensors_refuses_malformed_bodies(body: bytes, message: str) -> None:
-    with pytest.raises(wire.WireError, match=message):
-        wire.decode_safetensors(body)
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.decode_safetensors(body)
 
 
 def test_safetensors_unsupported_dtype_is_invalid_tensor() -> None:
     body = safetensors_with({"X": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"0" * 8)
-    with pytest.raises(wire.WireError, match="unsupported dtype 'C64'") as info:
-        wire.decode_safetensors(body)
+    with pytest.raises(protocol.ProtocolError, match="unsupported dtype 'C64'") as info:
+        protocol.decode_safetensors(body)
     assert info.value.code == "invalid_tensor"
 
 
@@ -359,16 +366,16 @@ HUGE_ZERO_SIZE = (0, 2**62, 2**62, 1)
 @pytest.mark.parametrize(
     ("encode", "decode"),
     [
-        (npy_of_shape, wire.decode_npy),
-        (json_of_shape, wire.decode_json_tensor),
-        (safetensors_of_shape, wire.decode_safetensors),
+        (npy_of_shape, protocol.decode_npy),
+        (json_of_shape, protocol.decode_json_tensor),
+        (safetensors_of_shape, protocol.decode_safetensors),
     ],
     ids=["npy", "json", "safetensors"],
 )
 def test_every_decoder_refuses_shapes_no_array_can_have(
     encode: Any, decode: Any, shape: tuple[int, ...], message: str
 ) -> None:
-    with pytest.raises(wire.WireError, match=message) as info:
+    with pytest.raises(protocol.ProtocolError, match=message) as info:
         decode(encode(shape))
     assert info.value.code == "malformed_tensor"
 
@@ -378,70 +385,101 @@ def test_every_decoder_refuses_shapes_no_array_can_have(
 )
 def test_shapes_at_the_limits_still_decode(shape: tuple[int, ...]) -> None:
     for encode, decode in [
-        (npy_of_shape, wire.decode_npy),
-        (json_of_shape, wire.decode_json_tensor),
+        (npy_of_shape, protocol.decode_npy),
+        (json_of_shape, protocol.decode_json_tensor),
     ]:
         assert decode(encode(shape)).shape == shape
-    assert wire.decode_safetensors(safetensors_of_shape(shape))["X"].shape == shape
+    assert protocol.decode_safetensors(safetensors_of_shape(shape))["X"].shape == shape
 
 
 @pytest.mark.parametrize("dtype", [[], {"a": 1}, 4, None], ids=["list", "dict", "int", "null"])
 def test_safetensors_refuses_a_dtype_that_is_not_a_string(dtype: object) -> None:
     body = safetensors_with({"X": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}, b"0" * 4)
-    with pytest.raises(wire.WireError, match=re.escape(f"unsupported dtype {dtype!r}")) as info:
-        wire.decode_safetensors(body)
+    with pytest.raises(
+        protocol.ProtocolError, match=re.escape(f"unsupported dtype {dtype!r}")
+    ) as info:
+        protocol.decode_safetensors(body)
     assert info.value.code == "invalid_tensor"
 
 
 # ---------------------------------------------------------------- by media type
 
 
-@pytest.mark.parametrize("media_type", [wire.MEDIA_SAFETENSORS, wire.MEDIA_JSON])
+@pytest.mark.parametrize("media_type", [protocol.MEDIA_SAFETENSORS, protocol.MEDIA_JSON])
 def test_named_tensors_round_trip(media_type: str) -> None:
     tensors = {"X": np.arange(8.0).reshape(1, 2, 2, 2), "dA": np.ones((1, 1, 1, 2), np.float16)}
-    decoded = wire.decode_named(wire.encode_named(tensors, media_type), media_type)
+    decoded = protocol.decode_named(protocol.encode_named(tensors, media_type), media_type)
     assert decoded.keys() == tensors.keys()
     for name, value in tensors.items():
         assert same(decoded[name], value)
 
 
-@pytest.mark.parametrize("media_type", [wire.MEDIA_NPY, wire.MEDIA_JSON])
+@pytest.mark.parametrize("media_type", [protocol.MEDIA_NPY, protocol.MEDIA_JSON])
 def test_tensor_round_trip_by_media_type(media_type: str) -> None:
     array = np.arange(6, dtype=np.float64).reshape(3, 2)
-    assert same(wire.decode_tensor(wire.encode_tensor(array, media_type), media_type), array)
+    assert same(
+        protocol.decode_tensor(protocol.encode_tensor(array, media_type), media_type), array
+    )
 
 
 def test_json_named_tensors_must_be_an_object() -> None:
-    with pytest.raises(wire.WireError, match="named tensors must be a JSON object"):
-        wire.decode_named(b"[]", wire.MEDIA_JSON)
+    with pytest.raises(protocol.ProtocolError, match="named tensors must be a JSON object"):
+        protocol.decode_named(b"[]", protocol.MEDIA_JSON)
 
 
 @pytest.mark.parametrize(
-    ("header", "expected"),
+    ("codec", "args"),
     [
-        ("application/x-npy", wire.MEDIA_NPY),
-        ("Application/JSON; charset=utf-8", wire.MEDIA_JSON),
-        (None, ""),
+        (protocol.decode_tensor, (b"", "text/csv")),
+        (protocol.encode_tensor, (np.ones(1), "text/csv")),
+        (protocol.decode_named, (b"", protocol.MEDIA_NPY)),
+        (protocol.encode_named, ({"X": np.ones(1)}, protocol.MEDIA_NPY)),
     ],
 )
-def test_media_type_of_drops_parameters(header: str | None, expected: str) -> None:
-    assert wire.media_type_of(header) == expected
+def test_a_media_type_without_a_codec_is_a_protocol_error(codec: Any, args: Any) -> None:
+    with pytest.raises(protocol.UnsupportedMediaType, match="for media type") as caught:
+        codec(*args)
+    assert caught.value.code == "unsupported_media_type"
 
 
-def test_problem_catalogue_covers_the_contract() -> None:
-    expected = {
-        "malformed_tensor": 400,
-        "unauthorized": 401,
-        "session_not_found": 404,
-        "no_forward": 409,
-        "stale_step": 412,
-        "payload_too_large": 413,
-        "unsupported_media_type": 415,
-        "not_acceptable": 406,
-        "invalid_spec": 422,
-        "invalid_tensor": 422,
-        "shape_mismatch": 422,
-        "capacity_exceeded": 429,
-        "store_unavailable": 503,
-    }
-    assert {code: wire.PROBLEMS[code].status for code in expected} == expected
+# ------------------------------------------------------ at the server's input boundary
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _post(path: str, body: bytes, media_type: str) -> httpx.Response:
+    app = create_app(Settings())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        if path == "forward":
+            session_id = (await client.post("/v1/sessions")).json()["id"]
+            path = f"/v1/sessions/{session_id}/forward"
+            response = await client.post(path, content=body, headers={"Content-Type": media_type})
+            # Refused means unchanged: the session still has no forward.
+            assert (await client.get(f"/v1/sessions/{session_id}")).json()["step"] == 0
+            return response
+        return await client.post(path, content=body, headers={"Content-Type": media_type})
+
+
+#: (route, media type, body, message) for every malformed body above.
+SERVER_CASES = [("forward", protocol.MEDIA_NPY, *case) for case in NPY_MALFORMED] + [
+    ("/v1/gradient", protocol.MEDIA_SAFETENSORS, *case) for case in SAFETENSORS_MALFORMED
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("route", "media_type", "body", "message"),
+    SERVER_CASES,
+    ids=[*NPY_MALFORMED_IDS, *(f"safetensors-{i}" for i in range(len(SAFETENSORS_MALFORMED)))],
+)
+async def test_the_server_refuses_malformed_bodies_as_the_decoder_does(
+    route: str, media_type: str, body: bytes, message: str
+) -> None:
+    response = await _post(route, body, media_type)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "malformed_tensor"
+    assert re.search(message, response.json()["detail"])

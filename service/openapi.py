@@ -1,0 +1,277 @@
+"""The OpenAPI description of the HTTP API: models, bodies and error responses of each route,
+kept here so :mod:`service.routes` reads as thin endpoints (MLServer's ``rest/openapi.py``).
+
+The spec model and the query-parameter docs are derived from the protocol's schema
+(:data:`poolgrad.protocol.spec.FIELDS`); error responses from its problem catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from fastapi import Response
+from pydantic import BaseModel, Field, create_model
+
+from poolgrad.protocol import (
+    MEDIA_JSON,
+    MEDIA_NPY,
+    MEDIA_PROBLEM,
+    MEDIA_SAFETENSORS,
+    PROBLEMS,
+)
+from poolgrad.protocol.spec import FIELDS, SpecField, query_doc
+
+__all__ = [
+    "BACKWARD",
+    "CREATE_SESSION",
+    "DELETE_SESSION",
+    "FORWARD",
+    "GET_SESSION",
+    "GRADIENT",
+    "READYZ",
+    "ProblemModel",
+    "SessionCreated",
+    "SessionModel",
+    "SpecFields",
+    "metrics_route",
+]
+
+
+def _annotation(field: SpecField) -> Any:
+    """The Python type of one spec field, as pydantic documents it."""
+    if field.kind == "choice":
+        return Literal[field.choices]
+    if field.kind == "ints":
+        return int | list[int]
+    if field.kind == "ints_or_null":
+        return int | list[int] | None
+    if field.kind == "padding":
+        return Literal[field.choices] | list[list[int]]
+    return bool
+
+
+#: A pooling layer spec (CONTRACT.md, "Layer spec"); every field has a default.
+SpecFields: type[BaseModel] = create_model(
+    "SpecFields",
+    __doc__='A pooling layer spec (CONTRACT.md, "Layer spec"); every field has a default.',
+    **{
+        field.name: (
+            _annotation(field),
+            Field(default=field.default, description=field.description),
+        )
+        for field in FIELDS
+    },
+)  # type: ignore[call-overload]
+
+SessionCreate: type[BaseModel] = create_model(
+    "SessionCreate",
+    __base__=SpecFields,
+    __doc__="Spec fields at top level, plus the session's idle TTL.",
+    ttl_seconds=(
+        float | None,
+        Field(default=None, description="Idle TTL; default POOLGRAD_SESSION_TTL_SECONDS."),
+    ),
+)
+
+
+class SessionCreated(BaseModel):
+    id: str
+    spec: SpecFields  # type: ignore[valid-type]
+    ttl_seconds: float
+    expires_at: str = Field(description="ISO 8601 UTC; renewed on every use.")
+    step: int
+
+
+class SessionModel(BaseModel):
+    id: str
+    spec: SpecFields  # type: ignore[valid-type]
+    ttl_seconds: float
+    step: int = Field(description="Forward passes run; the ETag of the cached state.")
+    input_shape: list[int] | None
+    output_shape: list[int] | None
+    dtype: str | None
+    state_bytes: int
+    expires_at: str = Field(description="ISO 8601 UTC; renewed on every use.")
+
+
+class ProblemModel(BaseModel):
+    """An error, as every non-2xx answer carries it (``application/problem+json``)."""
+
+    type: str = Field(default="about:blank", examples=["about:blank"])
+    status: int = Field(examples=[404])
+    code: str = Field(description="Stable machine-readable code.", examples=["session_not_found"])
+    title: str = Field(examples=["Session not found"])
+    detail: str = Field(description="What was wrong, naming the offending value.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request.")
+
+
+_JSON_TENSOR: Final = {
+    "type": "object",
+    "required": ["dtype", "shape", "data"],
+    "properties": {
+        "dtype": {"type": "string", "enum": ["float16", "float32", "float64"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "data": {
+            "type": "array",
+            "description": 'Flat, row-major; non-finite as "NaN", "Infinity", "-Infinity".',
+            "items": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+        },
+    },
+}
+_PROBLEM_SCHEMA: Final = ProblemModel.model_json_schema()
+_BINARY: Final = {"type": "string", "format": "binary"}
+_TENSOR_CONTENT: Final = {MEDIA_NPY: {"schema": _BINARY}, MEDIA_JSON: {"schema": _JSON_TENSOR}}
+
+
+def _named_content(names: tuple[str, ...]) -> dict[str, Any]:
+    properties = dict.fromkeys(names, _JSON_TENSOR)
+    return {
+        MEDIA_SAFETENSORS: {"schema": _BINARY},
+        MEDIA_JSON: {"schema": {"type": "object", "properties": properties}},
+    }
+
+
+def _body(content: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the problem codes a route can answer with, grouped by status."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(PROBLEMS[code].status, []).append(code)
+    return {
+        status: {
+            "description": ", ".join(f"`{code}`" for code in status_codes),
+            "content": {MEDIA_PROBLEM: {"schema": _PROBLEM_SCHEMA}},
+        }
+        for status, status_codes in sorted(by_status.items())
+    }
+
+
+_AUTH = ("unauthorized",)
+_STORE = ("store_unavailable",)
+_BODY = ("payload_too_large", "request_timeout")
+_SESSION = (*_AUTH, "session_not_found", *_STORE)
+_TENSOR_IO = ("malformed_tensor", "unsupported_media_type", "not_acceptable", *_BODY)
+
+# Keyword arguments of each route's decorator (summary, bodies, responses).
+
+CREATE_SESSION: Final[dict[str, Any]] = {
+    "response_model": SessionCreated,
+    "summary": "Create a session",
+    "openapi_extra": _body(
+        {MEDIA_JSON: {"schema": SessionCreate.model_json_schema()}},
+        "Spec fields at top level plus optional ttl_seconds; an empty body takes every default.",
+    ),
+    "responses": {
+        201: {"headers": {"Location": {"description": "URL of the new session."}}},
+        **_errors(
+            "bad_request",
+            *_AUTH,
+            "unsupported_media_type",
+            *_BODY,
+            "invalid_spec",
+            "capacity_exceeded",
+            *_STORE,
+        ),
+    },
+}
+
+GET_SESSION: Final[dict[str, Any]] = {
+    "response_model": SessionModel,
+    "summary": "Describe a session (renews its TTL)",
+    "responses": _errors(*_SESSION),
+}
+
+DELETE_SESSION: Final[dict[str, Any]] = {
+    "summary": "Delete a session and its cached state",
+    "responses": _errors(*_SESSION),
+}
+
+
+def _tensor_route(
+    summary: str, body: str, answer: str, etag: str, *codes: str, **extra: Any
+) -> dict[str, Any]:
+    """A session route with a tensor in and a tensor out, ``ETag`` on the answer."""
+    return {
+        "summary": summary,
+        "tags": ["sessions"],
+        "response_class": Response,
+        "openapi_extra": {**_body(_TENSOR_CONTENT, body), **extra},
+        "responses": {
+            200: {
+                "description": answer,
+                "content": _TENSOR_CONTENT,
+                "headers": {"ETag": {"description": etag}},
+            },
+            **_errors(*_SESSION, *_TENSOR_IO, "invalid_tensor", *codes),
+        },
+    }
+
+
+FORWARD: Final = _tensor_route(
+    "Forward pass: tensor X in, tensor A out; caches the state (step + 1)",
+    "X: a .npy file or a JSON tensor (Content-Type).",
+    "A, as Accept asks (else as X came); ETag is the new step.",
+    'The new step, quoted: "1".',
+    "invalid_spec",
+    "capacity_exceeded",
+)
+
+BACKWARD: Final = _tensor_route(
+    "Backward pass: tensor dA in, tensor dX out; the cached state is kept",
+    "dA, shaped like A: a .npy file or a JSON tensor.",
+    "dX, shaped like X, as Accept asks (else as dA came).",
+    "The step whose state was used.",
+    "no_forward",
+    "stale_step",
+    "shape_mismatch",
+    parameters=[
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "description": 'Only if this step is cached: "<step>", W/"<step>" or *.',
+            "schema": {"type": "string"},
+        }
+    ],
+)
+
+GRADIENT: Final[dict[str, Any]] = {
+    "summary": "Stateless forward (and backward when dA is sent): named X, dA in; A, dX out",
+    "openapi_extra": {
+        **_body(_named_content(("X", "dA")), "Named tensors X and optional dA."),
+        "parameters": [
+            {
+                "name": field.name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": query_doc(field),
+            }
+            for field in FIELDS
+        ],
+    },
+    "responses": {
+        200: {
+            "description": "Named A (and dX when dA came), as Accept asks (else as sent).",
+            "content": _named_content(("A", "dX")),
+        },
+        **_errors(*_AUTH, *_TENSOR_IO, "invalid_spec", "invalid_tensor", "shape_mismatch"),
+    },
+}
+
+READYZ: Final[dict[str, Any]] = {
+    "summary": "Readiness: 200 while the session store answers, else 503",
+    "responses": _errors(*_STORE),
+}
+
+
+def metrics_route(content_type: str) -> dict[str, Any]:
+    """The ``/metrics`` route's description for the exposition's ``content_type``."""
+    return {
+        "summary": "Prometheus metrics",
+        "responses": {200: {"content": {content_type: {"schema": {"type": "string"}}}}},
+    }
