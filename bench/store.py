@@ -36,6 +36,7 @@ from bench.service import _free_port, _server
 from poolgrad import protocol
 
 SHAPE = (64, 32, 32, 32)
+SPEC = engine.PoolSpec(mode="max", pool_size=(2, 2))
 STARTUP_SECONDS = 20.0
 
 
@@ -71,20 +72,23 @@ def _redis_server() -> Iterator[str]:
             process.wait(timeout=10)
 
 
+def _bodies() -> tuple[bytes, bytes]:
+    """The ``.npy`` bodies of X and of a dA of A's shape."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal(SHAPE).astype(np.float32)
+    A, _ = engine.forward(X, SPEC)
+    dA = rng.standard_normal(A.shape).astype(np.float32)
+    return protocol.encode_npy(X), protocol.encode_npy(dA)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    repeats = 5 if args.quick else 21
+    repeats = 5 if parser.parse_args().quick else 21
+    x_body, da_body = _bodies()
+    npy = {"Content-Type": protocol.MEDIA_NPY}
     quiet = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(64 * 2**20)}
     command = [sys.executable, "-m", "service"]
-    spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal(SHAPE).astype(np.float32)
-    A, _ = engine.forward(X, spec)
-    dA = rng.standard_normal(A.shape).astype(np.float32)
-    x_body, da_body = protocol.encode_npy(X), protocol.encode_npy(dA)
-    npy = {"Content-Type": protocol.MEDIA_NPY}
 
     with (
         _redis_server() as redis_url,
@@ -94,7 +98,7 @@ def main() -> None:
     ):
         sessions = []
         for base in (memory_base, redis_base):
-            created = http.post(f"{base}/v1/sessions", json=spec.to_dict())
+            created = http.post(f"{base}/v1/sessions", json=SPEC.to_dict())
             created.raise_for_status()
             sessions.append(f"{base}/v1/sessions/{created.json()['id']}")
 
