@@ -41,6 +41,8 @@ class RedisServer:
         self.port = free_port()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.socket = directory / "redis.sock"
+        self.unix_url = f"unix://{self.socket}?db=0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -51,6 +53,7 @@ class RedisServer:
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
                 *("--maxmemory-policy", "noeviction"),
+                *("--unixsocket", str(self.socket), "--unixsocketperm", "700"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

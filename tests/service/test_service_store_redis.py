@@ -58,6 +58,18 @@ async def test_each_session_is_one_hash_under_its_id_tag_with_a_redis_ttl(
     assert 29_000 < await admin.pttl(key) <= 30_000
 
 
+async def test_a_unix_socket_url_reaches_the_same_sessions(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    await store.create("a", "o", SPEC, 30.0)
+    over_socket = RedisStore(redis_server.unix_url, LIMITS, prefix=store.prefix)
+    try:
+        assert await over_socket.advance("a", "o", b"s", 1) == 1
+    finally:
+        await over_socket.close()
+    assert (await store.get("a", "o")).step == 1
+
+
 async def test_an_unreachable_server_is_store_unavailable(redis_server: RedisServer) -> None:
     closed = RedisStore(f"redis://127.0.0.1:{free_port()}/0", LIMITS, connect_timeout_seconds=0.5)
     try:
