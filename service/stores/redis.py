@@ -6,11 +6,12 @@ Layout (``prefix`` defaults to ``poolgrad:``):
 - ``<prefix>{<id>}``: one hash per session, fields ``owner``, ``spec`` (canonical JSON),
   ``ttl`` (ms), ``step`` and, after the first forward, ``state`` (the engine's state blob). Its
   Redis TTL is the session's idle TTL, renewed on every use, so Redis expires idle sessions.
-- ``<prefix>{budget}:expiry``: a sorted set, session id -> expiry time (server ms);
-  ``<prefix>{budget}:bytes``: a hash, session id -> state bytes;
-  ``<prefix>{budget}:total``: the sum of that hash. Together they are the budgets across all
-  replicas. Every script first releases the budget of the ids whose expiry has passed (their
-  keys expire in Redis at the same moment), so the counts are corrected when keys expire.
+- ``<prefix>{budget}:expiry``: a sorted set, session key -> expiry time (server ms);
+  ``<prefix>{budget}:bytes``: a hash, session key -> state bytes;
+  ``<prefix>{budget}:total``: the sum of that hash (kept so no script sums it). Together they
+  are the budgets across all replicas. Every script first releases the budget of the sessions
+  whose expiry has passed (their keys expire in Redis at the same moment), so the counts are
+  corrected when keys expire, whichever replica runs next.
 
 Every read-modify-write is one Lua script (registered once, re-sent by redis-py on
 ``NOSCRIPT``), so it is atomic across replicas. The scripts touch a session's key and the
@@ -280,9 +281,9 @@ class RedisStore(SessionStore):
         return bool(removed)
 
     async def _reap(self) -> int:
-        before = self.expired_total
-        await self._run(self._usage_script, None)
-        return self.expired_total - before
+        released = int((await self._usage_script(keys=self._budget, args=()))[0])
+        self.expired_total += released
+        return released
 
     async def _usage(self) -> Usage:
         sessions, state_bytes = await self._run(self._usage_script, None)
