@@ -1,6 +1,6 @@
 # poolgrad: every target creates the virtualenv and installs what it needs first.
 #   make serve   the server on the embedded in-memory store (http://127.0.0.1:8000)
-#   make test    lint, type-check and run every test (installs redis-server and haproxy first)
+#   make test    lint, type-check and run every test (installs the Debian programs it drives)
 #   make bench   the benchmarks: engine vs PyTorch and the seed's loop; HTTP vs engine + echo
 
 PYTHON ?= python3
@@ -11,28 +11,12 @@ PIP := $(BIN)/python -m pip
 # Python 3.11: it is installed without its dependencies, which the dev extra lists instead.
 EPYNN := epynn==1.2.13
 
-.PHONY: serve test test-tools lint typecheck pytest bench lock clean
+.PHONY: serve test test-deps lint typecheck pytest bench lock clean
 
 serve: $(VENV)/.serve
 	$(BIN)/poolgrad-server
 
-test: test-tools lint typecheck pytest
-
-# The tests run a real redis-server and HAProxy (Debian's packages): installed when missing
-# (as root, with apt-get), else a message saying how. The tests fail, never skip, without them.
-TEST_TOOLS := redis-server haproxy
-test-tools:
-	@missing=""; for tool in $(TEST_TOOLS); do \
-	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing (Debian packages)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else \
-	    echo "make test needs$$missing: install Debian's package(s) (apt-get install$$missing)" \
-	      "or run make as root on Debian" >&2; exit 1; \
-	  fi; \
-	fi
+test: lint typecheck pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -41,8 +25,28 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: test-tools $(VENV)/.dev
+pytest: $(VENV)/.dev test-deps
 	$(BIN)/python -m pytest
+
+# Programs the tests drive that pip cannot install, Debian packages: headless Chromium renders
+# /docs offline (tests/service/test_docs_browser.py); a real redis-server and HAProxy run the
+# Redis store, fault and scale-out tests, which fail, never skip, without them. Installed with
+# apt-get when missing (as root), else a message naming what to install.
+TEST_PACKAGES := chromium redis-server haproxy
+test-deps:
+	@missing=""; for tool in $(TEST_PACKAGES); do \
+	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null \
+	    || { [ $$tool = chromium ] && command -v chromium-browser >/dev/null; } \
+	    || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian packages) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "make test needs$$missing: install Debian's package(s) (apt-get install$$missing)" \
+	      "or run make as root on Debian" >&2; exit 1; \
+	  fi; \
+	fi
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
@@ -53,22 +57,29 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(VENV)/.serve: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install --quiet --constraint constraints.txt --editable '.[server]'
+# Two distributions from this one tree: the SDK (sdk/pyproject.toml, `poolgrad`) and the server
+# (pyproject.toml, `poolgrad-server`, which depends on the SDK): installed together, so the
+# server's `poolgrad` requirement is met by this checkout's SDK, never by an index.
+$(VENV)/.serve: pyproject.toml sdk/pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet --constraint constraints.txt --editable ./sdk --editable .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install --quiet --constraint constraints.txt --editable '.[server,dev]'
+$(VENV)/.dev: pyproject.toml sdk/pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --quiet --constraint constraints.txt --editable ./sdk --editable '.[dev]'
 	$(PIP) install --quiet --no-deps $(EPYNN)
 	touch $@ $(VENV)/.serve
 
-# Re-pin constraints.txt from a fresh environment with every extra installed.
+# Re-pin constraints.txt from a fresh environment with every extra installed. Local version
+# labels (`torch==2.13.0+cpu`, from a wheel on this machine's disk) are cut: no public index
+# serves them, and `torch==2.13.0` matches the local build here and the public one elsewhere
+# (tests/test_packaging.py checks the file).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet '.[server,dev]'
+	.lock-venv/bin/python -m pip install --quiet ./sdk '.[dev]'
 	.lock-venv/bin/python -m pip install --quiet --no-deps $(EPYNN)
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
-	  | grep -v '^poolgrad'; } > constraints.new && mv constraints.new constraints.txt
+	  | grep -v '^poolgrad' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; } > constraints.new \
+	  && mv constraints.new constraints.txt
 	rm -rf .lock-venv
 
 clean:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from poolgrad._version import __version__
 from service.compute import Compute
@@ -25,7 +26,7 @@ from service.routes import router
 from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
 
-__all__ = ["create_app", "limits_of", "store_of"]
+__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ Gradients of pooling layers as a service. A session caches the state of its last
 pass, so backward needs only dA. Tensors travel as `.npy` or JSON (`Content-Type` picks the
 decoder, `Accept` the encoder); errors are `application/problem+json` with a stable `code`.
 """
+
+
+#: Where the documentation pages' static files are served.
+DOCS_STATIC_URL = "/docs/static"
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -73,7 +78,12 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
                 await reaper
             await store.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI 5, which renders OpenAPI 3.1) loads its script, style and favicon from
+    # files that fastapi-offline ships, under DOCS_STATIC_URL: no CDN, so it renders on an
+    # air-gapped machine. No /redoc: ReDoc's page fetches its logo from Redocly's CDN.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
+        redoc_url=None,
         title="poolgrad",
         version=__version__,
         description=_DESCRIPTION,

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     Set: every ``/v1`` request needs ``Authorization: Bearer <key>`` and sees only the sessions
     its key created."""
 
+    metrics_require_key: bool = False
+    """Put ``/metrics`` behind the API keys: when set (and ``api_keys`` too), a scrape needs
+    ``Authorization: Bearer <key>`` with any of the keys, else 401. Off: ``/metrics`` is open like
+    ``/healthz``; its labels never hold a client's values, only route templates and methods."""
+
     retry_after_seconds: int = Field(default=1, ge=0)
     """``Retry-After`` sent with 429 (capacity) and 503 (store unavailable)."""
 
