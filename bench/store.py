@@ -1,7 +1,7 @@
 """Benchmark: a session's forward+backward over HTTP with the Redis store against the memory store.
 
 Run from the repository root (it starts a redis-server and two servers on free loopback
-ports; ``make test-tools`` installs redis-server)::
+ports; ``make test-deps`` installs redis-server)::
 
     .venv/bin/python -m bench.store            # full run
     .venv/bin/python -m bench.store --quick    # fewer repeats

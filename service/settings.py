@@ -86,6 +86,24 @@ class Settings(BaseSettings):
     """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
     trickles bytes cannot hold a connection and a buffer forever."""
 
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Most bytes of request line and headers in one request; past it the answer is 431 and
+    the connection closes, before more is buffered."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a connection has to complete its request headers, from when it opens or its last
+    response ends; past it the connection closes (408 if part of a request arrived). Idle and
+    slowloris connections cannot pile up."""
+
+    max_connections: int = Field(default=1000, ge=1)
+    """Most open connections per worker, below the process's file limit. At the cap the
+    connection that has waited longest for its headers is closed to make room; if every one is
+    busy, the new connection gets 503."""
+
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    """On SIGTERM or SIGINT, time requests in flight get to finish before they are cancelled;
+    new connections are refused at once."""
+
     compute_threads: int = Field(default=4, ge=1)
     """Requests decoded, pooled and encoded at once, each in a worker thread; others wait their
     turn. The work is CPU-bound, so more threads than cores add only memory (one call may hold

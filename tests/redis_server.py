@@ -1,6 +1,6 @@
 """A real ``redis-server`` on a free loopback port, for the tests that need one.
 
-``make test`` installs Debian's ``redis-server`` when it is missing (the ``test-tools`` target);
+``make test`` installs Debian's ``redis-server`` when it is missing (the ``test-deps`` target);
 without it these tests fail, never skip, so CI cannot pass without exercising Redis.
 """
 
@@ -27,7 +27,7 @@ def binary(name: str) -> str:
     if path is None:
         raise RuntimeError(
             f"{name} is not installed: these tests run a real {name}. `make test` installs it "
-            f"(`make test-tools`, Debian's package via apt-get), or install it yourself"
+            f"(`make test-deps`, Debian's package via apt-get), or install it yourself"
         )
     return path
 
