@@ -1,6 +1,6 @@
 # poolgrad: every target creates the virtualenv and installs what it needs first.
 #   make serve   the server on the embedded in-memory store (http://127.0.0.1:8000)
-#   make test    lint, type-check and run every test
+#   make test    lint, type-check and run every test (installs the Debian programs it drives)
 #   make bench   the benchmarks: engine vs PyTorch and the seed's loop; HTTP vs engine + echo
 
 PYTHON ?= python3
@@ -28,17 +28,31 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev test-deps
 	$(BIN)/python -m pytest
 
-# Programs the tests drive that pip cannot install: headless Chromium renders /docs offline
-# (tests/service/test_docs_browser.py). Installed with apt-get when missing, which needs root.
+# Programs the tests drive that pip cannot install, Debian packages: headless Chromium renders
+# /docs offline (tests/service/test_docs_browser.py); a real redis-server and HAProxy run the
+# Redis store, fault and scale-out tests, which fail, never skip, without them. Installed with
+# apt-get when missing (as root), else a message naming what to install.
+TEST_PACKAGES := chromium redis-server haproxy
 test-deps:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
-	  echo "installing Debian's chromium for the /docs test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@missing=""; for tool in $(TEST_PACKAGES); do \
+	  PATH="$$PATH:/usr/sbin" command -v $$tool >/dev/null \
+	    || { [ $$tool = chromium ] && command -v chromium-browser >/dev/null; } \
+	    || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian packages) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "make test needs$$missing: install Debian's package(s) (apt-get install$$missing)" \
+	      "or run make as root on Debian" >&2; exit 1; \
+	  fi; \
+	fi
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.v2
+	$(BIN)/python -m bench.store
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from poolgrad._version import __version__
-from service.app import limits_of
+from service.app import store_of
 from service.server import bind, serve
 from service.settings import Settings, describe_errors
-from service.stores import MemoryStore, store_from_url
+from service.stores import MemoryStore
 
 __all__ = ["main", "parse_settings"]
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse, check, bind, then serve; every refusal comes before anything starts."""
     settings = parse_settings(argv)
     try:
-        store = store_from_url(settings.store_url, limits_of(settings))
+        store = store_of(settings)
     except ValueError as exc:
         raise SystemExit(f"{PROG}: {exc}") from None
     if settings.workers > 1 and isinstance(store, MemoryStore):
@@ -104,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"store (POOLGRAD_STORE_URL={settings.store_url!r}): each worker process would hold "
             "its own sessions, and a request reaching another worker would not find its "
             "session. Several workers need the Redis store, which shares sessions between "
-            "processes (POOLGRAD_STORE_URL=redis://host:6379/0; not in this build yet): "
-            "set POOLGRAD_WORKERS=1."
+            "processes (POOLGRAD_STORE_URL=redis://host:6379/0), or POOLGRAD_WORKERS=1."
         )
     try:
         sock = bind(settings.host, settings.port)

@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
 from service.v2 import router as v2_router
 
-__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of"]
+__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,25 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(max_sessions=settings.max_sessions, max_state_bytes=settings.max_state_bytes)
 
 
+def store_of(settings: Settings) -> SessionStore:
+    """The store ``settings.store_url`` names, with the settings' limits, prefix and timeouts;
+    ``ValueError`` naming the URL when it names no backend."""
+    return store_from_url(
+        settings.store_url,
+        limits_of(settings),
+        prefix=settings.store_prefix,
+        connect_timeout_seconds=settings.store_connect_timeout_seconds,
+        timeout_seconds=settings.store_timeout_seconds,
+    )
+
+
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
     """A ready app; ``settings`` default to the environment, ``store`` to ``settings.store_url``.
 
     Raises ``ValueError`` naming the URL when ``store_url`` names no known backend.
     """
     settings = settings if settings is not None else Settings()
-    store = store if store is not None else store_from_url(settings.store_url, limits_of(settings))
+    store = store if store is not None else store_of(settings)
     metrics = Metrics(store)
 
     @contextlib.asynccontextmanager

@@ -42,7 +42,22 @@ class Settings(BaseSettings):
     store each process would hold a different set of sessions, so start-up refuses it."""
 
     store_url: str = "memory://"
-    """Where sessions live: ``memory://`` (embedded, this process only)."""
+    """Where sessions live: ``memory://`` (embedded, this process only), or a Redis server
+    shared by every worker and replica: ``redis://[:password@]host:port/db``, ``rediss://``
+    (TLS), ``unix:///path/to/redis.sock?db=0``."""
+
+    store_prefix: str = Field(default="poolgrad:", min_length=1)
+    """Prefix of every Redis key, so deployments can share one Redis server. Each session's
+    keys carry its id as a hash tag; a prefix with a hash tag (``{poolgrad}:``) puts every key
+    in one Redis Cluster slot."""
+
+    store_connect_timeout_seconds: float = Field(default=1.0, gt=0)
+    """Longest wait to open a Redis connection; past it the request is a 503
+    ``store_unavailable`` and ``/readyz`` says 503."""
+
+    store_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Longest wait for one Redis command's reply; past it the request is a 503
+    ``store_unavailable`` (a dead pooled connection is replaced and retried once first)."""
 
     session_ttl_seconds: float = Field(default=600.0, gt=0)
     """Idle time after which a session and its cached state are dropped; every use renews it.
