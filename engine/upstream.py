@@ -1,0 +1,24 @@
+"""The upstream gradient as both kernel sets consume it: the accumulation dtype and the
+``ties="split"`` shares, computed once here so the NumPy and compiled kernels agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["accumulate_dtype", "split_shares"]
+
+
+def accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """float16 sums lose too much: they accumulate in float32 and are cast back once."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def split_shares(dA: np.ndarray, counts: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``dA / n_tied`` per window as ``dtype`` (a new array): the quotient is taken in float64
+    (int32 counts promote it), so it is correctly rounded once into ``dtype``. NaN windows have
+    no winners (count 0) and send nothing: the divisor there is moot."""
+    shares = dA.astype(accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
+    return shares.astype(dtype, copy=False)
