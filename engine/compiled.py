@@ -407,15 +407,31 @@ def _kernels() -> SimpleNamespace:
     compile_ = functools.partial(numba.njit, nogil=True, cache=True)
     forward = compile_(
         [
-            numba.void(array(f, 5), array(f, 5), u8, i64_2d, i64_1d, numba.boolean, numba.boolean)
+            numba.void(
+                array(f, 5, readonly=True),
+                array(f, 5),
+                u8,
+                i64_2d,
+                i64_1d,
+                numba.boolean,
+                numba.boolean,
+            )
             for f in floats
         ]
     )(_forward)
     backward_disjoint = compile_(
-        [numba.void(array(i, 5), frozen_u8, array(i, 5), i64_2d, i64_1d) for i in ints]
+        [
+            numba.void(array(i, 5, readonly=True), frozen_u8, array(i, 5), i64_2d, i64_1d)
+            for i in ints
+        ]
     )(_backward_disjoint)
     backward_gather = compile_(
-        [numba.void(array(f, 5), frozen_u8, array(f, 5), i64_2d, i64_2d, i64_1d) for f in floats]
+        [
+            numba.void(
+                array(f, 5, readonly=True), frozen_u8, array(f, 5), i64_2d, i64_2d, i64_1d
+            )
+            for f in floats
+        ]
     )(_backward_gather)
     return SimpleNamespace(
         forward=forward, backward_disjoint=backward_disjoint, backward_gather=backward_gather
