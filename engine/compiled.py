@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
-from engine.options import KernelChoice, KernelsUnavailable
+from engine.options import KernelChoice
 from engine.spec import PoolSpec
 from engine.upstream import accumulate_dtype, split_shares
 
@@ -427,9 +428,7 @@ def _kernels() -> SimpleNamespace:
     )(_backward_disjoint)
     backward_gather = compile_(
         [
-            numba.void(
-                array(f, 5, readonly=True), frozen_u8, array(f, 5), i64_2d, i64_2d, i64_1d
-            )
+            numba.void(array(f, 5, readonly=True), frozen_u8, array(f, 5), i64_2d, i64_2d, i64_1d)
             for f in floats
         ]
     )(_backward_gather)

@@ -11,8 +11,8 @@ Kernels
     The pure NumPy kernels (:mod:`engine.pooling`): the reference, and always available.
 ``"compiled"``
     The Numba kernels (:mod:`engine.compiled`) where they exist (max and min); avg and any call
-    they do not cover run on NumPy. Needs the ``fast`` extra; a :class:`KernelsUnavailable`
-    otherwise.
+    they do not cover run on NumPy. Needs the ``fast`` extra; a
+    :class:`~engine.errors.KernelsUnavailable` otherwise.
 ``"auto"`` (default)
     ``"compiled"`` when Numba imports, else ``"numpy"``.
 
@@ -26,23 +26,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from engine.errors import EngineError
-
 __all__ = [
     "KERNEL_CHOICES",
     "EngineOptions",
     "KernelChoice",
-    "KernelsUnavailable",
     "RunReport",
     "default_threads",
 ]
 
 KernelChoice: TypeAlias = Literal["numpy", "compiled", "auto"]
 KERNEL_CHOICES: tuple[KernelChoice, ...] = ("numpy", "compiled", "auto")
-
-
-class KernelsUnavailable(EngineError):
-    """``kernels="compiled"`` was asked for but Numba is not installed (the ``fast`` extra)."""
 
 
 def default_threads() -> int:
@@ -87,7 +80,9 @@ class EngineOptions:
                 raise ValueError(f"EngineOptions.{name} must be a positive int, got {value!r}")
         if self.kernels not in KERNEL_CHOICES:
             choices = ", ".join(repr(choice) for choice in KERNEL_CHOICES)
-            raise ValueError(f"EngineOptions.kernels must be one of {choices}, got {self.kernels!r}")
+            raise ValueError(
+                f"EngineOptions.kernels must be one of {choices}, got {self.kernels!r}"
+            )
 
 
 DEFAULT_OPTIONS = EngineOptions()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+
 import numpy as np
 
 from engine import compiled
@@ -157,9 +158,7 @@ def _extreme_forward(
     X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run
 ) -> PoolState:
     winners = np.zeros((plan.window_size, packed_plane_bytes(plan.output_shape)), np.uint8)
-    kernel = (
-        compiled.extreme_forward_chunk if run.kernels == "compiled" else _extreme_forward_chunk
-    )
+    kernel = compiled.extreme_forward_chunk if run.kernels == "compiled" else _extreme_forward_chunk
 
     def work(chunk: Chunk) -> None:
         kernel(
@@ -403,9 +402,7 @@ def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
 # -- avg -------------------------------------------------------------------------------------
 
 
-def _avg_forward(
-    X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run
-) -> PoolState:
+def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run) -> PoolState:
     def work(chunk: Chunk) -> None:
         _avg_forward_chunk(X[chunk.input_index], chunk.spec, chunk.plan, A[chunk.output_index])
 

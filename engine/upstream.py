@@ -16,9 +16,9 @@ def accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def split_shares(dA: np.ndarray, counts: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+def split_shares(dA: np.ndarray, counts: Any, dtype: np.dtype[Any]) -> np.ndarray:
     """``dA / n_tied`` per window as ``dtype`` (a new array): the quotient is taken in float64
     (int32 counts promote it), so it is correctly rounded once into ``dtype``. NaN windows have
     no winners (count 0) and send nothing: the divisor there is moot."""
-    shares = dA.astype(accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
+    shares: np.ndarray = dA.astype(accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
     return shares.astype(dtype, copy=False)

@@ -28,6 +28,7 @@ import numpy as np
 
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
+from engine.options import EngineOptions
 from poolgrad.wire import WireError
 from service.errors import (
     InternalError,
@@ -130,6 +131,9 @@ class Compute:
         self.settings = settings
         self.metrics = metrics
         self._limiter = anyio.CapacityLimiter(settings.compute_threads)
+        self.engine_options = EngineOptions(
+            threads=settings.engine_threads, kernels=settings.engine_kernels
+        )
 
     # ----------------------------------------------------------------- sessions
 
@@ -168,7 +172,7 @@ class Compute:
             def work() -> tuple[T, bytes, PoolState]:
                 X = decode()
                 spec = PoolSpec.from_dict(record.spec)
-                A, state = self._timed("forward", forward, X, spec)
+                A, state = self._timed("forward", forward, X, spec, options=self.engine_options)
                 return encode(A), state.to_bytes(), state
 
             payload, blob, state = await self._run(work)
@@ -205,7 +209,9 @@ class Compute:
             def work() -> T:
                 dA = decode()
                 state = PoolState.from_bytes(cached)
-                return encode(self._timed("backward", backward, state, dA))
+                return encode(
+                    self._timed("backward", backward, state, dA, options=self.engine_options)
+                )
 
             return Stepped(await self._run(work), record.step)
 
@@ -227,10 +233,14 @@ class Compute:
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
-            A, state = self._timed("forward", forward, tensors["X"], spec)
+            A, state = self._timed(
+                "forward", forward, tensors["X"], spec, options=self.engine_options
+            )
             results = {"A": A}
             if "dA" in tensors:
-                results["dX"] = self._timed("backward", backward, state, tensors["dA"])
+                results["dX"] = self._timed(
+                    "backward", backward, state, tensors["dA"], options=self.engine_options
+                )
             return encode(results)
 
         return await self._run(work)
@@ -250,10 +260,10 @@ class Compute:
             raise InvalidSpec(f"ttl_seconds must be a number > 0 and <= {limit:g}, got {value!r}")
         return value
 
-    def _timed(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+    def _timed(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         started = time.perf_counter()
         try:
-            return function(*args)
+            return function(*args, **kwargs)
         finally:
             self.metrics.engine_seconds.labels(operation).observe(time.perf_counter() - started)
 

@@ -102,7 +102,7 @@ def test_auto_falls_back_to_numpy_without_numba_and_compiled_says_what_is_missin
         """
         import numpy as np
         from engine import PoolSpec, forward
-        from engine.options import EngineOptions, KernelsUnavailable, RunReport
+        from engine import EngineOptions, KernelsUnavailable, RunReport
         report = RunReport()
         forward(np.ones((1, 4, 4, 1)), PoolSpec(), report=report)
         print(report.kernels)

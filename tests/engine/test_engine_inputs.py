@@ -189,12 +189,12 @@ def test_chunks_partition_the_input(shape: tuple[int, ...], kwargs: dict[str, ob
 @pytest.mark.parametrize("field", ["threads", "piece_bytes", "parallel_min_elements"])
 @pytest.mark.parametrize("value", [0, -1, True, 2.0])
 def test_options_refuse_what_is_not_a_positive_int(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"EngineOptions.{field} must be a positive int, got"):
+    with pytest.raises(ValueError, match=rf"EngineOptions\.{field} must be a positive int, got"):
         EngineOptions(**{field: value})  # type: ignore[arg-type]
 
 
 def test_options_refuse_an_unknown_kernel_set() -> None:
-    with pytest.raises(ValueError, match="EngineOptions.kernels must be one of 'numpy', "):
+    with pytest.raises(ValueError, match=r"EngineOptions\.kernels must be one of 'numpy', "):
         EngineOptions(kernels="fortran")  # type: ignore[arg-type]
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from service import Settings
 from service.errors import InvalidSpec, NotAcceptable
 from service.httpio import negotiate, parse_if_match, spec_from_query
+from service.settings import describe_errors
 from service.stores import Limits, MemoryStore, store_from_url
 
 NPY, JSON = "application/x-npy", "application/json"
@@ -170,3 +173,26 @@ def test_spec_from_query(query: list[tuple[str, str]], fields: dict[str, object]
 def test_spec_from_query_refuses(query: list[tuple[str, str]], match: str) -> None:
     with pytest.raises(InvalidSpec, match=match):
         spec_from_query(query)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POOLGRAD_ENGINE_THREADS", "0"),
+        ("POOLGRAD_ENGINE_THREADS", "many"),
+        ("POOLGRAD_ENGINE_KERNELS", "fortran"),
+    ],
+)
+def test_engine_settings_are_refused_at_start_up_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert f"{name}: " in describe_errors(info.value)
+    assert repr(value) in describe_errors(info.value)
+
+
+def test_engine_threads_default_to_four_or_the_cores() -> None:
+    assert Settings().engine_threads == min(4, os.cpu_count() or 1)
+    assert Settings().engine_kernels == "auto"
