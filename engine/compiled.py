@@ -91,16 +91,20 @@ def extreme_forward_chunk(
     compute = np.float64 if X.dtype == np.float64 else np.float32
     x = _canonical(X, spec, compute)
     a, write_back = _output(A, spec, compute, zero=False)
+    # One uint8 0/1 per (window offset, output) of this chunk (an L2-sized piece), packed by
+    # NumPy's SIMD packbits: far cheaper than setting bits one by one in the kernel.
+    hits = np.zeros((plan.window_size, A.size), dtype=np.uint8)
     _kernels().forward(
         x,
         a,
-        winners,
+        hits,
         _geometry(spec, plan),
         _bit_strides(plan.output_shape, spec),
         spec.mode == "max",
         spec.ties == "first",
     )
     write_back()
+    winners[...] = np.packbits(hits, axis=1)
 
 
 def extreme_backward_chunk(
@@ -124,10 +128,9 @@ def extreme_backward_chunk(
     geometry = _geometry(spec, plan)
     bit_strides = _bit_strides(plan.output_shape, spec)
     accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
+    masks = np.unpackbits(winners, axis=1, count=dA.size)
     if spec.ties == "split":
-        counts = np.sum(
-            np.unpackbits(winners, axis=1, count=dA.size), axis=0, dtype=np.int32
-        ).reshape(dA.shape)
+        counts = np.sum(masks, axis=0, dtype=np.int32).reshape(dA.shape)
         gradient = split_shares(dA, counts, accumulate)
     else:
         gradient = dA.astype(accumulate, copy=False)
@@ -136,12 +139,12 @@ def extreme_backward_chunk(
         bits = np.dtype(f"i{dX.itemsize}")
         g = _canonical(gradient.view(bits), spec, bits)
         target, write_back = _output(dX.view(bits), spec, bits, zero=not plan.exact_cover)
-        kernels.backward_disjoint(g, winners, target, geometry, bit_strides)
+        kernels.backward_disjoint(g, masks, target, geometry, bit_strides)
         write_back()
         return "compiled-disjoint"
     g = _canonical(gradient, spec, accumulate)
     target, write_back = _output(dX, spec, accumulate, zero=False)
-    kernels.backward_gather(g, winners, target, geometry, _first_members(spec, plan), bit_strides)
+    kernels.backward_gather(g, masks, target, geometry, _first_members(spec, plan), bit_strides)
     write_back()
     return "compiled-gather"
 
@@ -213,7 +216,7 @@ def _first_members(spec: PoolSpec, plan: Plan) -> np.ndarray:
 def _forward(
     X: Any,
     A: Any,
-    winners: Any,
+    hits: Any,
     geometry: Any,
     bit_strides: Any,
     is_max: bool,
@@ -228,72 +231,60 @@ def _forward(
     before_w, out_w = geometry[2, 2], geometry[2, 3]
     best = np.empty(channels, dtype=X.dtype)
     taken = np.empty(channels, dtype=np.bool_)
+    step_c = bit_strides[4]
     for b in range(n):
         for ot in range(out_t):
+            # The window offsets that land on real elements: no bounds test per element.
+            t0 = ot * stride_t - before_t
+            kt_lo, kt_hi = max(0, -t0), min(pool_t, size_t - t0)
             for oh in range(out_h):
+                h0 = oh * stride_h - before_h
+                kh_lo, kh_hi = max(0, -h0), min(pool_h, size_h - h0)
                 for ow in range(out_w):
-                    start = True
-                    for kt in range(pool_t):
-                        t = ot * stride_t + kt - before_t
-                        if t < 0 or t >= size_t:
-                            continue
-                        for kh in range(pool_h):
-                            h = oh * stride_h + kh - before_h
-                            if h < 0 or h >= size_h:
-                                continue
-                            for kw in range(pool_w):
-                                w = ow * stride_w + kw - before_w
-                                if w < 0 or w >= size_w:
-                                    continue
-                                if start:
+                    w0 = ow * stride_w - before_w
+                    kw_lo, kw_hi = max(0, -w0), min(pool_w, size_w - w0)
+                    for c in range(channels):
+                        best[c] = X[b, t0 + kt_lo, h0 + kh_lo, w0 + kw_lo, c]
+                    for kt in range(kt_lo, kt_hi):
+                        for kh in range(kh_lo, kh_hi):
+                            for kw in range(kw_lo, kw_hi):
+                                # NaN sticks, as with np.maximum / np.minimum.
+                                if is_max:
                                     for c in range(channels):
-                                        best[c] = X[b, t, h, w, c]
-                                    start = False
-                                elif is_max:
-                                    # NaN sticks, as with np.maximum.
-                                    for c in range(channels):
-                                        v = X[b, t, h, w, c]
-                                        if v > best[c] or v != v:
-                                            best[c] = v
+                                        v, kept = X[b, t0 + kt, h0 + kh, w0 + kw, c], best[c]
+                                        best[c] = v if (v > kept) | (v != v) else kept
                                 else:
                                     for c in range(channels):
-                                        v = X[b, t, h, w, c]
-                                        if v < best[c] or v != v:
-                                            best[c] = v
-                    for c in range(channels):
-                        A[b, ot, oh, ow, c] = best[c]
-                        taken[c] = False
+                                        v, kept = X[b, t0 + kt, h0 + kh, w0 + kw, c], best[c]
+                                        best[c] = v if (v < kept) | (v != v) else kept
                     base = (
                         b * bit_strides[0]
                         + ot * bit_strides[1]
                         + oh * bit_strides[2]
                         + ow * bit_strides[3]
                     )
-                    for kt in range(pool_t):
-                        t = ot * stride_t + kt - before_t
-                        if t < 0 or t >= size_t:
-                            continue
-                        for kh in range(pool_h):
-                            h = oh * stride_h + kh - before_h
-                            if h < 0 or h >= size_h:
-                                continue
-                            for kw in range(pool_w):
-                                w = ow * stride_w + kw - before_w
-                                if w < 0 or w >= size_w:
-                                    continue
+                    for c in range(channels):
+                        A[b, ot, oh, ow, c] = best[c]
+                        taken[c] = False
+                    for kt in range(kt_lo, kt_hi):
+                        for kh in range(kh_lo, kh_hi):
+                            for kw in range(kw_lo, kw_hi):
                                 k = (kt * pool_h + kh) * pool_w + kw
-                                for c in range(channels):
-                                    # NaN equals nothing: a NaN window has no winners.
-                                    if X[b, t, h, w, c] == best[c] and not (
-                                        first_only and taken[c]
-                                    ):
-                                        bit = base + c * bit_strides[4]
-                                        winners[k, bit >> 3] |= np.uint8(128 >> (bit & 7))
-                                        taken[c] = True
+                                # NaN equals nothing: a NaN window has no winners.
+                                if first_only:
+                                    for c in range(channels):
+                                        v = X[b, t0 + kt, h0 + kh, w0 + kw, c]
+                                        if v == best[c] and not taken[c]:
+                                            hits[k, base + c * step_c] = 1
+                                            taken[c] = True
+                                else:
+                                    for c in range(channels):
+                                        v = X[b, t0 + kt, h0 + kh, w0 + kw, c]
+                                        hits[k, base + c * step_c] = v == best[c]
 
 
 def _backward_disjoint(
-    G: Any, winners: Any, dX: Any, geometry: Any, bit_strides: Any
+    G: Any, masks: Any, dX: Any, geometry: Any, bit_strides: Any
 ) -> None:  # pragma: no cover - compiled
     n, out_t, out_h, out_w, channels = G.shape
     size_t, size_h, size_w = dX.shape[1], dX.shape[2], dX.shape[3]
@@ -301,6 +292,7 @@ def _backward_disjoint(
     pool_h, stride_h, before_h = geometry[1, 0], geometry[1, 1], geometry[1, 2]
     pool_w, stride_w, before_w = geometry[2, 0], geometry[2, 1], geometry[2, 2]
     zero = np.zeros(1, dtype=G.dtype)[0]
+    step_c = bit_strides[4]
     for b in range(n):
         for ot in range(out_t):
             for oh in range(out_h):
@@ -325,15 +317,13 @@ def _backward_disjoint(
                                     continue
                                 k = (kt * pool_h + kh) * pool_w + kw
                                 for c in range(channels):
-                                    bit = base + c * bit_strides[4]
-                                    if (winners[k, bit >> 3] >> (7 - (bit & 7))) & 1:
-                                        dX[b, t, h, w, c] = G[b, ot, oh, ow, c]
-                                    else:
-                                        dX[b, t, h, w, c] = zero
+                                    # zero - 1 sets every bit: a branch-free select.
+                                    keep = zero - masks[k, base + c * step_c]
+                                    dX[b, t, h, w, c] = G[b, ot, oh, ow, c] & keep
 
 
 def _backward_gather(
-    G: Any, winners: Any, dX: Any, geometry: Any, first_members: Any, bit_strides: Any
+    G: Any, masks: Any, dX: Any, geometry: Any, first_members: Any, bit_strides: Any
 ) -> None:  # pragma: no cover - compiled
     n, size_t, size_h, size_w, channels = dX.shape
     pool_t, stride_t = geometry[0, 0], geometry[0, 1]
@@ -344,6 +334,7 @@ def _backward_gather(
     before_w, out_w = geometry[2, 2], geometry[2, 3]
     total = np.empty(channels, dtype=G.dtype)
     zero = np.zeros(1, dtype=G.dtype)[0]
+    step_c = bit_strides[4]
     for b in range(n):
         for t in range(size_t):
             first_t = first_members[0, (t + before_t) % stride_t]
@@ -374,16 +365,16 @@ def _backward_gather(
                                     + oh * bit_strides[2]
                                     + ow * bit_strides[3]
                                 )
-                                for c in range(channels):
-                                    bit = base + c * bit_strides[4]
-                                    value = zero
-                                    if (winners[k, bit >> 3] >> (7 - (bit & 7))) & 1:
-                                        value = G[b, ot, oh, ow, c]
-                                    # The phase's first offset assigns (keeping a -0.0), as
-                                    # NumPy's phase buffer does; the rest add.
-                                    if assign:
-                                        total[c] = value
-                                    else:
+                                # The phase's first offset assigns (keeping a -0.0), as
+                                # NumPy's phase buffer does; the rest add.
+                                if assign:
+                                    for c in range(channels):
+                                        won = masks[k, base + c * step_c]
+                                        total[c] = G[b, ot, oh, ow, c] if won else zero
+                                else:
+                                    for c in range(channels):
+                                        won = masks[k, base + c * step_c]
+                                        value = G[b, ot, oh, ow, c] if won else zero
                                         total[c] = total[c] + value
                     for c in range(channels):
                         dX[b, t, h, w, c] = total[c]
@@ -400,9 +391,8 @@ def _kernels() -> SimpleNamespace:
     def array(dtype: Any, ndim: int, contiguous: bool = True, readonly: bool = False) -> Any:
         return numba.types.Array(dtype, ndim, "C" if contiguous else "A", readonly=readonly)
 
-    # Forward sets bits in a slice of the new state's planes; backward reads a frozen state's.
-    u8 = array(numba.uint8, 2, contiguous=False)
-    frozen_u8 = array(numba.uint8, 2, contiguous=False, readonly=True)
+    # Unpacked 0/1 planes: forward fills new ones, backward reads those of a state.
+    u8 = array(numba.uint8, 2)
     i64_2d, i64_1d = array(numba.int64, 2), array(numba.int64, 1)
     floats, ints = (numba.float32, numba.float64), (numba.int16, numba.int32, numba.int64)
     compile_ = functools.partial(numba.njit, nogil=True, cache=True)
@@ -421,14 +411,11 @@ def _kernels() -> SimpleNamespace:
         ]
     )(_forward)
     backward_disjoint = compile_(
-        [
-            numba.void(array(i, 5, readonly=True), frozen_u8, array(i, 5), i64_2d, i64_1d)
-            for i in ints
-        ]
+        [numba.void(array(i, 5, readonly=True), u8, array(i, 5), i64_2d, i64_1d) for i in ints]
     )(_backward_disjoint)
     backward_gather = compile_(
         [
-            numba.void(array(f, 5, readonly=True), frozen_u8, array(f, 5), i64_2d, i64_2d, i64_1d)
+            numba.void(array(f, 5, readonly=True), u8, array(f, 5), i64_2d, i64_2d, i64_1d)
             for f in floats
         ]
     )(_backward_gather)
