@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.errors import TensorError
-from engine.memo import WeighedMemo
-from engine.spec import MAX_WINDOW_SIZE, PoolSpec
+from engine.memo import WeighedMemo, deep_bytes, sampled_bytes
+from engine.spec import PoolSpec
 
 __all__ = [
     "MAX_INPUT_ELEMENTS",
     "MAX_WORK",
-    "PLAN_MEMO_OFFSETS",
+    "PLAN_MEMO_BYTES",
     "Offset",
     "Plan",
     "axis_names",
     "make_plan",
+    "plan_bytes",
 ]
 
 #: Most (output element, window element) pairs one call may visit: the bound on its time and
@@ -116,10 +118,24 @@ def _resolve_padding(spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[tuple[int,
     return spec.padding
 
 
-#: Window offsets that memoized plans may hold in all (one largest plan, about 40 MB).
-PLAN_MEMO_OFFSETS = MAX_WINDOW_SIZE
+#: Bytes that memoized plans may hold in all: one largest plan (65,536 offsets, about 40 MB)
+#: and then some.
+PLAN_MEMO_BYTES = 64 << 20
 
-_plans: WeighedMemo[Plan] = WeighedMemo(PLAN_MEMO_OFFSETS, lambda plan: len(plan.offsets))
+
+def plan_bytes(plan: Plan) -> int:
+    """Bytes a plan holds: its offsets' slices and its per-dim arrays as long as the output."""
+    reached = [offset for offset in plan.offsets if offset is not None]
+    fields = {name: value for name, value in vars(plan).items() if name != "offsets"}
+    return (
+        sys.getsizeof(plan)
+        + deep_bytes(fields)
+        + sys.getsizeof(plan.offsets)
+        + sampled_bytes(reached)
+    )
+
+
+_plans: WeighedMemo[Plan] = WeighedMemo(PLAN_MEMO_BYTES, plan_bytes, name="plans")
 
 
 def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:

@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.geometry import PLAN_MEMO_OFFSETS, Plan, make_plan
-from engine.memo import WeighedMemo
+from engine.geometry import Plan, make_plan, plan_bytes
+from engine.memo import WeighedMemo, deep_bytes
 from engine.options import EngineOptions
 from engine.spec import PoolSpec
 
-__all__ = ["Chunk", "run_chunks", "split"]
+__all__ = ["SPLIT_MEMO_BYTES", "Chunk", "run_chunks", "split"]
 
 _lock = threading.Lock()
 _executors: dict[int, ThreadPoolExecutor] = {}
@@ -87,13 +87,19 @@ def split(spec: PoolSpec, plan: Plan, itemsize: int, options: EngineOptions) -> 
     return list(chunks)
 
 
-def _split_weight(chunks: tuple[Chunk, ...]) -> int:
-    # The chunks keep their plans alive: weigh each distinct plan once, by its offsets.
+#: Bytes that memoized splits (chunks and the sub-plans they keep alive) may hold in all.
+SPLIT_MEMO_BYTES = 32 << 20
+
+
+def _split_bytes(chunks: tuple[Chunk, ...]) -> int:
+    # The chunks keep their plans alive (even once the plan memo dropped them): weigh each
+    # distinct plan once, in bytes, plus the chunks' own slices and specs.
     plans = {id(chunk.plan): chunk.plan for chunk in chunks}
-    return len(chunks) + sum(len(plan.offsets) for plan in plans.values())
+    shell = dataclasses.replace(chunks[0], plan=None)  # type: ignore[arg-type]
+    return sum(plan_bytes(plan) for plan in plans.values()) + len(chunks) * deep_bytes(shell)
 
 
-_splits: WeighedMemo[tuple[Chunk, ...]] = WeighedMemo(PLAN_MEMO_OFFSETS, _split_weight)
+_splits: WeighedMemo[tuple[Chunk, ...]] = WeighedMemo(SPLIT_MEMO_BYTES, _split_bytes, name="splits")
 
 
 def _split(

@@ -32,8 +32,8 @@ import numpy as np
 
 from engine import compiled
 from engine.errors import ShapeMismatchError, StateError, TensorError
-from engine.geometry import PLAN_MEMO_OFFSETS, Offset, Plan, make_plan
-from engine.memo import WeighedMemo
+from engine.geometry import Offset, Plan, make_plan
+from engine.memo import WeighedMemo, sampled_bytes
 from engine.options import DEFAULT_OPTIONS, EngineOptions, RunReport
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
@@ -329,9 +329,16 @@ def _phase_major(
 
 _Phase = tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]], tuple[int, ...]]
 
-_phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(
-    PLAN_MEMO_OFFSETS, lambda phases: sum(1 + len(members) for _, members, _ in phases)
-)
+#: Bytes that memoized stride-phase groupings may hold in all.
+PHASE_MEMO_BYTES = 32 << 20
+
+
+def _phases_bytes(phases: list[_Phase]) -> int:
+    # Members hold offsets (possibly outliving their plan) and boxes of slices.
+    return sampled_bytes(phases) + sum(sampled_bytes(members) for _, members, _ in phases)
+
+
+_phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(PHASE_MEMO_BYTES, _phases_bytes, name="phases")
 
 
 def _phases(spec: PoolSpec, input_shape: tuple[int, ...]) -> list[_Phase]:
