@@ -32,12 +32,14 @@ from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
 from engine.options import KernelChoice
 from engine.spec import PoolSpec
-from engine.upstream import accumulate_dtype, split_shares
+from engine.upstream import accumulate_dtype, split_shares, winner_counts
 
 __all__ = [
+    "UNPACKED_BYTES",
     "available",
     "extreme_backward_chunk",
     "extreme_forward_chunk",
+    "fits",
     "kernel_set",
     "warm_up",
 ]
@@ -71,6 +73,17 @@ def kernel_set(choice: KernelChoice) -> Literal["numpy", "compiled"]:
             "kernels='compiled' needs Numba: install poolgrad[fast], or choose 'numpy' or 'auto'"
         )
     return "numpy"
+
+
+#: Most bytes of unpacked winner planes (one byte per window element of every output) the
+#: compiled kernels may hold for one chunk; a chunk above it runs on the NumPy kernels, which
+#: unpack one plane at a time (same bits, bounded memory).
+UNPACKED_BYTES = 32 << 20
+
+
+def fits(plan: Plan) -> bool:
+    """True when the compiled kernels may run this chunk within :data:`UNPACKED_BYTES`."""
+    return plan.window_size * math.prod(plan.output_shape) <= UNPACKED_BYTES
 
 
 def warm_up() -> None:
@@ -130,8 +143,7 @@ def extreme_backward_chunk(
     accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
     masks = np.unpackbits(winners, axis=1, count=dA.size)
     if spec.ties == "split":
-        counts = np.sum(masks, axis=0, dtype=np.int32).reshape(dA.shape)
-        gradient = split_shares(dA, counts, accumulate)
+        gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
     else:
         gradient = dA.astype(accumulate, copy=False)
     if plan.disjoint:

@@ -28,6 +28,7 @@ __all__ = [
     "Offset",
     "Plan",
     "axis_names",
+    "call_bytes",
     "make_plan",
     "plan_bytes",
 ]
@@ -250,3 +251,26 @@ def _build_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         exact_cover=exact_cover,
         real_counts=tuple(real_counts),
     )
+
+
+def call_bytes(spec: PoolSpec, input_shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes one forward or backward call may hold at its peak besides X and dA themselves: an
+    upper bound, documented in docs/DECISIONS.md ("What one call costs") and pinned by a test.
+
+    - the state: one bit per (output, window element) for max/min, ``<= MAX_WORK / 8``
+      (128 MiB); one bit per output for avg;
+    - the geometry: the plan and the stride-phase grouping, each about :func:`plan_bytes`
+      (some 700 bytes per window offset: ``<= 2 x 47 MB`` at ``MAX_WINDOW_SIZE``);
+    - arrays as large as the output (A, dA's wide copy, masks, one unpacked winner plane at a
+      time, split shares, the phase path's contributions): ``<= 4`` accumulator-wide copies;
+    - arrays as large as the input: dX and, where windows overlap or for avg, its
+      accumulator-wide sums.
+    """
+    plan = make_plan(spec, input_shape)
+    inputs, outputs = math.prod(input_shape), math.prod(plan.output_shape)
+    wide = max(itemsize, 4)  # float16 accumulates in float32
+    state = (plan.window_size if spec.mode != "avg" else 1) * -(-outputs // 8)
+    geometry = 2 * plan_bytes(plan)
+    per_output = itemsize + 4 * wide + 2
+    per_input = itemsize + wide
+    return state + geometry + outputs * per_output + inputs * per_input

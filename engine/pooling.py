@@ -26,19 +26,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
 from engine import compiled
 from engine.errors import ShapeMismatchError, StateError, TensorError
 from engine.geometry import Offset, Plan, make_plan
-from engine.memo import WeighedMemo, sampled_bytes
+from engine.memo import WeighedMemo, deep_bytes, sampled_bytes
 from engine.options import DEFAULT_OPTIONS, EngineOptions, RunReport
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
 from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
-from engine.upstream import accumulate_dtype, split_shares
+from engine.upstream import accumulate_dtype, split_shares, winner_counts
 
 __all__ = ["backward", "forward"]
 
@@ -158,9 +160,9 @@ def _extreme_forward(
     X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run
 ) -> PoolState:
     winners = np.zeros((plan.window_size, packed_plane_bytes(plan.output_shape)), np.uint8)
-    kernel = compiled.extreme_forward_chunk if run.kernels == "compiled" else _extreme_forward_chunk
 
     def work(chunk: Chunk) -> None:
+        kernel = run.kernel_for(chunk, compiled.extreme_forward_chunk, _extreme_forward_chunk)
         kernel(
             X[chunk.input_index],
             chunk.spec,
@@ -220,9 +222,6 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -
     allocate = np.zeros if plan.disjoint and not plan.exact_cover else np.empty
     dX = allocate(plan.input_shape, dtype=state.dtype)
 
-    kernel = (
-        compiled.extreme_backward_chunk if run.kernels == "compiled" else _extreme_backward_chunk
-    )
     paths = set()
 
     def work(chunk: Chunk) -> None:
@@ -230,6 +229,7 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -
             chunk = dataclasses.replace(
                 chunk, plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
             )
+        kernel = run.kernel_for(chunk, compiled.extreme_backward_chunk, _extreme_backward_chunk)
         path = kernel(
             chunk.spec,
             chunk.plan,
@@ -258,16 +258,16 @@ def _extreme_backward_chunk(
     size = dA.size
     accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
     gradient = dA.astype(accumulate, copy=False)
-    # All planes at once as uint8 0/1 (planes of offsets that only land on padding are 0).
-    masks = np.unpackbits(winners, axis=1, count=size).reshape(-1, *plan.output_shape)
     if spec.ties == "split":
-        gradient = split_shares(dA, np.sum(masks, axis=0, dtype=np.int32), accumulate)
-    # 0/1 -> 0/255, i.e. int8 0/-1: sign-extended, all bits clear or set at any width.
-    np.negative(masks, out=masks)
-    signed = masks.view(np.int8)
+        gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
 
     def masked(k: int, offset: Offset, out: np.ndarray) -> None:
-        _select(gradient[offset.out_index], signed[k][offset.out_index], out)
+        # One plane at a time as uint8 0/1 (all planes at once would be a byte per window
+        # element of every output: up to MAX_WORK bytes), then 0/1 -> 0/255, i.e. int8 0/-1:
+        # sign-extended, all bits clear or set at any width.
+        mask = np.unpackbits(winners[k], count=size).reshape(plan.output_shape)
+        np.negative(mask, out=mask)
+        _select(gradient[offset.out_index], mask.view(np.int8)[offset.out_index], out)
 
     if plan.disjoint:
         # Each offset owns its input elements: one strided write per offset, no accumulation.
@@ -335,7 +335,9 @@ PHASE_MEMO_BYTES = 32 << 20
 
 def _phases_bytes(phases: list[_Phase]) -> int:
     # Members hold offsets (possibly outliving their plan) and boxes of slices.
-    return sampled_bytes(phases) + sum(sampled_bytes(members) for _, members, _ in phases)
+    return sys.getsizeof(phases) + sum(
+        deep_bytes((index, shape)) + sampled_bytes(members) for index, members, shape in phases
+    )
 
 
 _phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(PHASE_MEMO_BYTES, _phases_bytes, name="phases")
@@ -469,6 +471,9 @@ def _avg_backward_chunk(spec: PoolSpec, plan: Plan, gradient: np.ndarray, dX: np
 # -- shared ----------------------------------------------------------------------------------
 
 
+_K = TypeVar("_K", bound=Callable[..., object])
+
+
 class _Run:
     """One call's options, resolved kernel set and report."""
 
@@ -482,6 +487,14 @@ class _Run:
         if report is not None:
             report.kernels = self.kernels
             report.backward_path = ""
+
+    def kernel_for(self, chunk: Chunk, compiled_kernel: _K, numpy_kernel: _K) -> _K:
+        """The kernel for one chunk: compiled when chosen and within its memory bound
+        (:func:`engine.compiled.fits`), else NumPy (the same bits); the report says which ran."""
+        use_compiled = self.kernels == "compiled" and compiled.fits(chunk.plan)
+        if self.report is not None and not use_compiled:
+            self.report.kernels = "numpy"
+        return compiled_kernel if use_compiled else numpy_kernel
 
     def chunks(self, work: Callable[[Chunk], None], plan: Plan, itemsize: int) -> None:
         """Split the call and run ``work`` on every chunk, quietly."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["accumulate_dtype", "split_shares"]
+__all__ = ["accumulate_dtype", "split_shares", "winner_counts"]
 
 
 def accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -22,3 +22,13 @@ def split_shares(dA: np.ndarray, counts: Any, dtype: np.dtype[Any]) -> np.ndarra
     no winners (count 0) and send nothing: the divisor there is moot."""
     shares: np.ndarray = dA.astype(accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
     return shares.astype(dtype, copy=False)
+
+
+def winner_counts(winners: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """int32 array of ``shape``: how many window elements won each window, summed one bit
+    plane at a time (never a byte per window element of every output at once)."""
+    size = int(np.prod(shape))
+    counts = np.zeros(size, dtype=np.int32)
+    for plane in winners:
+        counts += np.unpackbits(plane, count=size)
+    return counts.reshape(shape)
