@@ -235,12 +235,9 @@ def _forward(
     first_only: bool,
 ) -> None:  # pragma: no cover - compiled
     n, size_t, size_h, size_w, channels = X.shape
-    pool_t, stride_t = geometry[0, 0], geometry[0, 1]
-    before_t, out_t = geometry[0, 2], geometry[0, 3]
-    pool_h, stride_h = geometry[1, 0], geometry[1, 1]
-    before_h, out_h = geometry[1, 2], geometry[1, 3]
-    pool_w, stride_w = geometry[2, 0], geometry[2, 1]
-    before_w, out_w = geometry[2, 2], geometry[2, 3]
+    pool_t, stride_t, before_t, out_t = geometry[0]
+    pool_h, stride_h, before_h, out_h = geometry[1]
+    pool_w, stride_w, before_w, out_w = geometry[2]
     best = np.empty(channels, dtype=X.dtype)
     taken = np.empty(channels, dtype=np.bool_)
     step_c = bit_strides[4]
@@ -300,9 +297,9 @@ def _backward_disjoint(
 ) -> None:  # pragma: no cover - compiled
     n, out_t, out_h, out_w, channels = G.shape
     size_t, size_h, size_w = dX.shape[1], dX.shape[2], dX.shape[3]
-    pool_t, stride_t, before_t = geometry[0, 0], geometry[0, 1], geometry[0, 2]
-    pool_h, stride_h, before_h = geometry[1, 0], geometry[1, 1], geometry[1, 2]
-    pool_w, stride_w, before_w = geometry[2, 0], geometry[2, 1], geometry[2, 2]
+    pool_t, stride_t, before_t, _ = geometry[0]
+    pool_h, stride_h, before_h, _ = geometry[1]
+    pool_w, stride_w, before_w, _ = geometry[2]
     zero = np.zeros(1, dtype=G.dtype)[0]
     step_c = bit_strides[4]
     for b in range(n):
@@ -338,12 +335,9 @@ def _backward_gather(
     G: Any, masks: Any, dX: Any, geometry: Any, first_members: Any, bit_strides: Any
 ) -> None:  # pragma: no cover - compiled
     n, size_t, size_h, size_w, channels = dX.shape
-    pool_t, stride_t = geometry[0, 0], geometry[0, 1]
-    before_t, out_t = geometry[0, 2], geometry[0, 3]
-    pool_h, stride_h = geometry[1, 0], geometry[1, 1]
-    before_h, out_h = geometry[1, 2], geometry[1, 3]
-    pool_w, stride_w = geometry[2, 0], geometry[2, 1]
-    before_w, out_w = geometry[2, 2], geometry[2, 3]
+    pool_t, stride_t, before_t, out_t = geometry[0]
+    pool_h, stride_h, before_h, out_h = geometry[1]
+    pool_w, stride_w, before_w, out_w = geometry[2]
     total = np.empty(channels, dtype=G.dtype)
     zero = np.zeros(1, dtype=G.dtype)[0]
     step_c = bit_strides[4]
