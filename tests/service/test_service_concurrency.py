@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
 
 import service.compute
-from engine import PoolSpec, PoolState, forward
+from engine import EngineOptions, PoolSpec, PoolState, forward
 from poolgrad import wire
 from service.stores import Limits, MemoryStore, Usage
 
@@ -108,7 +108,9 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
     most = 0
     lock = threading.Lock()
 
-    def slow_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def slow_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         nonlocal running, most
         with lock:
             running += 1
@@ -116,7 +118,7 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
         time.sleep(0.05)  # long enough for every request to be waiting by now
         with lock:
             running -= 1
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     monkeypatch.setattr(service.compute, "forward", slow_forward)
     async with client_for(make_app(compute_threads=compute_threads)) as client:
@@ -140,11 +142,13 @@ class PausedEngine:
         self.release = threading.Event()
         monkeypatch.setattr(service.compute, "forward", self._forward)
 
-    def _forward(self, X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def _forward(
+        self, X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         self.started.set()
         if not self.release.wait(timeout=30):
             raise RuntimeError("the test never released the engine")
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     async def wait_started(self) -> None:
         assert await asyncio.to_thread(self.started.wait, 30)
