@@ -401,7 +401,20 @@ def _kernels() -> SimpleNamespace:
     u8 = array(numba.uint8, 2)
     i64_2d, i64_1d = array(numba.int64, 2), array(numba.int64, 1)
     floats, ints = (numba.float32, numba.float64), (numba.int16, numba.int32, numba.int64)
-    compile_ = functools.partial(numba.njit, nogil=True, cache=True)
+
+    def compile_(signatures: list[Any]) -> Callable[[Callable[..., None]], Any]:
+        def build(function: Callable[..., None]) -> Any:
+            try:
+                return numba.njit(signatures, nogil=True, cache=True)(function)
+            except RuntimeError as exc:
+                # No writable cache location (a read-only install without NUMBA_CACHE_DIR):
+                # compile for this process only rather than fail to start.
+                if "cannot cache" not in str(exc):
+                    raise
+                return numba.njit(signatures, nogil=True)(function)
+
+        return build
+
     forward = compile_(
         [
             numba.void(
