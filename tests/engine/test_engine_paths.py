@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pool_reference import reference
 
-from engine import PoolSpec, backward, forward
+from engine import PoolSpec, PoolState, backward, forward
 from engine.options import EngineOptions, RunReport
 
 NUMPY = EngineOptions(kernels="numpy")
@@ -98,6 +98,13 @@ def test_every_backward_path_matches_the_reference(
             assert not np.any(dX[np.isnan(X)]), name
 
 
+def _backward_on_numpy(state: PoolState, dA: np.ndarray, **paths: bool) -> tuple[np.ndarray, str]:
+    """dX on the NumPy kernels with the path choices ``paths`` forces, and the path taken."""
+    report = RunReport()
+    dX = backward(state, dA, options=dataclasses.replace(NUMPY, **paths), report=report)
+    return dX, report.backward_path
+
+
 @pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES[:4])
@@ -116,16 +123,10 @@ def test_disjoint_path_equals_the_phase_path(
             A, state = forward(X, spec)
             dA = np.random.default_rng(2).standard_normal(A.shape).astype(dtype)
             dA.flat[::7] = np.inf
-            fast_report, general_report = RunReport(), RunReport()
-            fast = backward(state, dA, options=NUMPY, report=fast_report)
-            general = backward(
-                state,
-                dA,
-                options=dataclasses.replace(NUMPY, disjoint_path=False),
-                report=general_report,
-            )
-            assert fast_report.backward_path == "disjoint"
-            assert general_report.backward_path.startswith("phases")
+            fast, fast_path = _backward_on_numpy(state, dA)
+            general, general_path = _backward_on_numpy(state, dA, disjoint_path=False)
+            assert fast_path == "disjoint"
+            assert general_path.startswith("phases")
             # Bit for bit, signed zeros and NaN (from inf * share in "split") included.
             assert fast.dtype == general.dtype == X.dtype
             assert fast.tobytes() == general.tobytes(), (name, dtype)
@@ -147,16 +148,10 @@ def test_phase_major_write_equals_per_phase_writes(
         X = X64.astype(np.float32)
         A, state = forward(X, spec)
         dA = np.random.default_rng(3).standard_normal(A.shape).astype(np.float32)
-        merged_report, per_phase_report = RunReport(), RunReport()
-        merged = backward(state, dA, options=NUMPY, report=merged_report)
-        per_phase = backward(
-            state,
-            dA,
-            options=dataclasses.replace(NUMPY, merged_phase_write=False),
-            report=per_phase_report,
-        )
-        assert merged_report.backward_path == "phases-merged"
-        assert per_phase_report.backward_path == "phases-strided"
+        merged, merged_path = _backward_on_numpy(state, dA)
+        per_phase, per_phase_path = _backward_on_numpy(state, dA, merged_phase_write=False)
+        assert merged_path == "phases-merged"
+        assert per_phase_path == "phases-strided"
         assert merged.tobytes() == per_phase.tobytes(), name
 
 
