@@ -22,7 +22,8 @@ channels_last, max pooling 2x2/2), timed round by round in one interleaved loop:
 
 printing p50 and p99 of each and ``service / (floor + engine)`` (p50s; 1.0 is no overhead).
 Then small-request throughput: the (1, 8, 8, 1) stateless gradient (safetensors) at 1, 4 and
-16 concurrent clients, each on its own connection, against the echo floor fed the same bodies.
+16 concurrent clients, each on its own connection, against the echo floor fed the same bodies
+(the median of :data:`WINDOWS` short windows per server, interleaved).
 Timings are only comparable as ratios within one run.
 """
 
@@ -59,6 +60,8 @@ JSON_MAX_ELEMENTS = 1 << 16
 ROUNDS: dict[str, tuple[int, ...]] = {"full": (600, 80, 20), "quick": (200, 25, 5)}
 WARMUP_ROUNDS = 5
 CONCURRENCY = (1, 4, 16)
+#: Throughput is measured in this many short windows per server, interleaved.
+WINDOWS = 5
 STARTUP_SECONDS = 30.0
 SPEC = engine.PoolSpec(mode="max", pool_size=(2, 2))
 QUERY = "?" + "&".join(f"{k}={v}" for k, v in protocol.spec_to_query(SPEC.to_dict()).items())
@@ -323,6 +326,13 @@ def main() -> None:
         type=lambda text: tuple(int(dim) for dim in text.split(",")),
         help="X shapes to time instead of the suite, e.g. --shape 64,32,32,32 (repeatable)",
     )
+    parser.add_argument(
+        "--echo-http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn's HTTP parser for the echo floor (auto: httptools when installed); "
+        "h11 puts the floor on the parser the service runs today",
+    )
     args = parser.parse_args()
     quick = args.quick
     suite = args.shape or (QUICK_SUITE if quick else SUITE)
@@ -331,15 +341,17 @@ def main() -> None:
         sizes = [math.prod(shape) for shape in SUITE]
         rounds = tuple(rounds[min(range(3), key=lambda i: abs(sizes[i] - math.prod(shape)))]
                        for shape in args.shape)  # fmt: skip
-    seconds = 1.5 if quick else 4.0
+    window = 0.5 if quick else 1.0
     env = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(256 * 2**20)}
     rng = np.random.default_rng(0)
     cases = [Case.make(shape, rng) for shape in suite]
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}; echo floor parser: {args.echo_http}")
     service_cmd = [sys.executable, "-m", "service"]
     with contextlib.ExitStack() as stack:
         service_url, service_pid = stack.enter_context(_server(service_cmd, env))
-        echo_url, _ = stack.enter_context(_server([sys.executable, "-m", "bench.echo"], env))
+        echo_env = {**env, "BENCH_ECHO_HTTP": args.echo_http}
+        echo_cmd = [sys.executable, "-m", "bench.echo"]
+        echo_url, _ = stack.enter_context(_server(echo_cmd, echo_env))
         urls = {"": service_url}
         if args.compare:
             urls[" base"] = stack.enter_context(_server(service_cmd, env, args.compare))[0]
@@ -351,14 +363,21 @@ def main() -> None:
             latency(case, services, echo, case_rounds)
         tiny = Case.make(SUITE[0], rng)
         st = protocol.MEDIA_SAFETENSORS
-        print(f"\nthroughput, {tiny.shape} stateless gradient (safetensors), requests/s:")
+        print(f"\nthroughput, {tiny.shape} stateless gradient (safetensors), requests/s")
+        print(f"(median of {WINDOWS} interleaved windows of {window:g} s each):")
         print(f"{'clients':>8} {'server':>8} {'req/s':>9} {'echo req/s':>11} {'/echo':>6}")
+        targets = {label.strip() or "this": (url, f"/v1/gradient{QUERY}")
+                   for label, url in urls.items()}  # fmt: skip
+        targets["echo"] = (echo_url, "/echo")
         for clients in CONCURRENCY:
-            for label, url in urls.items():
-                path = f"/v1/gradient{QUERY}"
-                served = throughput(url, path, tiny.named_st, st, clients, seconds)
-                floor = throughput(echo_url, "/echo", tiny.named_st, st, clients, seconds)
-                name = label.strip() or "this"
+            rates: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(WINDOWS):  # interleaved: load from elsewhere hits all alike
+                for name, (url, path) in targets.items():
+                    rate = throughput(url, path, tiny.named_st, st, clients, window)
+                    rates[name].append(rate)
+            floor = p50(rates["echo"])
+            for name in [name for name in targets if name != "echo"]:
+                served = p50(rates[name])
                 print(f"{clients:>8} {name:>8} {served:9.0f} {floor:11.0f} {served / floor:6.2f}")
         for connection in [*services.values(), echo]:
             connection.close()
