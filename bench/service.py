@@ -5,6 +5,8 @@ Run from the repository root (it starts its own servers on free loopback ports):
     .venv/bin/python -m bench.service                     # full suite
     .venv/bin/python -m bench.service --quick             # fewer repeats, no 25 MiB case
     .venv/bin/python -m bench.service --profile prof.txt  # py-spy samples of the service
+    .venv/bin/python -m bench.service --compare DIR       # and another checkout's service
+    .venv/bin/python -m bench.service --mlserver /venv/bin/mlserver  # and Seldon MLServer
 
 Two servers run side by side: ``python -m service`` (in-memory store) and the echo floor
 ``python -m bench.echo`` (one FastAPI endpoint that returns its body). Requests go over
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -38,6 +41,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -125,11 +129,16 @@ def _free_port() -> int:
 
 @contextmanager
 def _server(
-    command: list[str], env: dict[str, str], cwd: str | None = None
+    command: list[str],
+    env: dict[str, str],
+    cwd: str | None = None,
+    *,
+    port: int | None = None,
+    health: str = "/healthz",
 ) -> Iterator[tuple[str, int]]:
-    """Run ``command`` in ``cwd`` (it must serve ``/healthz`` on $POOLGRAD_PORT); yield its
-    base URL and process id."""
-    port = _free_port()
+    """Run ``command`` in ``cwd`` (it must serve ``health`` on $POOLGRAD_PORT, or on ``port``);
+    yield its base URL and process id."""
+    port = port if port is not None else _free_port()
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -144,7 +153,7 @@ def _server(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(command)} did not start (exit {process.poll()})")
             try:
-                if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{base_url}{health}", timeout=1.0).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -174,6 +183,31 @@ def _profiled(pid: int, path: str | None) -> Iterator[None]:
     finally:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         profiler.wait(timeout=30)
+
+
+@contextmanager
+def _mlserver(executable: str, env: dict[str, str]) -> Iterator[str]:
+    """Seldon MLServer (``executable``: its ``mlserver`` command, from its own virtualenv)
+    serving :mod:`bench.mlserver_runtime` as model ``maxpool`` on loopback; yield its URL."""
+    ports = [_free_port() for _ in range(3)]
+    settings = {"host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1],
+                "metrics_port": ports[2], "parallel_workers": 0, "debug": False}  # fmt: skip
+    model = {"name": "maxpool", "implementation": "bench.mlserver_runtime.PoolRuntime"}
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "settings.json").write_text(json.dumps(settings))
+        Path(folder, "model-settings.json").write_text(json.dumps(model))
+        command = [executable, "start", folder]
+        server_env = {**env, "PYTHONPATH": root}
+        with _server(command, server_env, port=ports[0], health="/v2/health/ready") as (url, _):
+            yield url
+
+
+def v2_request(tensors: dict[str, np.ndarray]) -> bytes:
+    """An Open Inference Protocol (V2) JSON request with these inputs."""
+    inputs = [{"name": name, "shape": list(array.shape), "datatype": "FP32",
+               "data": array.ravel().tolist()} for name, array in tensors.items()]  # fmt: skip
+    return json.dumps({"inputs": inputs}).encode()
 
 
 # -------------------------------------------------------------------------- timing
@@ -248,9 +282,16 @@ def _service_runs(case: Case, service: Connection, label: str) -> dict[str, Call
     return runs
 
 
-def latency(case: Case, services: dict[str, Connection], echo: Connection, rounds: int) -> None:
+def latency(
+    case: Case,
+    services: dict[str, Connection],
+    echo: Connection,
+    rounds: int,
+    mlserver: Connection | None = None,
+) -> None:
     """Print p50/p99 of every contender for ``case`` and the service's overhead ratios;
-    ``services`` maps a label ("" for this checkout) to a connection."""
+    ``services`` maps a label ("" for this checkout) to a connection; ``mlserver`` adds its
+    V2 endpoint doing the same stateless work (JSON)."""
     npy, st, js = protocol.MEDIA_NPY, protocol.MEDIA_SAFETENSORS, protocol.MEDIA_JSON
 
     def run_echo_npy() -> None:
@@ -271,6 +312,10 @@ def latency(case: Case, services: dict[str, Connection], echo: Connection, round
         runs["echo json"] = lambda: echo.request("/echo", body, js)
     for label, service in services.items():
         runs.update(_service_runs(case, service, label))
+    if mlserver is not None and case.named_json is not None:
+        v2_body = v2_request({"X": case.X, "dA": case.dA})
+        path = "/v2/models/maxpool/infer"
+        runs["mlserver v2"] = lambda: mlserver.request(path, v2_body, js)
     timed = dict(zip(runs, samples(list(runs.values()), rounds), strict=True))
     for name, values in timed.items():
         print(f"{case.shape!s:>18} {name:>14} {p50(values) * 1e3:9.3f} {p99(values) * 1e3:9.3f}")
@@ -282,6 +327,9 @@ def latency(case: Case, services: dict[str, Connection], echo: Connection, round
             if name in timed:
                 ratio = p50(timed[name]) / (p50(timed[floor_name]) + engine_p50)
                 print(f"{'':>18} {name:>14} / ({floor_name} + engine) = {ratio:.2f}")
+            if name in timed and name.startswith("grad") and "mlserver v2" in timed:
+                ratio = p50(timed[name]) / p50(timed["mlserver v2"])
+                print(f"{'':>18} {name:>14} / mlserver v2 = {ratio:.2f}")
 
 
 def throughput(
@@ -333,6 +381,12 @@ def main() -> None:
         help="uvicorn's HTTP parser for the echo floor (auto: httptools when installed); "
         "h11 puts the floor on the parser the service runs today",
     )
+    parser.add_argument(
+        "--mlserver",
+        metavar="PATH",
+        help="the `mlserver` command of a virtualenv with Seldon MLServer installed: adds its "
+        "V2 JSON endpoint doing the same stateless work (small shapes)",
+    )
     args = parser.parse_args()
     quick = args.quick
     suite = args.shape or (QUICK_SUITE if quick else SUITE)
@@ -355,12 +409,15 @@ def main() -> None:
         urls = {"": service_url}
         if args.compare:
             urls[" base"] = stack.enter_context(_server(service_cmd, env, args.compare))[0]
+        mlserver = None
+        if args.mlserver:
+            mlserver = Connection(stack.enter_context(_mlserver(args.mlserver, env)))
         stack.enter_context(_profiled(service_pid, args.profile))
         services = {label: Connection(url) for label, url in urls.items()}
         echo = Connection(echo_url)
         print(f"{'X shape':>18} {'what':>14} {'p50 ms':>9} {'p99 ms':>9}")
         for case, case_rounds in zip(cases, rounds, strict=False):
-            latency(case, services, echo, case_rounds)
+            latency(case, services, echo, case_rounds, mlserver)
         tiny = Case.make(SUITE[0], rng)
         st = protocol.MEDIA_SAFETENSORS
         print(f"\nthroughput, {tiny.shape} stateless gradient (safetensors), requests/s")
@@ -379,7 +436,7 @@ def main() -> None:
             for name in [name for name in targets if name != "echo"]:
                 served = p50(rates[name])
                 print(f"{clients:>8} {name:>8} {served:9.0f} {floor:11.0f} {served / floor:6.2f}")
-        for connection in [*services.values(), echo]:
+        for connection in [*services.values(), echo, *([mlserver] if mlserver else [])]:
             connection.close()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
