@@ -67,6 +67,7 @@ CONCURRENCY = (1, 4, 16)
 #: Throughput is measured in this many short windows per server, interleaved.
 WINDOWS = 5
 STARTUP_SECONDS = 30.0
+NPY = {"Content-Type": protocol.MEDIA_NPY}
 SPEC = engine.PoolSpec(mode="max", pool_size=(2, 2))
 QUERY = "?" + "&".join(f"{k}={v}" for k, v in protocol.spec_to_query(SPEC.to_dict()).items())
 
@@ -128,7 +129,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(
+def _server(command: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Run ``command`` (which must serve ``/healthz`` on $POOLGRAD_PORT); yield its base URL."""
+    with _started(command, env) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def _started(
     command: list[str],
     env: dict[str, str],
     cwd: str | None = None,
@@ -185,6 +193,39 @@ def _profiled(pid: int, path: str | None) -> Iterator[None]:
         profiler.wait(timeout=30)
 
 
+@dataclass(frozen=True)
+class Case:
+    """One input of a suite: X, a dA shaped like A, their ``.npy`` bodies, and the URL of a
+    ``/v1`` session with the suite's spec."""
+
+    X: np.ndarray
+    dA: np.ndarray
+    x_body: bytes
+    da_body: bytes
+    session: str
+
+    def forward_backward(self, http: httpx.Client) -> None:
+        """Forward X then backward dA through the session, ``.npy`` both ways."""
+        for step, body in (("forward", self.x_body), ("backward", self.da_body)):
+            http.post(f"{self.session}/{step}", content=body, headers=NPY).raise_for_status()
+
+
+def new_case(
+    http: httpx.Client,
+    base_url: str,
+    spec: engine.PoolSpec,
+    X: np.ndarray,
+    rng: np.random.Generator,
+) -> Case:
+    """A :class:`Case` for ``X``, its session created on the server at ``base_url``."""
+    A, _ = engine.forward(X, spec)
+    dA = rng.standard_normal(A.shape).astype(X.dtype)
+    created = http.post(f"{base_url}/v1/sessions", json=spec.to_dict())
+    created.raise_for_status()
+    session = f"{base_url}/v1/sessions/{created.json()['id']}"
+    return Case(X, dA, protocol.encode_npy(X), protocol.encode_npy(dA), session)
+
+
 @contextmanager
 def _mlserver(executable: str, env: dict[str, str]) -> Iterator[str]:
     """Seldon MLServer (``executable``: its ``mlserver`` command, from its own virtualenv)
@@ -199,7 +240,7 @@ def _mlserver(executable: str, env: dict[str, str]) -> Iterator[str]:
         Path(folder, "model-settings.json").write_text(json.dumps(model))
         command = [executable, "start", folder]
         server_env = {**env, "PYTHONPATH": root}
-        with _server(command, server_env, port=ports[0], health="/v2/health/ready") as (url, _):
+        with _started(command, server_env, port=ports[0], health="/v2/health/ready") as (url, _):
             yield url
 
 
@@ -237,8 +278,8 @@ def p99(values: list[float]) -> float:
 
 
 @dataclass
-class Case:
-    """One shape's request bodies."""
+class Bodies:
+    """One shape's request bodies, for every contender."""
 
     shape: tuple[int, ...]
     X: np.ndarray
@@ -249,7 +290,7 @@ class Case:
     named_json: bytes | None
 
     @classmethod
-    def make(cls, shape: tuple[int, ...], rng: np.random.Generator) -> Case:
+    def make(cls, shape: tuple[int, ...], rng: np.random.Generator) -> Bodies:
         X = rng.standard_normal(shape).astype(np.float32)
         A, _ = engine.forward(X, SPEC)
         dA = rng.standard_normal(A.shape).astype(np.float32)
@@ -262,7 +303,7 @@ class Case:
         )  # fmt: skip
 
 
-def _service_runs(case: Case, service: Connection, label: str) -> dict[str, Callable[[], object]]:
+def _service_runs(case: Bodies, service: Connection, label: str) -> dict[str, Callable[[], object]]:
     """The service's contenders for ``case``: a session's forward+backward, the gradient."""
     npy, st, js = protocol.MEDIA_NPY, protocol.MEDIA_SAFETENSORS, protocol.MEDIA_JSON
     created = service.request("/v1/sessions", protocol.dumps(SPEC.to_dict()), js)
@@ -283,7 +324,7 @@ def _service_runs(case: Case, service: Connection, label: str) -> dict[str, Call
 
 
 def latency(
-    case: Case,
+    case: Bodies,
     services: dict[str, Connection],
     echo: Connection,
     rounds: int,
@@ -398,17 +439,17 @@ def main() -> None:
     window = 0.5 if quick else 1.0
     env = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(256 * 2**20)}
     rng = np.random.default_rng(0)
-    cases = [Case.make(shape, rng) for shape in suite]
+    cases = [Bodies.make(shape, rng) for shape in suite]
     print(f"load average before: {os.getloadavg()[0]:.2f}; echo floor parser: {args.echo_http}")
     service_cmd = [sys.executable, "-m", "service"]
     with contextlib.ExitStack() as stack:
-        service_url, service_pid = stack.enter_context(_server(service_cmd, env))
+        service_url, service_pid = stack.enter_context(_started(service_cmd, env))
         echo_env = {**env, "BENCH_ECHO_HTTP": args.echo_http}
         echo_cmd = [sys.executable, "-m", "bench.echo"]
-        echo_url, _ = stack.enter_context(_server(echo_cmd, echo_env))
+        echo_url = stack.enter_context(_server(echo_cmd, echo_env))
         urls = {"": service_url}
         if args.compare:
-            urls[" base"] = stack.enter_context(_server(service_cmd, env, args.compare))[0]
+            urls[" base"] = stack.enter_context(_started(service_cmd, env, args.compare))[0]
         mlserver = None
         if args.mlserver:
             mlserver = Connection(stack.enter_context(_mlserver(args.mlserver, env)))
@@ -418,7 +459,7 @@ def main() -> None:
         print(f"{'X shape':>18} {'what':>14} {'p50 ms':>9} {'p99 ms':>9}")
         for case, case_rounds in zip(cases, rounds, strict=False):
             latency(case, services, echo, case_rounds, mlserver)
-        tiny = Case.make(SUITE[0], rng)
+        tiny = Bodies.make(SUITE[0], rng)
         st = protocol.MEDIA_SAFETENSORS
         print(f"\nthroughput, {tiny.shape} stateless gradient (safetensors), requests/s")
         print(f"(median of {WINDOWS} interleaved windows of {window:g} s each):")

@@ -107,18 +107,21 @@ def query_doc(field: SpecField) -> str:
 # ----------------------------------------------------------------------- decoding
 
 
-def spec_from_query(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Spec fields from ``/v1/gradient`` query parameters; :class:`InvalidSpec` naming an
-    unknown, repeated or unparsable parameter."""
+def spec_from_query(
+    items: Sequence[tuple[str, str]], *, source: str = "query parameter"
+) -> dict[str, Any]:
+    """Spec fields from ``/v1/gradient`` query parameters (or text in their form, which an
+    error calls ``source``: the Open Inference Protocol's request parameters);
+    :class:`InvalidSpec` naming an unknown, repeated or unparsable parameter."""
     fields: dict[str, Any] = {}
     for name, value in items:
         field = _BY_NAME.get(name)
         if field is None:
             raise InvalidSpec(
-                f"unknown query parameter {name!r}; spec fields are {', '.join(FIELD_NAMES)}"
+                f"unknown {source} {name!r}; spec fields are {', '.join(FIELD_NAMES)}"
             )
         if name in fields:
-            raise InvalidSpec(f"query parameter {name!r} is given more than once")
+            raise InvalidSpec(f"{source} {name!r} is given more than once")
         fields[name] = _query_value(field, value)
     return fields
 
