@@ -419,8 +419,8 @@ def main() -> None:
         "--echo-http",
         choices=["auto", "h11", "httptools"],
         default="auto",
-        help="uvicorn's HTTP parser for the echo floor (auto: httptools when installed); "
-        "h11 puts the floor on the parser the service runs today",
+        help="uvicorn's HTTP parser for the echo floor (auto: httptools when installed, as "
+        "the service's bounded parser is); h11 shows what the parser alone costs",
     )
     parser.add_argument(
         "--mlserver",
