@@ -30,7 +30,8 @@ import numpy as np
 
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
-from poolgrad.protocol import IfMatch, ProtocolError, SessionInfo
+from poolgrad.protocol import IfMatch, ProtocolError, SessionInfo, quote
+from poolgrad.protocol.spec import FIELD_NAMES
 from service.errors import (
     InternalError,
     InvalidSpec,
@@ -59,6 +60,9 @@ T = TypeVar("T")
 
 #: Tensor names the stateless gradient accepts; ``dA`` is optional.
 NAMED_INPUTS = ("X", "dA")
+
+#: Keys of a session-creation body: the spec's fields and the session's TTL.
+_SESSION_FIELDS = frozenset({*FIELD_NAMES, "ttl_seconds"})
 
 
 def new_session_id() -> str:
@@ -117,6 +121,32 @@ class Compute:
         self._limiter = anyio.CapacityLimiter(settings.compute_threads)
 
     # ----------------------------------------------------------------- sessions
+
+    async def session_fields(self, decode: Callable[[], Any]) -> dict[str, Any]:
+        """The session-creation fields ``decode`` parses (a request body, a few MiB at most),
+        parsed and checked in a worker thread as tensor bodies are, never on the event loop:
+        a JSON object of spec fields and ``ttl_seconds``, each valid. :class:`InvalidSpec`
+        naming the first bad key or value, quoted within bounds."""
+
+        def work() -> dict[str, Any]:
+            fields = decode()
+            if not isinstance(fields, dict):
+                raise InvalidSpec(
+                    "the session body must be a JSON object of spec fields, "
+                    f"got {type(fields).__name__}"
+                )
+            unknown = sorted(set(fields) - _SESSION_FIELDS)
+            if unknown:
+                raise InvalidSpec(
+                    f"unknown session field(s) {quote(unknown)} ({len(unknown)} in all); "
+                    f"known: {', '.join(sorted(_SESSION_FIELDS))}"
+                )
+            spec_fields = dict(fields)
+            self._ttl(spec_fields.pop("ttl_seconds", None))
+            parse_spec(spec_fields)
+            return fields
+
+        return await self._run(work)
 
     async def create_session(self, fields: Mapping[str, Any], owner: str) -> SessionInfo:
         """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``)."""
@@ -181,13 +211,13 @@ class Compute:
             cached = record.state
             if cached is None:
                 raise NoForward(
-                    f"session {session_id!r} has no cached forward state (step {record.step}): "
-                    "run forward first"
+                    f"session {quote(session_id)} has no cached forward state "
+                    f"(step {record.step}): run forward first"
                 )
             if condition is not None and not condition.matches(record.step):
                 raise StaleStep(
-                    f"If-Match {condition.raw!r} does not name step {record.step}, the step "
-                    f"session {session_id!r} caches now"
+                    f"If-Match {quote(condition.raw)} does not name step {record.step}, the step "
+                    f"session {quote(session_id)} caches now"
                 )
 
             def work() -> T:
@@ -211,7 +241,7 @@ class Compute:
             unknown = sorted(set(tensors) - set(NAMED_INPUTS))
             if unknown:
                 raise InvalidTensor(
-                    f"unknown tensor name(s) {unknown}: send 'X' and optionally 'dA'"
+                    f"unknown tensor name(s) {quote(unknown)}: send 'X' and optionally 'dA'"
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
@@ -235,7 +265,9 @@ class Compute:
             or not math.isfinite(value)
             or not 0 < value <= limit
         ):
-            raise InvalidSpec(f"ttl_seconds must be a number > 0 and <= {limit:g}, got {value!r}")
+            raise InvalidSpec(
+                f"ttl_seconds must be a number > 0 and <= {limit:g}, got {quote(value)}"
+            )
         return value
 
     def _timed(self, operation: str, function: Callable[..., T], *args: Any) -> T:

@@ -2,6 +2,10 @@
 that route every failure to it: our :class:`~service.errors.ServiceError` tree, the protocol's
 :class:`~poolgrad.protocol.ProtocolError` (by its code), FastAPI's request validation errors,
 and Starlette's own 404/405.
+
+Every ``detail`` is cut to ``max_error_detail_chars`` here (messages quote each client value
+with :func:`poolgrad.protocol.quote`, bounded already): no body, header or path can come back
+at full size in its own refusal.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
 
     def render(request: Request, code: str, detail: str, headers: dict[str, str]) -> Response:
         status = protocol.PROBLEMS[code].status
+        # The one bound on what an error answer quotes, whoever wrote the message.
+        detail = protocol.shorten(detail, request.app.state.settings.max_error_detail_chars)
         if status in _RETRYABLE:
             headers = {"Retry-After": str(retry_after_seconds), **headers}
         if must_close(request):
@@ -84,10 +90,12 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STARLETTE_CODES.get(exc.status_code, BadRequest.code)
-        detail = f"{request.method} {request.url.path}: {exc.detail}"
+        # The method as sent: the request middleware routes a HEAD as the GET it mirrors.
+        method = getattr(request.state, "method", request.method)
+        detail = f"{method} {protocol.quote(request.url.path)}: {exc.detail}"
         return render(request, code, detail, dict(exc.headers or {}))
 
 
 def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{location}: {error.get('msg')} (got {error.get('input')!r})"
+    return f"{location}: {error.get('msg')} (got {protocol.quote(error.get('input'))})"

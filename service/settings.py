@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     Set: every ``/v1`` request needs ``Authorization: Bearer <key>`` and sees only the sessions
     its key created."""
 
+    max_error_detail_chars: int = Field(default=2000, ge=100)
+    """Longest ``detail`` of an error answer, in characters; a longer one is cut and ends with
+    ``...`` and the count left out. Each client value a detail quotes is already cut to 200
+    characters (``poolgrad.protocol.QUOTE_CHARS``); this bounds the whole, whatever it quotes."""
+
     retry_after_seconds: int = Field(default=1, ge=0)
     """``Retry-After`` sent with 429 (capacity) and 503 (store unavailable)."""
 

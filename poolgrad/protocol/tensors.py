@@ -6,8 +6,9 @@ here, under the same checks as ``.npy``; orjson is used for JSON when installed)
 
 Formats (media types in :mod:`poolgrad.protocol.media`):
 
-* ``application/x-npy``: one NumPy ``.npy`` file. The header is parsed with
-  NumPy's own reader under a size limit, object and structured dtypes are refused,
+* ``application/x-npy``: one NumPy ``.npy`` file (format 1.0, 2.0 or 3.0). The header is
+  parsed by our own strict parser (:mod:`poolgrad.protocol.npyheader`, never NumPy's
+  ``literal_eval``) under a size limit, object and structured dtypes are refused,
   and the header's shape times the item size must equal the body's remaining
   length *before* anything is allocated. Never unpickled, never memory-mapped.
 * ``application/json``: ``{"dtype": "float32", "shape": [..], "data": [..]}``,
@@ -39,6 +40,7 @@ import numpy.typing as npt
 from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, UnsupportedMediaType
 from poolgrad.protocol.jsonio import dumps, kind, loads
 from poolgrad.protocol.media import MEDIA_JSON, MEDIA_NPY, MEDIA_SAFETENSORS
+from poolgrad.protocol.npyheader import parse_npy_header
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -128,22 +130,14 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
         raise MalformedTensor(
             f".npy body of {len(body)} bytes is truncated: its header ends at byte {data_start}"
         )
-    stream = io.BytesIO(body[:data_start])
+    header = bytes(body[data_start - header_len : data_start])
     try:
-        np.lib.format.read_magic(stream)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                stream, max_header_size=max_header_bytes
-            )
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                stream, max_header_size=max_header_bytes
-            )
-    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
-        raise MalformedTensor(f".npy header is malformed: {exc}") from exc
+        # Versions 1 and 2 are latin-1 (every byte decodes), version 3 is UTF-8.
+        text = header.decode("utf-8" if major == 3 else "latin-1")
+    except UnicodeDecodeError as exc:
+        raise MalformedTensor(f".npy 3.0 header is not UTF-8: {exc}") from exc
+    shape, fortran, dtype = parse_npy_header(text)
     _check_plain_dtype(dtype)
-    if any(dim < 0 for dim in shape):
-        raise MalformedTensor(f".npy header has a negative dimension in shape {shape}")
     shape = _checked_shape(shape, dtype, ".npy header")
     count = math.prod(shape)
     expected = count * dtype.itemsize
