@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from poolgrad._version import __version__
+from service import openapi
 from service.compute import Compute
 from service.errors import StoreUnavailable
 from service.metrics import Metrics
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.openapi = openapi.with_head(app.openapi)  # type: ignore[method-assign]
     return app
 
 

@@ -7,7 +7,7 @@ The spec model and the query-parameter docs are derived from the protocol's sche
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from fastapi import Response
@@ -35,6 +35,7 @@ __all__ = [
     "SessionModel",
     "SpecFields",
     "metrics_route",
+    "with_head",
 ]
 
 
@@ -267,6 +268,36 @@ READYZ: Final[dict[str, Any]] = {
     "summary": "Readiness: 200 while the session store answers, else 503",
     "responses": _errors(*_STORE),
 }
+
+
+def with_head(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``build`` (an app's ``openapi``) with a ``head`` operation beside every ``get``: the
+    request middleware answers HEAD on every GET route, with the GET's status and headers and
+    no body, so each HEAD operation is its GET's without response content."""
+
+    def openapi() -> dict[str, Any]:
+        document = build()  # FastAPI caches it: the HEAD operations are added once
+        for item in document["paths"].values():
+            get = item.get("get")
+            if get is not None and "head" not in item:
+                item["head"] = _head_of(get)
+        return document
+
+    return openapi
+
+
+def _head_of(get: Mapping[str, Any]) -> dict[str, Any]:
+    head = {
+        **get,
+        "summary": f"{get.get('summary', '')} (headers only)".strip(),
+        "responses": {
+            status: {key: value for key, value in response.items() if key != "content"}
+            for status, response in get["responses"].items()
+        },
+    }
+    if "operationId" in get:
+        head["operationId"] = get["operationId"].removesuffix("_get") + "_head"
+    return head
 
 
 def metrics_route(content_type: str) -> dict[str, Any]:
