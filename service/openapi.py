@@ -133,8 +133,8 @@ def _named_content(names: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _body(content: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "description": description, "content": content}}
+def _body(content: Mapping[str, Any], description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"requestBody": {"required": required, "description": description, "content": content}}
 
 
 def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
@@ -165,6 +165,7 @@ CREATE_SESSION: Final[dict[str, Any]] = {
     "openapi_extra": _body(
         {MEDIA_JSON: {"schema": SessionCreate.model_json_schema()}},
         "Spec fields at top level plus optional ttl_seconds; an empty body takes every default.",
+        required=False,
     ),
     "responses": {
         201: {"headers": {"Location": {"description": "URL of the new session."}}},

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import Scope
 
 from poolgrad import protocol
@@ -23,6 +24,7 @@ from service.errors import BadRequest, ServiceError
 from service.httpio import must_close
 
 __all__ = [
+    "allowed_methods",
     "install_handlers",
     "problem_body",
     "request_id_of",
@@ -30,6 +32,9 @@ __all__ = [
 
 #: Statuses with a ``Retry-After``: the condition is expected to pass.
 _RETRYABLE = frozenset({429, 503})
+
+#: Methods a 405's ``Allow`` may list; HEAD follows GET (the request middleware serves it).
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 #: Catalogue codes for the errors Starlette raises itself.
 _STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -93,7 +98,24 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
         # The method as sent: the request middleware routes a HEAD as the GET it mirrors.
         method = getattr(request.state, "method", request.method)
         detail = f"{method} {protocol.quote(request.url.path)}: {exc.detail}"
-        return render(request, code, detail, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return render(request, code, detail, headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of ``app`` serves at ``scope``'s path, HEAD wherever GET is.
+
+    Starlette's 405 names only the methods of the first route whose path matched, and FastAPI
+    makes one route per operation: ``/v1/sessions/{id}`` would say ``Allow: GET`` and hide
+    ``DELETE``. Each method is matched here as the router would match it."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.routes)
+    ]
+    return ["HEAD", *allowed] if "GET" in allowed else allowed
 
 
 def _describe(error: Any) -> str:
