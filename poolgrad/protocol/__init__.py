@@ -7,6 +7,7 @@ it never loads httpx or the SDK's client. One module per fact:
 ``errors``         :class:`ProtocolError`, the one error type, ``code`` = the problem code;
                    :func:`quote`, how every message quotes a client's value (bounded)
 ``tensors``        tensor codecs: ``.npy``, JSON, safetensors, named tensors
+``npyheader``      the strict parser of a ``.npy`` header dict (never NumPy's ``literal_eval``)
 ``media``          media types, ``Content-Type`` checks, ``Accept`` negotiation
 ``problems``       the problem catalogue (status, code, title of every error)
 ``spec``           the layer spec's schema (fields, defaults, choices) and query-string codec
