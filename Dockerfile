@@ -6,13 +6,18 @@ FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY sdk ./sdk
 COPY engine ./engine
 COPY service ./service
 COPY poolgrad ./poolgrad
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# Two wheels from one tree: the SDK (`poolgrad`) and the server (`poolgrad-server`), which needs
+# the SDK's wire protocol; both are installed from these files, never from an index. Engine
+# speed-up extras (`fast`, once it exists) go after the server's name: "poolgrad-server[fast] @ ...".
+RUN python -m pip wheel --no-deps --wheel-dir /wheels ./sdk . \
  && python -m venv /opt/poolgrad \
  && /opt/poolgrad/bin/python -m pip install --constraint constraints.txt \
-        "poolgrad[server] @ file://$(ls /wheels/poolgrad-*.whl)"
+        "poolgrad @ file://$(ls /wheels/poolgrad-[0-9]*.whl)" \
+        "poolgrad-server @ file://$(ls /wheels/poolgrad_server-*.whl)"
 
 FROM python:3.12-slim AS runtime
 ENV PATH=/opt/poolgrad/bin:$PATH \

@@ -32,6 +32,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import numpy as np
@@ -47,6 +49,7 @@ SUITE: list[tuple[int, int, int, int]] = [
     (1, 512, 512, 1),
 ]
 STARTUP_SECONDS = 30.0
+NPY = {"Content-Type": protocol.MEDIA_NPY}
 
 
 def _free_port() -> int:
@@ -82,6 +85,39 @@ def _server(command: list[str], env: dict[str, str]) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class Case:
+    """One input of a suite: X, a dA shaped like A, their ``.npy`` bodies, and the URL of a
+    ``/v1`` session with the suite's spec."""
+
+    X: np.ndarray
+    dA: np.ndarray
+    x_body: bytes
+    da_body: bytes
+    session: str
+
+    def forward_backward(self, http: httpx.Client) -> None:
+        """Forward X then backward dA through the session, ``.npy`` both ways."""
+        for step, body in (("forward", self.x_body), ("backward", self.da_body)):
+            http.post(f"{self.session}/{step}", content=body, headers=NPY).raise_for_status()
+
+
+def new_case(
+    http: httpx.Client,
+    base_url: str,
+    spec: engine.PoolSpec,
+    X: np.ndarray,
+    rng: np.random.Generator,
+) -> Case:
+    """A :class:`Case` for ``X``, its session created on the server at ``base_url``."""
+    A, _ = engine.forward(X, spec)
+    dA = rng.standard_normal(A.shape).astype(X.dtype)
+    created = http.post(f"{base_url}/v1/sessions", json=spec.to_dict())
+    created.raise_for_status()
+    session = f"{base_url}/v1/sessions/{created.json()['id']}"
+    return Case(X, dA, protocol.encode_npy(X), protocol.encode_npy(dA), session)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -92,7 +128,6 @@ def main() -> None:
     echo_cmd = [sys.executable, "-m", "bench.echo"]
     spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
     rng = np.random.default_rng(0)
-    npy = {"Content-Type": protocol.MEDIA_NPY}
 
     with (
         _server(service_cmd, quiet) as service_url,
@@ -104,28 +139,20 @@ def main() -> None:
         overheads: list[float] = []
         for shape in SUITE:
             X = rng.standard_normal(shape).astype(np.float32)
-            A, _ = engine.forward(X, spec)
-            dA = rng.standard_normal(A.shape).astype(np.float32)
-            x_body, da_body = protocol.encode_npy(X), protocol.encode_npy(dA)
-            created = http.post(f"{service_url}/v1/sessions", json=spec.to_dict())
-            created.raise_for_status()
-            session = f"{service_url}/v1/sessions/{created.json()['id']}"
+            case = new_case(http, service_url, spec, X, rng)
 
-            def run_engine(X: np.ndarray = X, dA: np.ndarray = dA) -> None:
-                _, state = engine.forward(X, spec)
-                engine.backward(state, dA)
+            def run_engine(case: Case = case) -> None:
+                _, state = engine.forward(case.X, spec)
+                engine.backward(state, case.dA)
 
-            def run_http(session: str = session, x: bytes = x_body, da: bytes = da_body) -> None:
-                http.post(f"{session}/forward", content=x, headers=npy).raise_for_status()
-                http.post(f"{session}/backward", content=da, headers=npy).raise_for_status()
+            def run_echo(case: Case = case) -> None:
+                for body in (case.x_body, case.da_body):
+                    http.post(f"{echo_url}/echo", content=body, headers=NPY).raise_for_status()
 
-            def run_echo(x: bytes = x_body, da: bytes = da_body) -> None:
-                http.post(f"{echo_url}/echo", content=x, headers=npy).raise_for_status()
-                http.post(f"{echo_url}/echo", content=da, headers=npy).raise_for_status()
-
+            run_http = partial(case.forward_backward, http)
             medians = timings([run_engine, run_http, run_echo], repeats)
             t_engine, t_http, t_echo = (median for median, _ in medians)
-            http.delete(session)
+            http.delete(case.session)
             overhead = t_http / (t_engine + t_echo)
             overheads.append(overhead)
             print(

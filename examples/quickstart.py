@@ -1,10 +1,10 @@
 """poolgrad in five minutes: a session's forward and backward, then the stateless route.
 
-Start a server in one terminal (``make serve``, which installs the project into ``.venv``
-with ``pip install -e '.[server]'``; or ``python -m service``), then in another::
+Start a server in one terminal (``make serve`` installs the project into ``.venv`` and serves),
+then in another, with the Python of that virtualenv (or any with ``pip install poolgrad``)::
 
     .venv/bin/python examples/quickstart.py         # http://127.0.0.1:8000
-    POOLGRAD_BASE_URL=http://host:8000 POOLGRAD_API_KEY=... python examples/quickstart.py
+    POOLGRAD_BASE_URL=http://host:8000 POOLGRAD_API_KEY=... .venv/bin/python examples/quickstart.py
 
 Each result is checked against what 2x2 max pooling must give, computed here with NumPy.
 """
@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
+try:
+    import numpy as np
 
-import poolgrad
+    import poolgrad
+except ModuleNotFoundError as missing:
+    sys.exit(
+        f"{missing.name} is not installed for {sys.executable}: run `make serve` (or "
+        f"`pip install poolgrad`), then `.venv/bin/python {sys.argv[0]}`"
+    )
 
 
 def expected_max_pool(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,12 @@ Each layer owns one server session, created on its first forward and deleted by 
 garbage-collected (best effort: one short attempt, errors ignored). A session lost on the server
 (expired, store restarted) is recreated transparently: forward simply runs again, backward
 replays the cached input first.
+
+NumPy 2: importing this module restores ``np.VisibleDeprecationWarning`` (NumPy 2 moved it to
+``np.exceptions``) when it is missing, because EpyNN 1.2.13, its latest release, still reads it
+in its trainer (``epynn.embedding.dataset.mini_batches``) and would stop with an
+``AttributeError`` on the first epoch. The alias is the very class NumPy 2 raises, so nothing
+else changes; import ``poolgrad.epynn`` before training and EpyNN runs under NumPy 1 and 2 alike.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from poolgrad._client import Client, Session
 from poolgrad._exceptions import SessionNotFoundError
 
 __all__ = ["RemotePooling"]
+
+if not hasattr(np, "VisibleDeprecationWarning"):  # NumPy 2: see the module docstring
+    setattr(np, "VisibleDeprecationWarning", np.exceptions.VisibleDeprecationWarning)  # noqa: B010
 
 _MODES: dict[Callable[..., Any], str] = {
     np.max: "max",

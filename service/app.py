@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from poolgrad._version import __version__
 from service import openapi
@@ -25,8 +26,9 @@ from service.problems import install_handlers
 from service.routes import router
 from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
+from service.v2 import router as v2_router
 
-__all__ = ["create_app", "limits_of"]
+__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,25 @@ decoder, `Accept` the encoder); errors are `application/problem+json` with a sta
 """
 
 
+#: Where the documentation pages' static files are served.
+DOCS_STATIC_URL = "/docs/static"
+
+
 def limits_of(settings: Settings) -> Limits:
     """The store limits the settings ask for."""
     return Limits(max_sessions=settings.max_sessions, max_state_bytes=settings.max_state_bytes)
+
+
+def store_of(settings: Settings) -> SessionStore:
+    """The store ``settings.store_url`` names, with the settings' limits, prefix and timeouts;
+    ``ValueError`` naming the URL when it names no backend."""
+    return store_from_url(
+        settings.store_url,
+        limits_of(settings),
+        prefix=settings.store_prefix,
+        connect_timeout_seconds=settings.store_connect_timeout_seconds,
+        timeout_seconds=settings.store_timeout_seconds,
+    )
 
 
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
@@ -48,7 +66,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     Raises ``ValueError`` naming the URL when ``store_url`` names no known backend.
     """
     settings = settings if settings is not None else Settings()
-    store = store if store is not None else store_from_url(settings.store_url, limits_of(settings))
+    store = store if store is not None else store_of(settings)
     metrics = Metrics(store)
 
     @contextlib.asynccontextmanager
@@ -62,7 +80,12 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
                 await reaper
             await store.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI 5, which renders OpenAPI 3.1) loads its script, style and favicon from
+    # files that fastapi-offline ships, under DOCS_STATIC_URL: no CDN, so it renders on an
+    # air-gapped machine. No /redoc: ReDoc's page fetches its logo from Redocly's CDN.
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC_URL,
+        redoc_url=None,
         title="poolgrad",
         version=__version__,
         description=_DESCRIPTION,
@@ -74,6 +97,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.state.compute = Compute(store, settings, metrics)
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(router)
+    app.include_router(v2_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     app.openapi = openapi.with_head(app.openapi)  # type: ignore[method-assign]
     return app

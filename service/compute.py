@@ -7,10 +7,11 @@ the edge); decode, engine call and encode of one request run together in a worke
 the event loop never waits on NumPy. Engine errors become service errors here; protocol errors
 (a body that does not decode) pass through with their own problem code.
 
-Forward and backward of one session run under the store's per-session lock: a backward always
-sees the state of one complete forward, and a forward that fails at any point (bad tensor,
-engine refusal, budget full) leaves the stored record exactly as it was. A session deleted or
-expired while its forward runs stays gone: the store only replaces live sessions.
+No lock is held while computing: a forward computes on its own X and then advances the session
+in one atomic store step (state, step + 1, TTL), so one that fails at any point (bad tensor,
+engine refusal, budget full) leaves the stored record exactly as it was, and a session deleted
+or expired while its forward runs stays gone. A backward computes on one snapshot of the
+session (the step and state of one complete forward), read in one store call.
 """
 
 from __future__ import annotations
@@ -71,16 +72,18 @@ def new_session_id() -> str:
 
 
 def session_info(record: SessionRecord) -> SessionInfo:
-    """The API's view of ``record`` just after its TTL was renewed."""
+    """The API's view of ``record`` just after its TTL was renewed; shapes and dtype are read
+    from its cached state, the one place they are kept."""
     expires = datetime.now(UTC) + timedelta(seconds=record.ttl_seconds)
+    state = None if record.state is None else _state_of(record.state)
     return SessionInfo(
         id=record.id,
-        spec=dict(record.spec),
+        spec=record.spec.to_dict(),
         ttl_seconds=record.ttl_seconds,
         step=record.step,
-        input_shape=record.input_shape,
-        output_shape=record.output_shape,
-        dtype=record.dtype,
+        input_shape=None if state is None else state.input_shape,
+        output_shape=None if state is None else state.output_shape,
+        dtype=None if state is None else state.dtype.name,
         state_bytes=record.state_bytes,
         expires_at=expires.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     )
@@ -148,23 +151,29 @@ class Compute:
 
         return await self._run(work)
 
-    async def create_session(self, fields: Mapping[str, Any], owner: str) -> SessionInfo:
-        """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``)."""
+    async def create_session(
+        self, fields: Mapping[str, Any], owner: str, *, session_id: str | None = None
+    ) -> SessionInfo:
+        """A new session for ``fields`` (spec fields plus optional ``ttl_seconds``).
+
+        ``session_id`` names it instead of a new random id, replacing any session of this
+        owner under that id (a protocol whose clients name their own sequences derives it,
+        see :mod:`service.v2`); the spec is checked before anything is replaced.
+        """
         spec_fields = dict(fields)
         ttl_seconds = self._ttl(spec_fields.pop("ttl_seconds", None))
         spec = parse_spec(spec_fields)
-        record = SessionRecord(
-            id=new_session_id(), owner=owner, spec=spec.to_dict(), ttl_seconds=ttl_seconds
+        record = await self.store.create(
+            session_id or new_session_id(), owner, spec, ttl_seconds, replace=session_id is not None
         )
-        await self.store.create(record)
         return session_info(record)
 
     async def get_session(self, session_id: str, owner: str) -> SessionInfo:
         return session_info(await self.store.get(session_id, owner))
 
     async def delete_session(self, session_id: str, owner: str) -> None:
-        # Not under the session lock, so it never waits for a forward in flight: that forward's
-        # put replaces only a live session, so it cannot write this one back (it answers 404).
+        # Never waits for a forward in flight: that forward's advance finds no live session,
+        # so it cannot write this one back (it answers 404).
         await self.store.delete(session_id, owner)
 
     # ------------------------------------------------------------------ compute
@@ -177,25 +186,17 @@ class Compute:
         encode: Callable[[np.ndarray], T],
     ) -> Stepped[T]:
         """Run forward on the decoded X, cache the new state (step + 1), return encoded A."""
-        async with self.store.lock(session_id):
-            record = await self.store.get(session_id, owner)
+        # Only the spec is needed (and the TTL renewed): the old state is not read.
+        record = await self.store.get(session_id, owner, state=False)
 
-            def work() -> tuple[T, bytes, PoolState]:
-                X = decode()
-                spec = PoolSpec.from_dict(record.spec)
-                A, state = self._timed("forward", self.engine.forward, X, spec)
-                return encode(A), state.to_bytes(), state
+        def work() -> tuple[T, bytes, int]:
+            X = decode()
+            A, state = self._timed("forward", self.engine.forward, X, record.spec)
+            return encode(A), state.to_bytes(), state.nbytes
 
-            payload, blob, state = await self._run(work)
-            updated = record.with_state(
-                blob,
-                state_bytes=state.nbytes,
-                input_shape=state.input_shape,
-                output_shape=state.output_shape,
-                dtype=state.dtype.name,
-            )
-            await self.store.put(updated)
-            return Stepped(payload, updated.step)
+        payload, blob, state_bytes = await self._run(work)
+        step = await self.store.advance(session_id, owner, blob, state_bytes)
+        return Stepped(payload, step)
 
     async def backward(
         self,
@@ -206,26 +207,26 @@ class Compute:
         condition: IfMatch | None = None,
     ) -> Stepped[T]:
         """dX for the decoded dA against the cached state, which stays (backward repeats)."""
-        async with self.store.lock(session_id):
-            record = await self.store.get(session_id, owner)
-            cached = record.state
-            if cached is None:
-                raise NoForward(
-                    f"session {quote(session_id)} has no cached forward state "
-                    f"(step {record.step}): run forward first"
-                )
-            if condition is not None and not condition.matches(record.step):
-                raise StaleStep(
-                    f"If-Match {quote(condition.raw)} does not name step {record.step}, the step "
-                    f"session {quote(session_id)} caches now"
-                )
+        # One snapshot: the step and the state of one forward, read together; no lock held.
+        record = await self.store.get(session_id, owner)
+        cached = record.state
+        if cached is None:
+            raise NoForward(
+                f"session {quote(session_id)} has no cached forward state "
+                f"(step {record.step}): run forward first"
+            )
+        if condition is not None and not condition.matches(record.step):
+            raise StaleStep(
+                f"If-Match {quote(condition.raw)} does not name step {record.step}, the step "
+                f"session {quote(session_id)} caches now"
+            )
 
-            def work() -> T:
-                dA = decode()
-                state = PoolState.from_bytes(cached)
-                return encode(self._timed("backward", self.engine.backward, state, dA))
+        def work() -> T:
+            dA = decode()
+            state = PoolState.from_bytes(cached)
+            return encode(self._timed("backward", self.engine.backward, state, dA))
 
-            return Stepped(await self._run(work), record.step)
+        return Stepped(await self._run(work), record.step)
 
     async def gradient(
         self,
@@ -285,8 +286,7 @@ class Compute:
         except (ServiceError, ProtocolError):
             raise
         except StateError as exc:
-            logger.error("cached state could not be read: %s", exc)
-            raise InternalError("the cached forward state could not be read") from exc
+            raise _unreadable(exc) from exc
         except SpecError as exc:
             raise InvalidSpec(str(exc)) from exc
         except TensorError as exc:
@@ -301,3 +301,16 @@ def parse_spec(fields: Mapping[str, Any]) -> PoolSpec:
         return PoolSpec.from_dict(fields)
     except SpecError as exc:
         raise InvalidSpec(str(exc)) from exc
+
+
+def _state_of(blob: bytes | memoryview) -> PoolState:
+    """A cached state read back; one that does not parse is the store's fault (500)."""
+    try:
+        return PoolState.from_bytes(blob)
+    except StateError as exc:
+        raise _unreadable(exc) from exc
+
+
+def _unreadable(exc: StateError) -> InternalError:
+    logger.error("cached state could not be read: %s", exc)
+    return InternalError("the cached forward state could not be read")

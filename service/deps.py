@@ -39,14 +39,9 @@ async def get_compute(request: Request) -> Compute:
     return cast(Compute, request.app.state.compute)
 
 
-async def get_metrics(request: Request) -> Metrics:
-    return cast(Metrics, request.app.state.metrics)
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[SessionStore, Depends(get_store)]
 ComputeDep = Annotated[Compute, Depends(get_compute)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def owner_of(key: str) -> str:
@@ -81,3 +76,18 @@ async def get_owner(
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def get_metrics(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Metrics:
+    """The app's metrics, for a caller with a valid API key when ``metrics_require_key`` is set
+    (else 401, as :func:`get_owner` refuses)."""
+    if settings.metrics_require_key:
+        await get_owner(settings, credentials)
+    return cast(Metrics, request.app.state.metrics)
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

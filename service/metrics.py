@@ -74,7 +74,7 @@ class Metrics:
         )
         self.sessions_live = Gauge(
             "poolgrad_sessions_live",
-            "Sessions held by the store (expired ones count until reclaimed).",
+            "Live sessions held by the store.",
             registry=self.registry,
         )
         self.state_bytes = Gauge(

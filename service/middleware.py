@@ -24,17 +24,38 @@ import uuid
 from typing import Any
 
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poolgrad import protocol
 from service.metrics import Metrics
-from service.problems import problem_body
+from service.problems import error_content
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "RequestMiddleware", "printable", "valid_request_id"]
+__all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "KNOWN_METHODS",
+    "OTHER_METHOD",
+    "UNMATCHED_ROUTE",
+    "RequestMiddleware",
+    "printable",
+    "route_template",
+    "valid_request_id",
+]
 
 logger = logging.getLogger("service.access")
 
 _REQUEST_ID_HEADER = b"x-request-id"
+
+#: The methods of HTTP (RFC 9110, and PATCH) that label metrics as themselves. The HTTP parser
+#: accepts any token as a method, so any other value is labelled ``other``: a label value chosen
+#: by a client would add a time series per value, and every scrape would carry them all.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+#: The metrics label of a method outside :data:`KNOWN_METHODS`.
+OTHER_METHOD = "other"
+#: The metrics label of a path that no route matches.
+UNMATCHED_ROUTE = "unmatched"
 
 #: The status logged and counted for a request whose client left before sending its body (no
 #: answer is sent: there is no one to read it).
@@ -75,18 +96,24 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # A mount that serves the request moves its prefix into root_path: keep the original,
+        # to match the request against the app's routes afterwards.
+        root_path = scope.get("root_path", "")
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["method"] = method = scope["method"]
         if method == "HEAD":
-            scope["method"] = "GET"  # until the answer is sent; metrics and log say HEAD
+            scope["method"] = "GET"  # until the answer starts; metrics and log say HEAD
         status = 500
         response_started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
+                # The server reads the request's method from this scope to frame the answer:
+                # HEAD again from here on, so it expects no body.
+                scope["method"] = method
                 status = message["status"]
                 response_started = True
                 headers = [
@@ -112,16 +139,19 @@ class RequestMiddleware:
             if response_started:
                 raise
             status = 500
-            await _send_internal_error(send_with_id, request_id)
+            await _send_internal_error(send_with_id, scope["path"], request_id)
         finally:
             scope["method"] = method
-            self._record(scope, status, time.perf_counter() - started, request_id)
+            self._record(scope, root_path, status, time.perf_counter() - started, request_id)
 
-    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    def _record(
+        self, scope: Scope, root_path: str, status: int, seconds: float, request_id: str
+    ) -> None:
         method = scope["method"]
-        route = _route_template(scope)
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.latency.labels(method, route).observe(seconds)
+        route = route_template(scope, root_path)
+        method_label = method if method in KNOWN_METHODS else OTHER_METHOD
+        self.metrics.requests.labels(method_label, route, str(status)).inc()
+        self.metrics.latency.labels(method_label, route).observe(seconds)
         state: dict[str, Any] = scope.get("state") or {}
         session_id = (scope.get("path_params") or {}).get("session_id") or state.get("session_id")
         # Route templates and request ids are ours or checked; method and session id are not.
@@ -155,22 +185,51 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template (bounded label values), or ``unmatched``."""
-    path: object = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else "unmatched"
+def route_template(scope: Scope, root_path: str) -> str:
+    """The path template of the route that served ``scope`` (``/v1/sessions/{session_id}``,
+    ``/openapi.json``, ``/docs/static/{path}`` for a mount), or ``unmatched``: a bounded set.
+    ``root_path`` is the scope's before the app ran.
+
+    FastAPI records the API route it dispatched to in ``scope["route"]``, however deeply its
+    router is included; Starlette's plain routes (``/openapi.json``) and mounts (the docs'
+    static files) record nothing, so the app's top-level ones are matched again here, as the
+    router matches them (a full match, else one whose path matches with another method).
+    """
+    served = scope.get("route")
+    if isinstance(getattr(served, "path", None), str):
+        return _template_of(served)
+    routes: list[BaseRoute] = getattr(scope.get("app"), "routes", [])
+    request = {**scope, "root_path": root_path}
+    partial: BaseRoute | None = None
+    for route in routes:
+        if not isinstance(route, Route | Mount):
+            continue
+        match, _ = route.matches(request)
+        if match is Match.FULL:
+            return _template_of(route)
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return UNMATCHED_ROUTE if partial is None else _template_of(partial)
 
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = problem_body(
-        "internal_error", "the server failed to handle this request; see its log", request_id
+def _template_of(route: Any) -> str:
+    path: str = route.path
+    return f"{path}/{{path}}" if isinstance(route, Mount) else path
+
+
+async def _send_internal_error(send: Send, path: str, request_id: str) -> None:
+    body, media_type = error_content(
+        path,
+        "internal_error",
+        "the server failed to handle this request; see its log",
+        request_id,
     )
     await send(
         {
             "type": "http.response.start",
             "status": 500,
             "headers": [
-                (b"content-type", protocol.MEDIA_PROBLEM.encode()),
+                (b"content-type", media_type.encode()),
                 (b"content-length", str(len(body)).encode()),
             ],
         }

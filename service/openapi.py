@@ -19,6 +19,7 @@ from poolgrad.protocol import (
     MEDIA_PROBLEM,
     MEDIA_SAFETENSORS,
     PROBLEMS,
+    inference,
 )
 from poolgrad.protocol.spec import FIELDS, SpecField, query_doc
 
@@ -30,6 +31,12 @@ __all__ = [
     "GET_SESSION",
     "GRADIENT",
     "READYZ",
+    "V2_INFER",
+    "V2_LIVE",
+    "V2_MODEL_METADATA",
+    "V2_MODEL_READY",
+    "V2_READY",
+    "V2_SERVER_METADATA",
     "ProblemModel",
     "SessionCreated",
     "SessionModel",
@@ -137,15 +144,18 @@ def _body(content: Mapping[str, Any], description: str, *, required: bool = True
     return {"requestBody": {"required": required, "description": description, "content": content}}
 
 
-def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for the problem codes a route can answer with, grouped by status."""
+def _errors(
+    *codes: str, media_type: str = MEDIA_PROBLEM, schema: Mapping[str, Any] = _PROBLEM_SCHEMA
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the problem codes a route can answer with, grouped by status
+    (as problems, unless another body is named: the Open Inference Protocol's)."""
     by_status: dict[int, list[str]] = {}
     for code in codes:
         by_status.setdefault(PROBLEMS[code].status, []).append(code)
     return {
         status: {
             "description": ", ".join(f"`{code}`" for code in status_codes),
-            "content": {MEDIA_PROBLEM: {"schema": _PROBLEM_SCHEMA}},
+            "content": {media_type: {"schema": schema}},
         }
         for status, status_codes in sorted(by_status.items())
     }
@@ -302,8 +312,194 @@ def _head_of(get: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def metrics_route(content_type: str) -> dict[str, Any]:
-    """The ``/metrics`` route's description for the exposition's ``content_type``."""
+    """The ``/metrics`` route's description for the exposition's ``content_type`` (401 when
+    ``POOLGRAD_METRICS_REQUIRE_KEY`` puts it behind the API keys)."""
     return {
         "summary": "Prometheus metrics",
-        "responses": {200: {"content": {content_type: {"schema": {"type": "string"}}}}},
+        "responses": {
+            200: {"content": {content_type: {"schema": {"type": "string"}}}},
+            **_errors(*_AUTH),
+        },
     }
+
+
+# ------------------------------------------------- Open Inference Protocol (/v2)
+
+
+class InferenceError(BaseModel):
+    """Every non-2xx answer under /v2, as the Open Inference Protocol has it."""
+
+    error: str = Field(description="What was wrong, naming the offending value.")
+
+
+class ServerMetadata(BaseModel):
+    name: str = Field(examples=["poolgrad"])
+    version: str
+    extensions: list[str] = Field(examples=[list(inference.EXTENSIONS)])
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str = Field(description="FP32; FP16 and FP64 too (parameters.datatypes).")
+    shape: list[int] = Field(description="-1: any size; rank 3 to 5 (parameters.rank).")
+    parameters: dict[str, Any]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class InferenceInput(BaseModel):
+    name: Literal["X", "dA"]
+    shape: list[int]
+    datatype: Literal["FP16", "FP32", "FP64"]
+    parameters: dict[str, int] | None = Field(
+        default=None, description="binary_data_size: bytes of this tensor after the JSON."
+    )
+    data: list[Any] | None = Field(
+        default=None, description="Row-major, flat or nested as shape; absent for binary data."
+    )
+
+
+class InferenceRequestedOutput(BaseModel):
+    name: Literal["A", "dX"]
+    parameters: dict[str, bool] | None = Field(
+        default=None, description="binary_data: this output as binary data after the JSON."
+    )
+
+
+_INFERENCE_PARAMETERS: Final[dict[str, Any]] = {
+    "type": "object",
+    "description": "Spec fields as in the /v1/gradient query string (the model sets mode).",
+    "properties": {
+        **{
+            field.name: {"type": "string", "description": query_doc(field)}
+            for field in FIELDS
+            if field.name != "mode"
+        },
+        "sequence_id": {
+            "oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            "description": "The sequence (a session of this key) the request belongs to.",
+        },
+        "sequence_start": {"type": "boolean", "description": "Start (or restart) it."},
+        "sequence_end": {"type": "boolean", "description": "End it after this request."},
+        "binary_data_output": {"type": "boolean", "description": "Every output as binary."},
+    },
+}
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, str | int | bool] | None = Field(
+        default=None, json_schema_extra=_INFERENCE_PARAMETERS
+    )
+    inputs: list[InferenceInput]
+    outputs: list[InferenceRequestedOutput] | None = None
+
+
+class InferenceOutput(BaseModel):
+    name: Literal["A", "dX"]
+    shape: list[int]
+    datatype: Literal["FP16", "FP32", "FP64"]
+    parameters: dict[str, int] | None = Field(
+        default=None, description="binary_data_size when the output follows the JSON."
+    )
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferenceOutput]
+
+
+def _v2_errors(*codes: str) -> dict[int | str, dict[str, Any]]:
+    return _errors(*codes, media_type=MEDIA_JSON, schema=InferenceError.model_json_schema())
+
+
+_INFERENCE_CONTENT: Final = {inference.BINARY_MEDIA_TYPE: {"schema": _BINARY}}
+
+V2_SERVER_METADATA: Final[dict[str, Any]] = {
+    "summary": "Server metadata: name, version, extensions",
+    "response_model": ServerMetadata,
+}
+
+#: The health routes answer 200 with no body (KServe v2), and say so.
+_NO_BODY: Final[dict[int | str, dict[str, Any]]] = {200: {"description": "No body."}}
+_EMPTY_200: Final[dict[str, Any]] = {"response_class": Response, "responses": _NO_BODY}
+
+V2_LIVE: Final[dict[str, Any]] = {
+    "summary": "Liveness: 200 while the process serves",
+    **_EMPTY_200,
+}
+
+V2_READY: Final[dict[str, Any]] = {
+    "summary": "Readiness: 200 while the session store answers",
+    **_EMPTY_200,
+    "responses": {**_NO_BODY, **_v2_errors(*_STORE)},
+}
+
+V2_MODEL_METADATA: Final[dict[str, Any]] = {
+    "summary": "Model metadata: inputs X, dA; outputs A, dX",
+    "response_model": ModelMetadata,
+    "responses": _v2_errors("not_found"),
+}
+
+V2_MODEL_READY: Final[dict[str, Any]] = {
+    "summary": "Model readiness: 200 while the session store answers",
+    **_EMPTY_200,
+    "responses": {**_NO_BODY, **_v2_errors("not_found", *_STORE)},
+}
+
+V2_INFER: Final[dict[str, Any]] = {
+    "summary": "Inference: X -> A (forward), dA -> dX (backward, in a sequence), or both",
+    "openapi_extra": {
+        **_body(
+            {
+                MEDIA_JSON: {"schema": InferenceRequest.model_json_schema()},
+                **_INFERENCE_CONTENT,
+            },
+            "The JSON inference request; with binary tensors, followed by their bytes in input "
+            f"order, and {inference.HEADER_LENGTH} gives the JSON's length.",
+        ),
+        "parameters": [
+            {
+                "name": inference.HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "description": "Bytes of JSON before the binary tensors (binary data only).",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        ],
+    },
+    "responses": {
+        200: {
+            "description": (
+                "The outputs as JSON; binary outputs follow the JSON, whose length "
+                f"{inference.HEADER_LENGTH} gives."
+            ),
+            "content": {
+                MEDIA_JSON: {"schema": InferenceResponse.model_json_schema()},
+                **_INFERENCE_CONTENT,
+            },
+        },
+        **_v2_errors(
+            "bad_request",
+            "malformed_tensor",
+            *_SESSION,
+            "not_found",
+            "no_forward",
+            *_BODY,
+            "unsupported_media_type",
+            "invalid_spec",
+            "invalid_tensor",
+            "shape_mismatch",
+            "capacity_exceeded",
+        ),
+    },
+}

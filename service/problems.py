@@ -1,7 +1,8 @@
 """The one renderer of errors as ``application/problem+json`` (RFC 9457), and the handlers
 that route every failure to it: our :class:`~service.errors.ServiceError` tree, the protocol's
 :class:`~poolgrad.protocol.ProtocolError` (by its code), FastAPI's request validation errors,
-and Starlette's own 404/405.
+and Starlette's own 404/405. Under the Open Inference Protocol's root (``/v2``) the same
+errors are rendered as that protocol's ``{"error": detail}``.
 
 Every ``detail`` is cut to ``max_error_detail_chars`` here (messages quote each client value
 with :func:`poolgrad.protocol.quote`, bounded already): no body, header or path can come back
@@ -20,11 +21,13 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from poolgrad import protocol
+from poolgrad.protocol import inference
 from service.errors import BadRequest, ServiceError
 from service.httpio import must_close
 
 __all__ = [
     "allowed_methods",
+    "error_content",
     "install_handlers",
     "problem_body",
     "request_id_of",
@@ -45,6 +48,14 @@ def request_id_of(scope: Scope) -> str | None:
     state = scope.get("state") or {}
     request_id = state.get("request_id")
     return request_id if isinstance(request_id, str) else None
+
+
+def error_content(path: str, code: str, detail: str, request_id: str | None) -> tuple[bytes, str]:
+    """An error's body and media type: the Open Inference Protocol's ``{"error": detail}``
+    under its root (``/v2``), a problem everywhere else."""
+    if inference.is_protocol_path(path):
+        return inference.error_body(detail), protocol.MEDIA_JSON
+    return problem_body(code, detail, request_id), protocol.MEDIA_PROBLEM
 
 
 def problem_body(code: str, detail: str, request_id: str | None) -> bytes:
@@ -72,12 +83,10 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
             headers = {"Retry-After": str(retry_after_seconds), **headers}
         if must_close(request):
             headers = {**headers, "Connection": "close"}
-        return Response(
-            problem_body(code, detail, request_id_of(request.scope)),
-            status_code=status,
-            headers=headers,
-            media_type=protocol.MEDIA_PROBLEM,
+        content, media_type = error_content(
+            request.url.path, code, detail, request_id_of(request.scope)
         )
+        return Response(content, status_code=status, headers=headers, media_type=media_type)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:

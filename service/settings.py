@@ -42,7 +42,22 @@ class Settings(BaseSettings):
     store each process would hold a different set of sessions, so start-up refuses it."""
 
     store_url: str = "memory://"
-    """Where sessions live: ``memory://`` (embedded, this process only)."""
+    """Where sessions live: ``memory://`` (embedded, this process only), or a Redis server
+    shared by every worker and replica: ``redis://[:password@]host:port/db``, ``rediss://``
+    (TLS), ``unix:///path/to/redis.sock?db=0``."""
+
+    store_prefix: str = Field(default="poolgrad:", min_length=1)
+    """Prefix of every Redis key, so deployments can share one Redis server. Each session's
+    keys carry its id as a hash tag; a prefix with a hash tag (``{poolgrad}:``) puts every key
+    in one Redis Cluster slot."""
+
+    store_connect_timeout_seconds: float = Field(default=1.0, gt=0)
+    """Longest wait to open a Redis connection; past it the request is a 503
+    ``store_unavailable`` and ``/readyz`` says 503."""
+
+    store_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Longest wait for one Redis command's reply; past it the request is a 503
+    ``store_unavailable`` (a dead pooled connection is replaced and retried once first)."""
 
     session_ttl_seconds: float = Field(default=600.0, gt=0)
     """Idle time after which a session and its cached state are dropped; every use renews it.
@@ -71,6 +86,24 @@ class Settings(BaseSettings):
     """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
     trickles bytes cannot hold a connection and a buffer forever."""
 
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Most bytes of request line and headers in one request; past it the answer is 431 and
+    the connection closes, before more is buffered."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a connection has to complete its request headers, from when it opens or its last
+    response ends; past it the connection closes (408 if part of a request arrived). Idle and
+    slowloris connections cannot pile up."""
+
+    max_connections: int = Field(default=1000, ge=1)
+    """Most open connections per worker, below the process's file limit. At the cap the
+    connection that has waited longest for its headers is closed to make room; if every one is
+    busy, the new connection gets 503."""
+
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    """On SIGTERM or SIGINT, time requests in flight get to finish before they are cancelled;
+    new connections are refused at once."""
+
     compute_threads: int = Field(default=4, ge=1)
     """Requests decoded, pooled and encoded at once, each in a worker thread; others wait their
     turn. The work is CPU-bound, so more threads than cores add only memory (one call may hold
@@ -85,6 +118,10 @@ class Settings(BaseSettings):
     """Longest ``detail`` of an error answer, in characters; a longer one is cut and ends with
     ``...`` and the count left out. Each client value a detail quotes is already cut to 200
     characters (``poolgrad.protocol.QUOTE_CHARS``); this bounds the whole, whatever it quotes."""
+    metrics_require_key: bool = False
+    """Put ``/metrics`` behind the API keys: when set (and ``api_keys`` too), a scrape needs
+    ``Authorization: Bearer <key>`` with any of the keys, else 401. Off: ``/metrics`` is open like
+    ``/healthz``; its labels never hold a client's values, only route templates and methods."""
 
     retry_after_seconds: int = Field(default=1, ge=0)
     """``Retry-After`` sent with 429 (capacity) and 503 (store unavailable)."""

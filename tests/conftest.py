@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 30.0
@@ -30,14 +30,9 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start(log_dir: Path, env: dict[str, str]) -> LiveServer:
-    port = free_port()
+    # A test may name the port (to restart a server where it was), else a free one.
+    port = int(env.get("POOLGRAD_PORT") or free_port())
     log = log_dir / f"server-{port}.log"
     full_env = {
         **os.environ,
@@ -102,3 +97,13 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
     """One server with default settings (in-memory store), shared by the whole session."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole test session (stopped at its end); missing, it is a
+    failure that says `make test` installs it, never a skip."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -36,3 +36,13 @@ def test_every_setting_is_in_the_readme_with_its_default() -> None:
     assert {name: documented[name] for name in actual} == {
         name: as_written(default) for name, default in actual.items()
     }
+
+
+def test_curl_examples_fail_on_an_error_and_never_keep_its_body_as_a_tensor() -> None:
+    commands = re.findall(r"^curl .*?(?<!\\)$", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+    assert commands
+    for command in commands:
+        assert "--fail-with-body" in command, command
+        if " -o " in command:
+            output = command.split(" -o ", 1)[1].split()[0]
+            assert f"|| {{ cat {output}; rm {output}; }}" in command, command

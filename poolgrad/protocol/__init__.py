@@ -14,6 +14,7 @@ it never loads httpx or the SDK's client. One module per fact:
 ``etags``          the entity-tag grammar of a session step (``ETag``, ``If-Match``)
 ``session``        the session's public shape (:class:`SessionInfo`)
 ``jsonio``         compact JSON (orjson when installed)
+``inference``      the Open Inference Protocol (KServe v2, Triton HTTP): requests, responses
 =================  ==========================================================================
 
 Everything is re-exported here: ``from poolgrad import protocol; protocol.decode_npy(...)``.

@@ -104,18 +104,21 @@ def query_doc(field: SpecField) -> str:
 # ----------------------------------------------------------------------- decoding
 
 
-def spec_from_query(items: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Spec fields from ``/v1/gradient`` query parameters; :class:`InvalidSpec` naming an
-    unknown, repeated or unparsable parameter."""
+def spec_from_query(
+    items: Sequence[tuple[str, str]], *, source: str = "query parameter"
+) -> dict[str, Any]:
+    """Spec fields from ``/v1/gradient`` query parameters (or text in their form, which an
+    error calls ``source``: the Open Inference Protocol's request parameters);
+    :class:`InvalidSpec` naming an unknown, repeated or unparsable parameter."""
     fields: dict[str, Any] = {}
     for name, value in items:
         field = _BY_NAME.get(name)
         if field is None:
             raise InvalidSpec(
-                f"unknown query parameter {quote(name)}; spec fields are {', '.join(FIELD_NAMES)}"
+                f"unknown {source} {quote(name)}; spec fields are {', '.join(FIELD_NAMES)}"
             )
         if name in fields:
-            raise InvalidSpec(f"query parameter {quote(name)} is given more than once")
+            raise InvalidSpec(f"{source} {quote(name)} is given more than once")
         fields[name] = _query_value(field, value)
     return fields
 

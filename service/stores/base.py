@@ -1,29 +1,39 @@
-"""The session store interface: a template method over a few backend primitives.
+"""The session store interface: a template method over a few atomic backend primitives.
 
-Public async methods (:meth:`SessionStore.create`, :meth:`~SessionStore.get`, ...) do the
-work every backend shares, once: the key layout, (de)serializing a :class:`SessionRecord` to
-bytes, TTL renewal, ownership, capacity checks with reclaim-then-retry, and mapping backend
-failures to :class:`~service.errors.StoreUnavailable`. A backend implements only the small
-primitives (``_load``, ``_save``, ``_touch``, ``_delete``, ``_reap``, ``_usage``, ``_ping``,
-``_lock``) and must make ``_save`` atomic: check the mode and the limits and write, or write
-nothing. ``_save``'s mode is what keeps a deleted or expired session dead: a forward that
-loaded its session before it was deleted or reaped ``replace``-s it, which finds no live key
-and writes nothing.
+Public async methods (:meth:`SessionStore.create`, :meth:`~SessionStore.get`,
+:meth:`~SessionStore.advance`, ...) do the work every backend shares, once: the key layout,
+(de)serializing a :class:`SessionRecord`, ownership, the answers to refusals, and mapping
+backend failures to :class:`~service.errors.StoreUnavailable`. A backend implements only the
+small primitives (``_insert``, ``_read``, ``_advance``, ``_remove``, ``_reap``, ``_usage``,
+``_ping``), each atomic on its own, so no caller ever needs a lock:
 
-Records cross the primitive boundary as bytes only, so a backend in another process (Redis)
-sees exactly what the in-memory one does; nothing here assumes in-process objects.
+- a forward computes outside the store and then :meth:`~SessionStore.advance`-s the session:
+  ownership, liveness, the state-byte budget, step + 1, the new state and the TTL renewal in
+  one atomic step. Concurrent forwards on one session (from any replica) each get a distinct
+  step, and the state kept is that of the highest step; a session deleted or expired while its
+  forward computed is not brought back.
+- a backward reads one snapshot with :meth:`~SessionStore.get` (step and state written by one
+  forward) and computes on it with no lock held.
+
+Expiry is the store's own (Redis key TTLs, or the memory store's clock): an expired session is
+gone at once, and it stops counting against the budgets no later than the next store call that
+checks them. The record crosses the primitive boundary as a :class:`StoredSession` of plain
+values (bytes, ints), so a backend in another process (Redis) holds exactly what the in-memory
+one does: each fact once (the spec as canonical JSON, owner, TTL, step, state bytes and the
+engine's state blob; shapes and dtype live in the state blob only).
 """
 
 from __future__ import annotations
 
 import abc
-import struct
-from collections.abc import Awaitable, Mapping
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal, TypeVar
+import contextlib
+import functools
+import json
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Final, Literal, NamedTuple, NoReturn, TypeVar
 
-from poolgrad import protocol
+from engine import PoolSpec
 from service.errors import (
     CapacityExceeded,
     InternalError,
@@ -32,121 +42,79 @@ from service.errors import (
     StoreUnavailable,
 )
 
-__all__ = ["Limits", "SaveMode", "SaveOutcome", "SessionRecord", "SessionStore", "Usage"]
+__all__ = [
+    "AdvanceRefusal",
+    "InsertOutcome",
+    "Limits",
+    "SessionRecord",
+    "SessionStore",
+    "StoredSession",
+    "Usage",
+    "spec_from_bytes",
+    "spec_to_bytes",
+]
 
-#: ``create``: the key must be absent (or expired); ``replace``: it must be present and live.
-SaveMode = Literal["create", "replace"]
-#: What ``_save`` did: ``stored``; or nothing, because the store was ``full``, or the key was
-#: ``absent`` (replace) or ``present`` (create).
-SaveOutcome = Literal["stored", "full", "absent", "present"]
+#: What ``_insert`` did: ``stored``; or nothing, because the store was ``full`` or the id is
+#: ``present`` (live) already.
+InsertOutcome = Literal["stored", "full", "present"]
+#: Why ``_advance`` wrote nothing: the session is ``absent`` (unknown, expired, deleted or
+#: another owner's), or its new state does not fit the byte budget (``full``).
+AdvanceRefusal = Literal["absent", "full"]
 
-_RECORD_MAGIC: Final = b"PGREC1"
-_RECORD_PREFIX: Final = struct.Struct("<6sI")
-_KEY_PREFIX: Final = "poolgrad:session:"
+#: The default key prefix; a backend shared by several deployments takes one each.
+DEFAULT_PREFIX: Final = "poolgrad:"
 
 T = TypeVar("T")
+
+#: How often ``create(replace=True)`` deletes a concurrent creator's session and tries again.
+_REPLACE_ATTEMPTS: Final = 3
+
+
+def spec_to_bytes(spec: PoolSpec) -> bytes:
+    """The spec's canonical form in a record: compact JSON of the normalized fields, so equal
+    specs are equal bytes (and share one :func:`spec_from_bytes` cache entry)."""
+    return json.dumps(spec.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def spec_from_bytes(spec: bytes) -> PoolSpec:
+    """The :class:`PoolSpec` of a record's spec bytes, parsed once per distinct spec: sessions
+    mostly share a few specs, so a small bounded cache makes a forward's spec free."""
+    return PoolSpec.from_dict(json.loads(spec))
 
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One session as stored: metadata plus the engine's serialized state (``None`` before the
-    first forward). ``owner`` is a hash of the API key that created it (``""`` without keys).
+    """One session as the store holds it. ``owner`` is a hash of the API key that created it
+    (``""`` without keys); ``state`` is the engine's ``PoolState.to_bytes()`` of the last
+    forward (``None`` before it), counted as ``state_bytes`` against the budget.
 
-    ``state`` may be a view into the stored blob (no copy); it is only ever read.
+    ``state`` may be a view into the stored bytes (no copy); it is only ever read.
     """
 
     id: str
     owner: str
-    spec: Mapping[str, Any]
+    spec: PoolSpec
     ttl_seconds: float
     step: int = 0
     state: bytes | memoryview | None = field(default=None, repr=False)
     state_bytes: int = 0
-    input_shape: tuple[int, ...] | None = None
-    output_shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-
-    def with_state(
-        self,
-        state: bytes,
-        *,
-        state_bytes: int,
-        input_shape: tuple[int, ...],
-        output_shape: tuple[int, ...],
-        dtype: str,
-    ) -> SessionRecord:
-        """The record after a forward: the new state, one step further."""
-        return replace(
-            self,
-            step=self.step + 1,
-            state=state,
-            state_bytes=state_bytes,
-            input_shape=input_shape,
-            output_shape=output_shape,
-            dtype=dtype,
-        )
-
-    def to_bytes(self) -> bytes:
-        """``magic | u32 metadata length | metadata JSON | state``: one copy of the state."""
-        meta = protocol.dumps(
-            {
-                "id": self.id,
-                "owner": self.owner,
-                "spec": dict(self.spec),
-                "ttl_seconds": self.ttl_seconds,
-                "step": self.step,
-                "has_state": self.state is not None,
-                "state_bytes": self.state_bytes,
-                "input_shape": self.input_shape,
-                "output_shape": self.output_shape,
-                "dtype": self.dtype,
-            }
-        )
-        prefix = _RECORD_PREFIX.pack(_RECORD_MAGIC, len(meta))
-        return b"".join((prefix, meta, self.state if self.state is not None else b""))
-
-    @staticmethod
-    def owner_of(blob: bytes) -> str:
-        """The owner recorded in a :meth:`to_bytes` blob (its metadata only is parsed)."""
-        owner: str = SessionRecord._metadata(blob)["owner"]
-        return owner
-
-    @staticmethod
-    def _metadata(blob: bytes) -> dict[str, Any]:
-        magic, meta_length = _RECORD_PREFIX.unpack_from(blob)
-        if magic != _RECORD_MAGIC:
-            raise ValueError(f"session record has magic {magic!r}, expected {_RECORD_MAGIC!r}")
-        start = _RECORD_PREFIX.size
-        meta: dict[str, Any] = protocol.loads(blob[start : start + meta_length])
-        return meta
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> SessionRecord:
-        """Parse :meth:`to_bytes` output; ``state`` is a view of ``blob`` (no copy)."""
-        meta = cls._metadata(blob)
-        _, meta_length = _RECORD_PREFIX.unpack_from(blob)
-        view = memoryview(blob)[_RECORD_PREFIX.size + meta_length :]
-        return cls(
-            id=meta["id"],
-            owner=meta["owner"],
-            spec=meta["spec"],
-            ttl_seconds=meta["ttl_seconds"],
-            step=meta["step"],
-            state=view if meta["has_state"] else None,
-            state_bytes=meta["state_bytes"],
-            input_shape=_shape(meta["input_shape"]),
-            output_shape=_shape(meta["output_shape"]),
-            dtype=meta["dtype"],
-        )
 
 
-def _shape(value: list[int] | None) -> tuple[int, ...] | None:
-    return None if value is None else tuple(value)
+class StoredSession(NamedTuple):
+    """A record as a backend holds it: plain values, written and read whole (one snapshot)."""
+
+    owner: str
+    spec: bytes
+    ttl_ms: int
+    step: int
+    state_bytes: int
+    state: bytes | None
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What a store may hold at once; ``_save`` refuses a write that would pass either."""
+    """What a store may hold at once; a write that would pass either is refused."""
 
     max_sessions: int
     max_state_bytes: int
@@ -154,10 +122,15 @@ class Limits:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a store holds now (expired but not yet reclaimed sessions included)."""
+    """What a store holds now: live sessions only."""
 
     sessions: int
     state_bytes: int
+
+
+def ttl_ms(ttl_seconds: float) -> int:
+    """A TTL as the whole milliseconds backends count in (at least one)."""
+    return max(1, round(ttl_seconds * 1000))
 
 
 class SessionStore(abc.ABC):
@@ -165,64 +138,90 @@ class SessionStore(abc.ABC):
 
     Not-found and not-yours are the same answer (:class:`SessionNotFound`), so a client cannot
     probe for other keys' session ids. ``expired_total`` and ``refused_total`` count what this
-    process reclaimed and refused (exported as metrics).
+    process saw expire and refused (exported as metrics); backends add to ``expired_total``
+    whenever they reclaim an expired session's budget.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, prefix: str = DEFAULT_PREFIX) -> None:
         self.limits = limits
+        self.prefix = prefix
         self.expired_total = 0
         self.refused_total = 0
 
     # ------------------------------------------------------------------ public API
 
-    async def create(self, record: SessionRecord) -> None:
-        """Store a new session (no state yet); :class:`CapacityExceeded` when full."""
-        await self._store(record, "create")
+    async def create(
+        self,
+        session_id: str,
+        owner: str,
+        spec: PoolSpec,
+        ttl_seconds: float,
+        *,
+        replace: bool = False,
+    ) -> SessionRecord:
+        """Store a new session (step 0, no state); :class:`CapacityExceeded` when full.
 
-    async def get(self, session_id: str, owner: str) -> SessionRecord:
-        """The session, its idle TTL renewed; :class:`SessionNotFound` if unknown, expired,
-        deleted or owned by another key."""
-        key = self._key(session_id)
-        blob = await self._call(self._load(key))
-        record = None if blob is None else SessionRecord.from_bytes(blob)
-        if record is None or record.owner != owner:
-            raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
-        await self._call(self._touch(key, record.ttl_seconds))
-        return record
-
-    async def put(self, record: SessionRecord) -> None:
-        """Replace a live session's record (a forward's new state), renewing its TTL.
-
-        Atomic: when the state-byte budget would be exceeded even after reclaiming expired
-        sessions, :class:`CapacityExceeded` is raised and the previous record stays. A session
-        deleted or expired since it was read is not written back: :class:`SessionNotFound`.
+        ``replace``: a session ``owner`` holds under ``session_id`` is deleted first (ids that
+        clients name, such as inference-protocol sequences); a concurrent creator of the same
+        id that wins in between is replaced in turn, a bounded number of times.
         """
-        await self._store(record, "replace")
+        stored = StoredSession(owner, spec_to_bytes(spec), ttl_ms(ttl_seconds), 0, 0, None)
+        key = self._key(session_id)
+        for _ in range(_REPLACE_ATTEMPTS if replace else 1):
+            if replace:
+                with contextlib.suppress(SessionNotFound):
+                    await self.delete(session_id, owner)
+            outcome = await self._call(self._insert(key, stored, self.limits))
+            if outcome != "present":
+                break
+        if outcome == "present":
+            raise InternalError(f"session id {session_id!r} is already taken")
+        if outcome == "full":
+            await self._refuse(f"a new session {session_id!r}")
+        return self._record(session_id, stored)
+
+    async def get(self, session_id: str, owner: str, *, state: bool = True) -> SessionRecord:
+        """The session, its idle TTL renewed: one snapshot (``step`` and ``state`` written by
+        the same forward; ``state`` is None without ``state=True``, for callers that need the
+        spec only). :class:`SessionNotFound` if unknown, expired, deleted or owned by another
+        key."""
+        stored = await self._call(self._read(self._key(session_id), owner, state=state))
+        if stored is None:
+            raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
+        return self._record(session_id, stored)
+
+    async def advance(self, session_id: str, owner: str, state: bytes, state_bytes: int) -> int:
+        """Replace the session's state with a forward's ``state`` and return its new step.
+
+        Atomic: the session is live and ``owner``'s, else :class:`SessionNotFound` (a session
+        deleted or expired while its forward computed stays gone); the new ``state_bytes``
+        (counted instead of the old) fit the budget, else :class:`CapacityExceeded` and the
+        previous state stays; then step + 1, the state replaced and the TTL renewed.
+        """
+        key = self._key(session_id)
+        result = await self._call(self._advance(key, owner, state, state_bytes, self.limits))
+        if isinstance(result, int):
+            return result
+        if result == "full":
+            await self._refuse(f"session {session_id!r} with {state_bytes} state bytes")
+        raise SessionNotFound(
+            f"session {session_id!r} does not exist, or was deleted or expired while in use; "
+            "its new state was not kept"
+        )
 
     async def delete(self, session_id: str, owner: str) -> None:
-        """Drop a session and its state; :class:`SessionNotFound` as for :meth:`get`.
-
-        Reads only the record's metadata to check the owner, and does not renew its TTL.
-        """
-        key = self._key(session_id)
-        blob = await self._call(self._load(key))
-        if blob is None or SessionRecord.owner_of(blob) != owner:
+        """Drop a session and its state; :class:`SessionNotFound` as for :meth:`get`. A
+        refused delete does not renew the TTL."""
+        if not await self._call(self._remove(self._key(session_id), owner)):
             raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
-        await self._call(self._delete(key))
-
-    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
-        """Hold this while reading and replacing one session, so its forward and backward never
-        interleave. Distinct sessions never wait on each other."""
-        return self._lock(self._key(session_id))
 
     async def reap(self) -> int:
-        """Reclaim expired sessions now; returns how many (the reaper calls this)."""
-        reclaimed = await self._call(self._reap())
-        self.expired_total += reclaimed
-        return reclaimed
+        """Release the budget of expired sessions now; returns how many (the reaper calls
+        this; stores also do it whenever they check the budget)."""
+        return await self._call(self._reap())
 
     async def usage(self) -> Usage:
-        """Sessions and state bytes held now."""
+        """Live sessions and their state bytes."""
         return await self._call(self._usage())
 
     async def ping(self) -> None:
@@ -234,93 +233,88 @@ class SessionStore(abc.ABC):
 
     # ------------------------------------------------------------- shared helpers
 
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return _KEY_PREFIX + session_id
+    def _key(self, session_id: str) -> str:
+        """The session's key: its id as the hash tag, so every key of one session lands in
+        one Redis Cluster slot."""
+        return f"{self.prefix}{{{session_id}}}"
 
-    async def _store(self, record: SessionRecord, mode: SaveMode) -> None:
-        key = self._key(record.id)
-        blob = record.to_bytes()
-        for attempt in range(2):
-            outcome = await self._call(
-                self._save(key, blob, record.ttl_seconds, record.state_bytes, self.limits, mode)
-            )
-            if outcome == "stored":
-                return
-            if outcome == "absent":
-                raise SessionNotFound(
-                    f"session {record.id!r} was deleted or expired while in use; its new state "
-                    "was not kept"
-                )
-            if outcome == "present":
-                raise InternalError(f"session id {record.id!r} is already taken")
-            # Expired sessions still hold their bytes until reaped: reclaim them before
-            # refusing anyone, then try exactly once more.
-            if attempt == 0:
-                await self.reap()
+    @staticmethod
+    def _record(session_id: str, stored: StoredSession) -> SessionRecord:
+        return SessionRecord(
+            id=session_id,
+            owner=stored.owner,
+            spec=spec_from_bytes(stored.spec),
+            ttl_seconds=stored.ttl_ms / 1000,
+            step=stored.step,
+            state=stored.state,
+            state_bytes=stored.state_bytes,
+        )
+
+    async def _refuse(self, what: str) -> NoReturn:
         self.refused_total += 1
         usage = await self.usage()
         raise CapacityExceeded(
-            f"session {record.id!r} with {record.state_bytes} state bytes does not fit: the store "
-            f"holds {usage.sessions} of max_sessions={self.limits.max_sessions} sessions and "
-            f"{usage.state_bytes} of max_state_bytes={self.limits.max_state_bytes} state bytes"
+            f"{what} does not fit: the store holds {usage.sessions} of "
+            f"max_sessions={self.limits.max_sessions} sessions and {usage.state_bytes} of "
+            f"max_state_bytes={self.limits.max_state_bytes} state bytes"
         )
 
-    @staticmethod
-    async def _call(operation: Awaitable[T]) -> T:
-        """Await a primitive, translating a backend's connection failure into
-        :class:`StoreUnavailable` (chained) so no backend exception leaks past the store."""
+    async def _call(self, operation: Awaitable[T]) -> T:
+        """Await a primitive, translating a backend's failure into :class:`StoreUnavailable`
+        (chained) so no backend exception leaks past the store."""
         try:
             return await operation
         except ServiceError:
             raise
         except (OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"session store did not answer: {exc}") from exc
+        except Exception as exc:
+            unavailable = self._unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
+        """The :class:`StoreUnavailable` a backend-specific failure means, or None for a bug
+        (which then propagates as the 500 it is)."""
+        return None
 
     # ---------------------------------------------------------- backend primitives
 
     @abc.abstractmethod
-    async def _load(self, key: str) -> bytes | None:
-        """The blob under ``key``, or None when absent or expired."""
+    async def _insert(self, key: str, stored: StoredSession, limits: Limits) -> InsertOutcome:
+        """Atomically store a new session with its TTL, or nothing (``present``, ``full``).
 
-    @abc.abstractmethod
-    async def _save(
-        self,
-        key: str,
-        blob: bytes,
-        ttl_seconds: float,
-        state_bytes: int,
-        limits: Limits,
-        mode: SaveMode,
-    ) -> SaveOutcome:
-        """Atomically store ``blob`` with a fresh TTL, or nothing.
-
-        Nothing when ``mode`` is ``create`` and ``key`` is live (``present``), when it is
-        ``replace`` and ``key`` is absent or expired (``absent``), or when, counting this write
-        (and no longer counting the blob it replaces), the store would hold more than
-        ``limits`` (``full``). ``state_bytes`` is what this record counts against the budget.
+        ``full`` only when, after releasing expired sessions, one more would pass ``limits``.
         """
 
     @abc.abstractmethod
-    async def _touch(self, key: str, ttl_seconds: float) -> None:
-        """Renew the TTL of ``key`` (no-op when absent)."""
+    async def _read(self, key: str, owner: str, *, state: bool) -> StoredSession | None:
+        """The live session under ``key`` (one snapshot, without its state blob unless
+        ``state``), its TTL renewed; None, renewing nothing, when absent, expired or another
+        owner's."""
 
     @abc.abstractmethod
-    async def _delete(self, key: str) -> None:
-        """Drop ``key`` (no-op when absent)."""
+    async def _advance(
+        self, key: str, owner: str, state: bytes, state_bytes: int, limits: Limits
+    ) -> int | AdvanceRefusal:
+        """Atomically: when ``key`` is live and ``owner``'s and, counting ``state_bytes``
+        instead of its old state's (expired sessions released first), the state bytes stay
+        within ``limits``: step + 1, state replaced, TTL renewed; return the new step.
+        Otherwise change nothing and say why."""
+
+    @abc.abstractmethod
+    async def _remove(self, key: str, owner: str) -> bool:
+        """Drop ``key`` and release its budget when it is live and ``owner``'s; say whether."""
 
     @abc.abstractmethod
     async def _reap(self) -> int:
-        """Drop expired records, releasing their budget; return how many."""
+        """Release the budget of expired sessions; return how many."""
 
     @abc.abstractmethod
     async def _usage(self) -> Usage:
-        """Records and state bytes held now."""
+        """Live sessions and their state bytes."""
 
     @abc.abstractmethod
     async def _ping(self) -> None:
         """Return when the backend answers."""
-
-    @abc.abstractmethod
-    def _lock(self, key: str) -> AbstractAsyncContextManager[None]:
-        """A mutual-exclusion lock for one key."""

@@ -1,36 +1,34 @@
 """The embedded in-memory session store: this process only, the default ``memory://``.
 
 Every primitive runs on the event loop without awaiting inside, so each one is atomic with
-respect to other requests; the blob bytes are immutable, so a reader holding an old record
-never sees a torn one. Expired records stay invisible until :meth:`_reap` drops them, and
-they keep counting against the limits until then (the store never holds more than its
-budget, and the base class reaps before it refuses anyone).
+respect to other requests; a :class:`StoredSession` is immutable and replaced whole, so a
+reader holding an old one never sees a torn record. An expired session is invisible at once;
+its budget is released when a budget check would otherwise fail, on :meth:`usage` and on
+:meth:`reap` (a scan of every session, so the hot path never pays for it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.stores.base import Limits, SaveMode, SaveOutcome, SessionStore, Usage
+from service.stores.base import (
+    AdvanceRefusal,
+    InsertOutcome,
+    Limits,
+    SessionStore,
+    StoredSession,
+    Usage,
+)
 
 __all__ = ["MemoryStore"]
 
 
 @dataclass
 class _Entry:
-    blob: bytes
-    state_bytes: int
+    stored: StoredSession
     expires_at: float
-
-
-@dataclass
-class _KeyLock:
-    lock: asyncio.Lock
-    users: int = 0
 
 
 class MemoryStore(SessionStore):
@@ -40,8 +38,8 @@ class MemoryStore(SessionStore):
         super().__init__(limits)
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        # Counts expired entries too until they are released (see the module docstring).
         self._state_bytes = 0
-        self._locks: dict[str, _KeyLock] = {}
 
     def _live(self, key: str) -> _Entry | None:
         entry = self._entries.get(key)
@@ -49,72 +47,80 @@ class MemoryStore(SessionStore):
             return None
         return entry
 
-    async def _load(self, key: str) -> bytes | None:
-        entry = self._live(key)
-        return None if entry is None else entry.blob
+    def _fits(self, sessions: int, state_bytes: int, limits: Limits) -> bool:
+        """Whether the store may hold ``sessions`` more sessions and ``state_bytes`` more
+        bytes, releasing expired sessions first when it otherwise may not."""
 
-    async def _save(
-        self,
-        key: str,
-        blob: bytes,
-        ttl_seconds: float,
-        state_bytes: int,
-        limits: Limits,
-        mode: SaveMode,
-    ) -> SaveOutcome:
-        live = self._live(key) is not None
-        if mode == "create" and live:
-            return "present"
-        if mode == "replace" and not live:
-            return "absent"
-        # An expired entry not yet reaped is replaced by a create, so it stops counting.
-        previous = self._entries.get(key)
-        sessions = len(self._entries) + (previous is None)
-        total = self._state_bytes + state_bytes - (previous.state_bytes if previous else 0)
-        if sessions > limits.max_sessions or total > limits.max_state_bytes:
-            return "full"
-        self._entries[key] = _Entry(blob, state_bytes, self._clock() + ttl_seconds)
-        self._state_bytes = total
-        return "stored"
+        def fits() -> bool:
+            return (
+                len(self._entries) + sessions <= limits.max_sessions
+                and self._state_bytes + state_bytes <= limits.max_state_bytes
+            )
 
-    async def _touch(self, key: str, ttl_seconds: float) -> None:
-        entry = self._live(key)
-        if entry is not None:
-            entry.expires_at = self._clock() + ttl_seconds
+        if fits():
+            return True
+        self._release_expired()
+        return fits()
 
-    async def _delete(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._state_bytes -= entry.state_bytes
-
-    async def _reap(self) -> int:
+    def _release_expired(self) -> int:
         now = self._clock()
         expired = [key for key, entry in self._entries.items() if entry.expires_at <= now]
         for key in expired:
-            await self._delete(key)
+            self._drop(key)
+        self.expired_total += len(expired)
         return len(expired)
 
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._state_bytes -= entry.stored.state_bytes
+
+    async def _insert(self, key: str, stored: StoredSession, limits: Limits) -> InsertOutcome:
+        if self._live(key) is not None:
+            return "present"
+        if key in self._entries:  # expired, not yet released: the new session takes its place
+            self._drop(key)
+            self.expired_total += 1
+        if not self._fits(1, stored.state_bytes, limits):
+            return "full"
+        self._entries[key] = _Entry(stored, self._clock() + stored.ttl_ms / 1000)
+        self._state_bytes += stored.state_bytes
+        return "stored"
+
+    async def _read(self, key: str, owner: str, *, state: bool) -> StoredSession | None:
+        entry = self._live(key)
+        if entry is None or entry.stored.owner != owner:
+            return None
+        entry.expires_at = self._clock() + entry.stored.ttl_ms / 1000
+        return entry.stored if state else entry.stored._replace(state=None)
+
+    async def _advance(
+        self, key: str, owner: str, state: bytes, state_bytes: int, limits: Limits
+    ) -> int | AdvanceRefusal:
+        entry = self._live(key)
+        if entry is None or entry.stored.owner != owner:
+            return "absent"
+        if not self._fits(0, state_bytes - entry.stored.state_bytes, limits):
+            return "full"
+        self._state_bytes += state_bytes - entry.stored.state_bytes
+        step = entry.stored.step + 1
+        entry.stored = entry.stored._replace(step=step, state_bytes=state_bytes, state=state)
+        entry.expires_at = self._clock() + entry.stored.ttl_ms / 1000
+        return step
+
+    async def _remove(self, key: str, owner: str) -> bool:
+        entry = self._live(key)
+        if entry is None or entry.stored.owner != owner:
+            return False
+        self._drop(key)
+        return True
+
+    async def _reap(self) -> int:
+        return self._release_expired()
+
     async def _usage(self) -> Usage:
+        self._release_expired()
         return Usage(sessions=len(self._entries), state_bytes=self._state_bytes)
 
     async def _ping(self) -> None:
         return None
-
-    def _lock(self, key: str) -> AbstractAsyncContextManager[None]:
-        return self._held(key)
-
-    @asynccontextmanager
-    async def _held(self, key: str) -> AsyncIterator[None]:
-        # One asyncio.Lock per key, alive only while someone holds or waits for it, so locks
-        # of deleted and expired sessions do not accumulate.
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = _KeyLock(asyncio.Lock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[key]

@@ -22,17 +22,15 @@ if TYPE_CHECKING:
     from tests.conftest import LiveServer
 
 matplotlib.use("Agg")  # EpyNN imports pyplot; never open a window
-# EpyNN 1.2.13 reads an alias NumPy 2 moved.
-np.VisibleDeprecationWarning = np.exceptions.VisibleDeprecationWarning  # type: ignore[attr-defined]
 
-from epynn.commons.maths import relu, softmax  # noqa: E402
-from epynn.convolution.models import Convolution  # noqa: E402
-from epynn.dense.models import Dense  # noqa: E402
-from epynn.embedding.models import Embedding  # noqa: E402
-from epynn.flatten.models import Flatten  # noqa: E402
-from epynn.network.models import EpyNN  # noqa: E402
-from epynn.pooling.models import Pooling  # noqa: E402
-from epynn.settings import se_hPars  # noqa: E402
+from epynn.commons.maths import relu, softmax
+from epynn.convolution.models import Convolution
+from epynn.dense.models import Dense
+from epynn.embedding.models import Embedding
+from epynn.flatten.models import Flatten
+from epynn.network.models import EpyNN
+from epynn.pooling.models import Pooling
+from epynn.settings import se_hPars
 
 SEED = 7
 EPOCHS = 5

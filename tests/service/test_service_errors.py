@@ -90,7 +90,7 @@ async def test_tensor_routes_refuse_unknown_media_types(
 
 
 async def test_unknown_route_is_a_404_problem(client: httpx.AsyncClient) -> None:
-    assert_problem(await client.get("/v2/everything"), 404, "not_found", "/v2/everything")
+    assert_problem(await client.get("/v9/everything"), 404, "not_found", "/v9/everything")
 
 
 async def test_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncClient) -> None:

@@ -136,7 +136,7 @@ def run_module(**env: str) -> subprocess.CompletedProcess[str]:
     ("env", "named"),
     [
         ({"POOLGRAD_WORKERS": "2"}, ("POOLGRAD_WORKERS=2", "Redis", "memory://")),
-        ({"POOLGRAD_STORE_URL": "redis://cache:6379/0"}, ("redis://cache:6379/0",)),
+        ({"POOLGRAD_STORE_URL": "memcached://cache:11211"}, ("memcached://cache:11211",)),
         ({"POOLGRAD_PORT": "eighty"}, ("POOLGRAD_PORT", "eighty")),
         ({"POOLGRAD_API_KEYS": "fine,s\N{LATIN SMALL LETTER E WITH ACUTE}cret"},
          ("POOLGRAD_API_KEYS", "API key 2 of 2", "position 1")),

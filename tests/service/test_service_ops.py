@@ -13,7 +13,7 @@ from service_helpers import DA1, NPY, assert_problem, client_for, npy, primed_se
 
 from poolgrad import protocol
 from service import Settings, create_app
-from service.stores import Limits, MemoryStore, SessionRecord, Usage
+from service.stores import Limits, MemoryStore, StoredSession, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -27,10 +27,10 @@ class UnreachableStore(MemoryStore):
         super().__init__(LIMITS)
         self.down = False
 
-    async def _load(self, key: str) -> bytes | None:
+    async def _read(self, key: str, owner: str, *, state: bool) -> StoredSession | None:
         if self.down:
             raise ConnectionRefusedError(111, "Connection refused to 10.0.0.7:6379")
-        return await super()._load(key)
+        return await super()._read(key, owner, state=state)
 
     async def _ping(self) -> None:
         if self.down:
@@ -45,18 +45,19 @@ class UnreachableStore(MemoryStore):
 class BrokenStore(MemoryStore):
     """A store with a bug: an exception no one anticipated."""
 
-    async def _load(self, key: str) -> bytes | None:
+    async def _read(self, key: str, owner: str, *, state: bool) -> StoredSession | None:
         raise RuntimeError(f"secret internals of {key}")
 
 
 class CorruptingStore(MemoryStore):
-    """Hands back records whose engine state has one byte flipped."""
+    """Hands back sessions whose engine state has one byte flipped."""
 
-    async def _load(self, key: str) -> bytes | None:
-        blob = await super()._load(key)
-        if blob is None or SessionRecord.from_bytes(blob).state is None:
-            return blob
-        return blob[:-1] + bytes([blob[-1] ^ 0xFF])
+    async def _read(self, key: str, owner: str, *, state: bool) -> StoredSession | None:
+        stored = await super()._read(key, owner, state=state)
+        if stored is None or stored.state is None:
+            return stored
+        blob = stored.state
+        return stored._replace(state=blob[:-1] + bytes([blob[-1] ^ 0xFF]))
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:

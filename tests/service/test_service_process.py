@@ -20,7 +20,7 @@ import numpy as np
 from service_helpers import DA1, JSON, NPY, X1, expected, npy
 
 from poolgrad import protocol
-from service.__main__ import MAX_HEADER_BYTES
+from service import Settings
 
 
 def rss_bytes(pid: int) -> int:
@@ -186,13 +186,13 @@ def test_a_huge_header_is_refused_without_being_held(start_server: Callable[...,
     grown = rss_bytes(pid) - before
     for sock, answer in connections:
         sock.close()
-        # A 400 and a closed connection; a reset when the server closed with our bytes unread.
+        # A 431 and a closed connection; a reset when the server closed with our bytes unread.
         assert answer == b"<reset>" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
-    assert any(answer.startswith(b"HTTP/1.1 400") for _, answer in connections)
+    assert any(answer.startswith(b"HTTP/1.1 431") for _, answer in connections)
     assert grown < 4 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200
     # Headers up to the bound still pass.
-    padding = "a" * (MAX_HEADER_BYTES // 2)
+    padding = "a" * (Settings().max_header_bytes // 2)
     assert (
         httpx.get(f"{server.base_url}/healthz", headers={"X-Padding": padding}).status_code == 200
     )

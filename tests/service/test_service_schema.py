@@ -2,10 +2,10 @@
 operation (valid and invalid, unknown methods, missing credentials), no 5xx, every status and
 header documented, every body matching its documented schema and media type.
 
-The app runs in-process (schemathesis' ASGI transport) with an API key, so the documented
-bearer security is real. Half the cases that name a session get a live one that has run
-forward, so backward, GET and DELETE reach past the 404. Examples are bounded (``EXAMPLES`` per
-operation, no deadline): the whole run stays well under a minute on two cores.
+The app runs in-process (schemathesis' ASGI transport) with an API key, ``/metrics`` behind
+it, so the documented bearer security is real. Half the cases that name a session get a live
+one that has run forward, so backward, GET and DELETE reach past the 404. Examples are bounded
+(``EXAMPLES`` per operation, no deadline): the whole run stays well under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ CONFIG = schemathesis.Config.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": CLIENT_ERRORS}}}
 )
 
-app = create_app(Settings(api_keys=KEY, max_sessions=100_000))
+app = create_app(Settings(api_keys=KEY, metrics_require_key=True, max_sessions=100_000))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
 
 X = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(1, 4, 4, 1)

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from service import Settings
 from service.stores import Limits, MemoryStore, store_from_url
+from service.stores.redis import RedisStore
 
 NPY, JSON = "application/x-npy", "application/json"
 
@@ -74,5 +75,7 @@ def test_bad_environment_values_are_refused_by_name(
 def test_store_url_picks_the_backend() -> None:
     limits = Limits(max_sessions=1, max_state_bytes=1)
     assert isinstance(store_from_url("memory://", limits), MemoryStore)
-    with pytest.raises(ValueError, match=r"POOLGRAD_STORE_URL='redis://db:6379/0'"):
-        store_from_url("redis://db:6379/0", limits)
+    for url in ("redis://db:6379/0", "rediss://:pw@db:6380/1", "unix:///run/redis.sock?db=2"):
+        assert isinstance(store_from_url(url, limits), RedisStore)  # connects on first use
+    with pytest.raises(ValueError, match=r"POOLGRAD_STORE_URL='memcached://db:11211'"):
+        store_from_url("memcached://db:11211", limits)

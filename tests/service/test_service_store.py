@@ -1,18 +1,47 @@
-"""The session store contract, one class run against every backend (only memory exists yet),
-with an injected clock so TTLs are exact and instant."""
+"""The session store contract: one class run against every backend, the in-memory store and
+a real redis-server alike (aiocache's acceptance style).
+
+Time is the backend's own: the memory store's clock is injected and moved by hand, Redis
+expires keys on its own clock, so there the tests wait (TTLs scaled down to fifths of a
+second). Expiry is the store's: an expired session is gone at once and stops counting against
+the budgets by the next call that checks them, with no reaper needed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
+from redis_server import RedisServer
 
+from engine import PoolSpec
 from service.errors import CapacityExceeded, InternalError, SessionNotFound
-from service.stores import Limits, MemoryStore, SessionRecord, SessionStore, Usage
+from service.stores import Limits, MemoryStore, SessionStore, Usage
+from service.stores.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
+
+LIMITS = Limits(max_sessions=3, max_state_bytes=1000)
+SPEC = PoolSpec(mode="avg", pool_size=(3, 2), strides=1)
+_prefixes = itertools.count()
+
+
+@dataclass
+class Backend:
+    """A store under test, a second client of the same data (another replica, for Redis), and
+    the backend's time: ``seconds(n)`` is ``n`` time units, ``elapse(n)`` lets them pass."""
+
+    store: SessionStore
+    peer: SessionStore
+    unit: float
+    elapse: Callable[[float], Awaitable[None]]
+
+    def seconds(self, units: float) -> float:
+        return units * self.unit
 
 
 class FakeClock:
@@ -23,210 +52,282 @@ class FakeClock:
         return self.now
 
 
-def memory_store(limits: Limits, clock: FakeClock) -> SessionStore:
-    return MemoryStore(limits, clock=clock)
+@pytest.fixture
+async def memory_backend() -> Backend:
+    clock = FakeClock()
+    store = MemoryStore(LIMITS, clock=clock)
 
+    async def elapse(units: float) -> None:
+        clock.now += units
 
-BACKENDS: list[Callable[[Limits, FakeClock], SessionStore]] = [memory_store]
-
-
-def record(session_id: str, *, owner: str = "", ttl: float = 10.0, state: int = 0) -> SessionRecord:
-    blank = SessionRecord(id=session_id, owner=owner, spec={"mode": "max"}, ttl_seconds=ttl)
-    if not state:
-        return blank
-    return blank.with_state(
-        bytes(range(256)) * (state // 256) + bytes(state % 256),
-        state_bytes=state,
-        input_shape=(1, 4, 4, 1),
-        output_shape=(1, 2, 2, 1),
-        dtype="float32",
-    )
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda factory: factory.__name__)
-def backend(request: pytest.FixtureRequest) -> Callable[..., SessionStore]:
-    return request.param  # type: ignore[no-any-return]
+    return Backend(store, store, 1.0, elapse)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+async def redis_backend(redis_server: RedisServer) -> AsyncIterator[Backend]:
+    prefix = f"contract{next(_prefixes)}:"
+    store = RedisStore(redis_server.url, LIMITS, prefix=prefix)
+    peer = RedisStore(redis_server.url, LIMITS, prefix=prefix)
+    unit = 0.2  # wide margins: a loaded machine may stall the loop for a moment
+
+    async def elapse(units: float) -> None:
+        await asyncio.sleep(units * unit)
+
+    yield Backend(store, peer, unit, elapse)
+    await store.close()
+    await peer.close()
 
 
-@pytest.fixture
-def store(backend: Callable[..., SessionStore], clock: FakeClock) -> SessionStore:
-    return backend(Limits(max_sessions=3, max_state_bytes=1000), clock)
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    fixture: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return fixture
+
+
+def blob(size: int, tag: int = 0) -> bytes:
+    """A state blob of ``size`` bytes that says which write it came from."""
+    return (tag.to_bytes(4, "little") + bytes(range(256)) * (size // 256 + 1))[:size]
 
 
 class TestSessionStoreContract:
-    async def test_record_round_trips_through_bytes(self, store: SessionStore) -> None:
-        original = record("a", owner="o", state=300)
-        await store.create(original)
+    async def test_a_session_round_trips_every_fact_once(self, backend: Backend) -> None:
+        store = backend.store
+        created = await store.create("a", "o", SPEC, backend.seconds(10))
+        assert (created.step, created.state, created.state_bytes) == (0, None, 0)
+        fresh = await store.get("a", "o")
+        assert fresh.spec == SPEC
+        assert fresh.ttl_seconds == pytest.approx(backend.seconds(10))
+        assert (fresh.step, fresh.state, fresh.state_bytes) == (0, None, 0)
+        assert await store.advance("a", "o", blob(300, 1), 300) == 1
         loaded = await store.get("a", "o")
-        assert loaded.id == "a"
-        assert loaded.step == 1
-        assert loaded.state is not None
-        assert bytes(loaded.state) == bytes(original.state or b"")
-        assert loaded.input_shape == (1, 4, 4, 1)
+        assert (loaded.id, loaded.owner, loaded.spec, loaded.step) == ("a", "o", SPEC, 1)
+        assert bytes(loaded.state or b"") == blob(300, 1)
         assert loaded.state_bytes == 300
-        assert SessionRecord.from_bytes(original.to_bytes()).spec == {"mode": "max"}
+        spec_only = await store.get("a", "o", state=False)
+        assert (spec_only.spec, spec_only.step, spec_only.state_bytes) == (SPEC, 1, 300)
+        assert spec_only.state is None
 
-    async def test_another_owner_sees_not_found(self, store: SessionStore) -> None:
-        await store.create(record("a", owner="alice"))
+    async def test_another_owner_sees_not_found_and_changes_nothing(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "alice", SPEC, backend.seconds(10))
+        await store.advance("a", "alice", blob(10, 1), 10)
         with pytest.raises(SessionNotFound, match="'a'"):
             await store.get("a", "bob")
-        with pytest.raises(SessionNotFound):
+        with pytest.raises(SessionNotFound, match="'a'"):
+            await store.advance("a", "bob", blob(20, 2), 20)
+        with pytest.raises(SessionNotFound, match="'a'"):
             await store.delete("a", "bob")
-        assert (await store.get("a", "alice")).id == "a"
+        kept = await store.get("a", "alice")
+        assert (kept.step, bytes(kept.state or b"")) == (1, blob(10, 1))
 
-    async def test_idle_ttl_expires_and_every_get_renews_it(
-        self, store: SessionStore, clock: FakeClock
-    ) -> None:
-        await store.create(record("a", ttl=10))
-        for _ in range(5):
-            clock.now += 8
-            await store.get("a", "")  # renews: 40 s later it is still there
-        clock.now += 10
+    async def test_idle_ttl_expires_and_every_use_renews_it(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "", SPEC, backend.seconds(5))
+        for turn in range(3):
+            await backend.elapse(3)
+            if turn == 1:
+                await store.advance("a", "", blob(10), 10)  # renews as well
+            else:
+                await store.get("a", "", state=False)  # renews: 9 units later it is there
+        await backend.elapse(6)
         with pytest.raises(SessionNotFound):
             await store.get("a", "")
 
-    async def test_reap_reclaims_expired_sessions_and_their_bytes(
-        self, store: SessionStore, clock: FakeClock
-    ) -> None:
-        await store.create(record("a", ttl=5, state=400))
-        await store.create(record("b", ttl=50, state=100))
-        clock.now += 6
-        assert await store.reap() == 1
+    async def test_expired_sessions_stop_counting_without_a_reaper(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "", SPEC, backend.seconds(3))
+        await store.advance("a", "", blob(400), 400)
+        await store.create("b", "", SPEC, backend.seconds(50))
+        await store.advance("b", "", blob(100), 100)
+        await backend.elapse(5)
         assert await store.usage() == Usage(sessions=1, state_bytes=100)
         assert store.expired_total == 1
+        assert await store.reap() == 0  # nothing left to release
 
-    async def test_session_count_limit(self, store: SessionStore) -> None:
+    async def test_session_count_limit(self, backend: Backend) -> None:
         for name in "abc":
-            await store.create(record(name))
-        with pytest.raises(CapacityExceeded, match="max_sessions=3"):
-            await store.create(record("d"))
-        assert store.refused_total == 1
+            await backend.store.create(name, "", SPEC, backend.seconds(10))
+        with pytest.raises(CapacityExceeded, match=r"'d'.*holds 3 of max_sessions=3"):
+            await backend.store.create("d", "", SPEC, backend.seconds(10))
+        assert backend.store.refused_total == 1
 
-    async def test_expired_sessions_are_reclaimed_before_refusing(
-        self, store: SessionStore, clock: FakeClock
-    ) -> None:
-        await store.create(record("a", ttl=1))
-        await store.create(record("b", ttl=100))
-        await store.create(record("c", ttl=100))
-        clock.now += 2
-        await store.create(record("d"))  # fits once "a" is reclaimed
+    async def test_expired_sessions_are_released_before_refusing(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "", SPEC, backend.seconds(2))
+        await store.create("b", "", SPEC, backend.seconds(100))
+        await store.create("c", "", SPEC, backend.seconds(100))
+        await backend.elapse(3)
+        await store.create("d", "", SPEC, backend.seconds(100))  # fits: "a" expired
         assert store.expired_total == 1
         assert store.refused_total == 0
 
-    async def test_byte_budget_refusal_keeps_the_previous_record(self, store: SessionStore) -> None:
-        await store.create(record("a", state=600))
-        with pytest.raises(CapacityExceeded, match="max_state_bytes=1000"):
-            await store.create(record("b", state=500))
-        bigger = record("a", state=1001)
+    async def test_byte_budget_refusal_keeps_the_previous_state(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "", SPEC, backend.seconds(10))
+        await store.create("b", "", SPEC, backend.seconds(10))
+        await store.advance("a", "", blob(600, 1), 600)
+        with pytest.raises(CapacityExceeded, match=r"500 state bytes.*max_state_bytes=1000"):
+            await store.advance("b", "", blob(500, 2), 500)
         with pytest.raises(CapacityExceeded):
-            await store.put(bigger)
+            await store.advance("a", "", blob(1001, 3), 1001)
         kept = await store.get("a", "")
-        assert kept.state_bytes == 600
-        assert await store.usage() == Usage(sessions=1, state_bytes=600)
-        await store.put(record("a", state=900))  # replacing frees the old bytes first
-        assert (await store.usage()).state_bytes == 900
+        assert (kept.step, kept.state_bytes, bytes(kept.state or b"")) == (1, 600, blob(600, 1))
+        assert (await store.get("b", "")).step == 0
+        assert await store.usage() == Usage(sessions=2, state_bytes=600)
+        assert await store.advance("a", "", blob(900, 4), 900) == 2  # the old 600 is freed
+        assert await store.usage() == Usage(sessions=2, state_bytes=900)
 
-    async def test_never_holds_more_than_its_limits(
-        self, store: SessionStore, clock: FakeClock
-    ) -> None:
+    async def test_never_holds_more_than_its_limits(self, backend: Backend) -> None:
+        store = backend.store
         rng = random.Random(7)
-        # What the store should hold: name -> (expires_at, state_bytes), expired ones included
-        # until a reap (the one the test asks for, or the one a full store runs) drops them.
-        held: dict[str, tuple[float, int]] = {}
-        for _ in range(400):
+        # The model: name -> state bytes of the live sessions. TTLs are either far shorter than
+        # one elapse step or far longer than the whole run, so the model knows what expired.
+        held: dict[str, int] = {}
+        short: set[str] = set()
+        for _ in range(150):
             name = rng.choice("abcdefg")
             action = rng.random()
-            reaped_before = store.expired_total
-            live = name in held and held[name][0] > clock.now
             try:
-                if action < 0.5:
-                    ttl, state = rng.uniform(1, 20), rng.randint(0, 700)
-                    new = record(name, ttl=ttl, state=state)
-                    await (store.put(new) if live else store.create(new))
-                    held[name] = (clock.now + ttl, state)
+                if action < 0.3:
+                    is_short = rng.random() < 0.3
+                    ttl = backend.seconds(2 if is_short else 10_000)
+                    await store.create(name, "", SPEC, ttl)
+                    held[name] = 0
+                    short.discard(name)
+                    if is_short:
+                        short.add(name)
                 elif action < 0.7:
+                    state_bytes = rng.randint(0, 700)
+                    await store.advance(name, "", blob(state_bytes), state_bytes)
+                    held[name] = state_bytes
+                elif action < 0.9:
                     await store.delete(name, "")
                     del held[name]
-                elif action < 0.9:
-                    clock.now += rng.uniform(0, 5)
+                elif action < 0.95:
+                    await backend.elapse(5)
+                    held = {key: value for key, value in held.items() if key not in short}
+                    short.clear()
                 else:
                     await store.reap()
-            except (CapacityExceeded, SessionNotFound):
+            except (CapacityExceeded, SessionNotFound, InternalError):
                 pass
-            if store.expired_total != reaped_before:
-                held = {key: value for key, value in held.items() if value[0] > clock.now}
             usage = await store.usage()
-            assert usage == Usage(len(held), sum(state for _, state in held.values()))
-            assert usage.sessions <= 3
-            assert usage.state_bytes <= 1000
+            assert usage == Usage(len(held), sum(held.values()))
+            assert usage.sessions <= LIMITS.max_sessions
+            assert usage.state_bytes <= LIMITS.max_state_bytes
         assert store.refused_total > 0  # the sequence did press against the limits
         assert store.expired_total > 0
 
-    async def test_put_never_brings_back_a_deleted_or_expired_session(
-        self, store: SessionStore, clock: FakeClock
+    async def test_advance_never_brings_back_a_deleted_or_expired_session(
+        self, backend: Backend
     ) -> None:
-        await store.create(record("gone", state=100))
-        await store.create(record("late", ttl=5, state=100))
+        store = backend.store
+        await store.create("gone", "", SPEC, backend.seconds(10))
+        await store.advance("gone", "", blob(100), 100)
+        await store.create("late", "", SPEC, backend.seconds(2))
+        await store.advance("late", "", blob(100), 100)
         await store.delete("gone", "")
-        with pytest.raises(SessionNotFound, match="'gone' was deleted or expired"):
-            await store.put(record("gone", state=200))
-        clock.now += 6  # "late" expired but is not reaped yet
-        with pytest.raises(SessionNotFound, match="'late' was deleted or expired"):
-            await store.put(record("late", state=200))
-        await store.reap()
+        with pytest.raises(SessionNotFound, match="'gone' does not exist, or was deleted"):
+            await store.advance("gone", "", blob(200), 200)
+        await backend.elapse(3)
+        with pytest.raises(SessionNotFound, match="'late' does not exist, or was deleted"):
+            await store.advance("late", "", blob(200), 200)
         with pytest.raises(SessionNotFound):
-            await store.put(record("late", state=200))
-        with pytest.raises(SessionNotFound):
-            await store.put(record("never", state=200))
+            await store.advance("never", "", blob(200), 200)
         assert await store.usage() == Usage(sessions=0, state_bytes=0)
 
     async def test_create_refuses_a_live_id_and_takes_an_expired_one(
-        self, store: SessionStore, clock: FakeClock
+        self, backend: Backend
     ) -> None:
-        await store.create(record("a", ttl=5, state=100))
+        store = backend.store
+        await store.create("a", "", SPEC, backend.seconds(2))
+        await store.advance("a", "", blob(100), 100)
         with pytest.raises(InternalError, match="'a' is already taken"):
-            await store.create(record("a", state=300))
-        clock.now += 6
-        await store.create(record("a", state=300))
-        assert (await store.get("a", "")).state_bytes == 300
-        assert await store.usage() == Usage(sessions=1, state_bytes=300)
+            await store.create("a", "", SPEC, backend.seconds(10))
+        await backend.elapse(3)
+        await store.create("a", "", SPEC, backend.seconds(10))
+        fresh = await store.get("a", "")
+        assert (fresh.step, fresh.state, fresh.state_bytes) == (0, None, 0)
+        assert await store.usage() == Usage(sessions=1, state_bytes=0)
 
-    async def test_delete_does_not_renew_the_ttl_it_checks(
-        self, store: SessionStore, clock: FakeClock
+    async def test_create_with_replace_drops_the_owners_session_and_its_budget(
+        self, backend: Backend
     ) -> None:
-        await store.create(record("a", owner="alice", ttl=10))
-        clock.now += 9
+        store = backend.store
+        await store.create("a", "o", SPEC, backend.seconds(10))
+        await store.advance("a", "o", blob(100, 1), 100)
+        other = {**SPEC.to_dict(), "mode": "avg"}
+        replaced = await store.create(
+            "a", "o", type(SPEC).from_dict(other), backend.seconds(10), replace=True
+        )
+        assert (replaced.step, replaced.state) == (0, None)
+        fresh = await store.get("a", "o")
+        assert (fresh.spec.mode, fresh.step, fresh.state) == ("avg", 0, None)
+        assert await store.usage() == Usage(sessions=1, state_bytes=0)
+        # Concurrent restarts of one id all succeed and leave exactly one session.
+        await asyncio.gather(
+            *(store.create("a", "o", SPEC, backend.seconds(10), replace=True) for _ in range(3))
+        )
+        assert await store.usage() == Usage(sessions=1, state_bytes=0)
+
+    async def test_a_refused_delete_does_not_renew_the_ttl(self, backend: Backend) -> None:
+        store = backend.store
+        await store.create("a", "alice", SPEC, backend.seconds(10))
+        await backend.elapse(7)
         with pytest.raises(SessionNotFound):
             await store.delete("a", "bob")
-        clock.now += 2  # 11 s after the last use: bob's refused delete did not renew it
+        with pytest.raises(SessionNotFound):
+            await store.get("a", "bob")
+        await backend.elapse(5)  # 12 units after the last use: bob's calls did not renew it
         with pytest.raises(SessionNotFound):
             await store.get("a", "alice")
 
-    async def test_lock_serializes_one_session_but_not_others(self, store: SessionStore) -> None:
-        order: list[str] = []
+    async def test_concurrent_advances_get_distinct_steps_and_the_last_state_stays(
+        self, backend: Backend
+    ) -> None:
+        """Forwards racing on one session through two clients (two replicas, for Redis)."""
+        store, peer = backend.store, backend.peer
+        await store.create("a", "", SPEC, backend.seconds(100))
 
-        async def hold(session_id: str, tag: str, seconds: float) -> None:
-            async with store.lock(session_id):
-                order.append(f"{tag}+")
-                await asyncio.sleep(seconds)
-                order.append(f"{tag}-")
+        async def advance(tag: int) -> tuple[int, int]:
+            client = store if tag % 2 else peer
+            return await client.advance("a", "", blob(40, tag), 40), tag
 
-        async with asyncio.TaskGroup() as group:
-            group.create_task(hold("a", "a1", 0.05))
-            await asyncio.sleep(0.01)
-            group.create_task(hold("a", "a2", 0.0))
-            group.create_task(hold("b", "b1", 0.0))
-        assert order.index("a1-") < order.index("a2+")  # same session: one after the other
-        assert order.index("b1-") < order.index("a1-")  # other session: did not wait
+        results = await asyncio.gather(*(advance(tag) for tag in range(24)))
+        steps = sorted(step for step, _ in results)
+        assert steps == list(range(1, 25))
+        last_tag = max(results)[1]
+        final = await peer.get("a", "")
+        assert (final.step, bytes(final.state or b"")) == (24, blob(40, last_tag))
 
+    async def test_a_read_is_one_snapshot_of_step_and_state(self, backend: Backend) -> None:
+        """Reads racing with forwards always see the state written with the step they see."""
+        store, peer = backend.store, backend.peer
+        await store.create("a", "", SPEC, backend.seconds(100))
+        await store.advance("a", "", blob(64, 1), 64)
+        written: dict[int, int] = {1: 1}
+        seen: list[tuple[int, bytes]] = []
 
-async def test_memory_locks_live_only_while_held_or_awaited(clock: FakeClock) -> None:
-    store = MemoryStore(Limits(max_sessions=3, max_state_bytes=1000), clock=clock)
-    async with store.lock("a"), store.lock("b"):
-        assert len(store._locks) == 2
-    assert store._locks == {}  # no lock per session ever created accumulates
+        async def forward(tag: int) -> None:
+            written[await store.advance("a", "", blob(64, tag), 64)] = tag
+
+        async def read() -> None:
+            record = await peer.get("a", "")
+            seen.append((record.step, bytes(record.state or b"")))
+
+        await asyncio.gather(*(forward(tag) for tag in range(2, 30)), *(read() for _ in range(30)))
+        for step, state in seen:
+            assert state == blob(64, written[step]), f"step {step} read with another state"
+
+    async def test_two_clients_share_sessions_and_budgets(self, backend: Backend) -> None:
+        store, peer = backend.store, backend.peer
+        await store.create("a", "o", SPEC, backend.seconds(10))
+        assert await peer.advance("a", "o", blob(700), 700) == 1
+        assert (await store.get("a", "o")).step == 1
+        await peer.create("b", "o", SPEC, backend.seconds(10))
+        with pytest.raises(CapacityExceeded, match="700 of max_state_bytes=1000"):
+            await store.advance("b", "o", blob(301), 301)
+        await peer.delete("a", "o")
+        with pytest.raises(SessionNotFound):
+            await store.get("a", "o")
+        assert await store.usage() == await peer.usage() == Usage(sessions=1, state_bytes=0)
