@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, ProtocolError
+from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, ProtocolError, quote
 from poolgrad.protocol.etags import DIGITS
 from poolgrad.protocol.jsonio import dumps, kind, loads
 from poolgrad.protocol.tensors import (
@@ -321,8 +321,9 @@ def _input(
         raise MalformedTensor(f"{where}.name must be a non-empty string, got {name!r}")
     where = f"input {name!r}"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidTensor(f"{where} has datatype {datatype!r}; send FP16, FP32 or FP64")
+    # A JSON list or object is unhashable: test the type before looking it up.
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidTensor(f"{where} has datatype {quote(datatype)}; send FP16, FP32 or FP64")
     dtype = np.dtype(DATATYPES[datatype])
     raw_shape = raw.get("shape")
     if (

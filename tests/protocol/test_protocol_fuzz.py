@@ -7,8 +7,8 @@ body's size with a generous factor: what it catches is a decoder that believes a
 claimed shape (``(10**12,)`` in a 100-byte body) and allocates for it. Hangs are caught by the
 test timeout; there is no timing assert. Examples are bounded per test to keep the suite fast.
 
-``DECODERS`` is the hook for more formats: the v2 protocol's decoder (poolgrad.protocol's
-``inference`` module) joins it as one more row after the merge.
+``DECODERS`` has one row per format, the Open Inference Protocol's request codec
+(``poolgrad.protocol.inference``) included; a new format is one more row.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poolgrad import protocol
+from poolgrad.protocol import inference
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,7 +119,53 @@ def safetensors_bodies(data: st.DataObject) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + valid[8 + length :]
 
 
-#: name -> (decoder, body strategy). The v2 decoder joins here (see the module docstring).
+def v2_bodies(data: st.DataObject) -> bytes:
+    """An Open Inference Protocol request, prefixed by the header length it declares (8 bytes,
+    -1 for none): inputs as JSON data or binary tensors after the JSON, valid, byte-mutated,
+    with a field replaced by any JSON, a hostile shape, or a header length that lies."""
+    inputs: list[dict[str, Any]] = []
+    tail = b""
+    for name in data.draw(st.lists(st.sampled_from(["X", "dA", "X"]), min_size=1, max_size=2)):
+        array = data.draw(arrays())
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": inference.datatype_of(array.dtype),
+        }
+        if data.draw(st.booleans()):
+            raw = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail += raw
+        else:
+            entry["data"] = protocol.tensor_to_obj(array)["data"]
+        inputs.append(entry)
+    request: dict[str, Any] = {"inputs": inputs, "parameters": {"sequence_id": 7}}
+    kind = data.draw(st.sampled_from(["valid", "bytes", "field", "claim", "length"]))
+    if kind == "field":
+        target = data.draw(st.sampled_from([request, *inputs]))
+        target[data.draw(st.sampled_from([*target, "outputs", "id"]))] = data.draw(JSON_VALUES)
+    elif kind == "claim":
+        data.draw(st.sampled_from(inputs))["shape"] = data.draw(st.lists(CLAIMS, max_size=4))
+    header = json.dumps(request).encode()
+    length = len(header) if tail else -1
+    if kind == "length":
+        length = data.draw(CLAIMS.filter(lambda claim: -1 <= claim < 2**63))
+    body = header + tail
+    if kind == "bytes":
+        body = mutate(body, data)
+    return struct.pack("<q", length) + body
+
+
+def decode_v2(prefixed: bytes) -> Any:
+    """Everything the server reads from a v2 request: inputs, sequence, spec parameters."""
+    (length,) = struct.unpack_from("<q", prefixed)
+    request = inference.parse_request(prefixed[8:], None if length < 0 else length)
+    request.sequence()
+    request.model_parameters()
+    return request.decode_inputs()
+
+
+#: name -> (decoder, body strategy).
 DECODERS: dict[str, tuple[Callable[[bytes], Any], Callable[[st.DataObject], bytes]]] = {
     "npy": (protocol.decode_npy, npy_bodies),
     "json-tensor": (protocol.decode_json_tensor, json_tensor_bodies),
@@ -127,6 +174,7 @@ DECODERS: dict[str, tuple[Callable[[bytes], Any], Callable[[st.DataObject], byte
         lambda body: protocol.decode_named(body, protocol.MEDIA_JSON),
         named_json_bodies,
     ),
+    "v2-inference": (decode_v2, v2_bodies),
 }
 
 

@@ -374,3 +374,21 @@ async def test_session_bodies_are_parsed_in_a_worker_thread(
         created = await create
         assert created.status_code == 201
         assert created.json()["spec"]["mode"] == "avg"
+
+
+# ------------------------------------------------- unhashable JSON where a name is looked up
+
+
+@pytest.mark.parametrize(
+    "datatype", [["FP32"], {"FP32": 1}, [[]]], ids=["list", "object", "nested"]
+)
+async def test_a_v2_datatype_that_is_no_string_is_refused(
+    client: httpx.AsyncClient, datatype: Any
+) -> None:
+    """Found by the fuzz suite: a list as a datatype raised TypeError (unhashable) in the
+    lookup, a 500."""
+    body = {"inputs": [{"name": "X", "shape": [1, 2, 2, 1], "datatype": datatype,
+                        "data": [1, 2, 3, 4]}]}  # fmt: skip
+    response = await client.post("/v2/models/maxpool/infer", json=body)
+    assert response.status_code == 422, response.text
+    assert "datatype" in response.json()["error"]
