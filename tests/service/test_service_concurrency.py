@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
 
-from engine import PoolSpec, PoolState, forward
+from engine import EngineOptions, PoolSpec, PoolState, forward
 from poolgrad import protocol
 from service.compute import EngineCalls
 from service.stores import Limits, MemoryStore, Usage
@@ -110,7 +110,9 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
     most = 0
     lock = threading.Lock()
 
-    def slow_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def slow_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         nonlocal running, most
         with lock:
             running += 1
@@ -118,10 +120,11 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
         time.sleep(0.05)  # long enough for every request to be waiting by now
         with lock:
             running -= 1
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     app = make_app(compute_threads=compute_threads)
     app.state.compute.engine = EngineCalls(forward=slow_forward)
+    app.state.compute.inline_max_bytes = 0  # X1 is small: it would run on the loop
     async with client_for(app) as client:
         sessions = [await new_session(client) for _ in range(8)]
         responses = await asyncio.gather(
@@ -143,12 +146,15 @@ class PausedEngine:
         self.started = threading.Event()
         self.release = threading.Event()
         app.state.compute.engine = EngineCalls(forward=self._forward)
+        app.state.compute.inline_max_bytes = 0  # paused on the loop, nothing else would run
 
-    def _forward(self, X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def _forward(
+        self, X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         self.started.set()
         if not self.release.wait(timeout=30):
             raise RuntimeError("the test never released the engine")
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     async def wait_started(self) -> None:
         assert await asyncio.to_thread(self.started.wait, 30)
@@ -190,3 +196,39 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
     assert_problem(await in_flight, 404, "session_not_found", session_id)
     assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
     assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "shape", "inline"),
+    [
+        (protocol.MEDIA_NPY, (2, 4, 4, 3), True),
+        (protocol.MEDIA_NPY, (4, 32, 32, 32), False),  # 512 KiB: over INLINE_MAX_BYTES
+        (protocol.MEDIA_JSON, (2, 4, 4, 3), True),
+        (protocol.MEDIA_JSON, (1, 32, 32, 8), False),  # ~100 KiB of JSON: over its bound
+    ],
+)
+async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
+    app: FastAPI, client: httpx.AsyncClient, media_type: str, shape: tuple[int, ...], inline: bool
+) -> None:
+    threads: list[int] = []
+
+    def recording_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
+        threads.append(threading.get_ident())
+        return forward(X, spec, options=options)
+
+    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    session_id = await new_session(client)
+    X = distinct_input(3)[:1].repeat(shape[0], 0) if shape == X1.shape else None
+    X = np.random.default_rng(0).standard_normal(shape).astype(np.float32) if X is None else X
+    response = await client.post(
+        f"/v1/sessions/{session_id}/forward",
+        content=protocol.encode_tensor(X, media_type),
+        headers={"Content-Type": media_type},
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(
+        protocol.decode_tensor(response.content, media_type), expected(X)[0]
+    )
+    assert (threads == [threading.get_ident()]) is inline

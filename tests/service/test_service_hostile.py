@@ -32,6 +32,7 @@ from service_helpers import (
 from test_service_concurrency import PausedEngine
 
 from poolgrad import protocol
+from service.compute import INLINE_MAX_BYTES, INLINE_MAX_JSON_BYTES
 from service.middleware import CLIENT_CLOSED_REQUEST, printable
 
 pytestmark = pytest.mark.anyio
@@ -352,12 +353,13 @@ async def test_the_detail_bound_is_a_setting(make_app: Callable[..., FastAPI]) -
 # ---------------------------------------------------- session bodies off the event loop
 
 
-async def test_session_bodies_are_parsed_in_a_worker_thread(
+async def test_large_session_bodies_are_parsed_in_a_worker_thread(
     make_app: Callable[..., FastAPI],
 ) -> None:
-    """With one compute thread held by a paused forward, a session creation waits for it:
-    its body is parsed and checked in the worker pool, not on the event loop (where it would
-    finish at once), while the loop itself keeps serving."""
+    """With one compute thread held by a paused forward, a large session body waits for it:
+    it is parsed and checked in the worker pool, not on the event loop (where it would finish
+    at once), while the loop itself keeps serving; a small one is done on the loop, as small
+    tensor bodies are."""
     app = make_app(compute_threads=1)
     async with client_for(app) as client:
         session_id = await new_session(client)
@@ -365,7 +367,11 @@ async def test_session_bodies_are_parsed_in_a_worker_thread(
         path = f"/v1/sessions/{session_id}/forward"
         in_flight = asyncio.create_task(client.post(path, content=npy(X1), headers=NPY))
         await engine.wait_started()
-        create = asyncio.create_task(client.post("/v1/sessions", json={"mode": "avg"}))
+        app.state.compute.inline_max_bytes = INLINE_MAX_BYTES  # PausedEngine set 0
+        small = await client.post("/v1/sessions", json={"mode": "min"})
+        assert small.status_code == 201
+        large = b'{"mode": "avg"' + b" " * INLINE_MAX_JSON_BYTES + b"}"
+        create = asyncio.create_task(client.post("/v1/sessions", content=large, headers=JSON))
         done, _ = await asyncio.wait({create}, timeout=0.5)
         assert not done
         assert (await client.get("/healthz")).status_code == 200  # the loop is free
