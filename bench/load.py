@@ -33,15 +33,11 @@ import asyncio
 import io
 import ipaddress
 import math
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +45,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.server import memory_of, serve
 from engine import PoolSpec, PoolState, backward, forward
 
 #: Tries of one request answered 429 or 503 before its cycle is given up.
@@ -57,7 +54,6 @@ ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 5.0
 #: Statuses a healthy server may answer under this load (429 only when a budget is full).
 EXPECTED_STATUSES = frozenset({200, 201, 204, 429})
-STARTUP_SECONDS = 30.0
 NPY = "application/x-npy"
 OPERATIONS = ("create", "forward", "backward", "delete")
 DTYPES = (np.float16, np.float32, np.float64)
@@ -391,67 +387,6 @@ async def drive(base_url: str, config: LoadConfig) -> LoadReport:
     )
 
 
-# ----------------------------------------------------------------------------- the server
-
-
-@dataclass(frozen=True)
-class ServerProcess:
-    """A ``python -m service`` started by :func:`serve`; ``log`` holds its output."""
-
-    base_url: str
-    pid: int
-    log: Path
-
-
-def memory_of(pid: int, field_name: str) -> int:
-    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve(env: dict[str, str], log_dir: Path) -> Iterator[ServerProcess]:
-    """Run ``python -m service`` on a free loopback port with ``env`` added; stop it on exit."""
-    port = free_port()
-    log = log_dir / f"server-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env={**os.environ, **env, "POOLGRAD_HOST": "127.0.0.1", "POOLGRAD_PORT": str(port)},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process.pid, log)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server did not start (exit {process.poll()}):\n{log.read_text()}"
-                )
-            try:
-                if httpx.get(f"{server.base_url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def require_loopback(url: str) -> None:
     """SystemExit unless ``url`` names a loopback host: this tool never loads another machine."""
     host = httpx.URL(url).host
@@ -469,14 +404,14 @@ def run(config: LoadConfig) -> LoadReport:
     if config.url is not None:
         require_loopback(config.url)
         return asyncio.run(drive(config.url, config))
-    with (
-        tempfile.TemporaryDirectory() as log_dir,
-        serve(config.server_env(), Path(log_dir)) as server,
-    ):
-        rss_start = memory_of(server.pid, "VmRSS")
-        report = asyncio.run(drive(server.base_url, config))
-        rss_peak = memory_of(server.pid, "VmHWM")
-        logged = server.log.read_text(errors="replace").splitlines()
+    command = [sys.executable, "-m", "service"]
+    with tempfile.TemporaryDirectory() as log_dir:
+        log = Path(log_dir) / "server.log"
+        with serve(command, config.server_env(), log) as server:
+            rss_start = memory_of(server.pid, "VmRSS")
+            report = asyncio.run(drive(server.base_url, config))
+            rss_peak = memory_of(server.pid, "VmHWM")
+        logged = log.read_text(errors="replace").splitlines()
         errors = sum(" ERROR " in line or line.startswith("Traceback") for line in logged)
     return replace(
         report, rss_start_bytes=rss_start, rss_peak_bytes=rss_peak, server_errors_logged=errors

@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +36,7 @@ import numpy as np
 
 import engine
 from bench.engine import timings
+from bench.server import free_port, serve
 from poolgrad import protocol
 
 SUITE: list[tuple[int, int, int, int]] = [
@@ -48,41 +45,16 @@ SUITE: list[tuple[int, int, int, int]] = [
     (8, 112, 112, 64),
     (1, 512, 512, 1),
 ]
-STARTUP_SECONDS = 30.0
 NPY = {"Content-Type": protocol.MEDIA_NPY}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Kept under its old name for the benchmarks that import it (bench.parsers, bench.store, ...).
+_free_port = free_port
 
 
 @contextmanager
 def _server(command: list[str], env: dict[str, str]) -> Iterator[str]:
     """Run ``command`` (which must serve ``/healthz`` on $POOLGRAD_PORT); yield its base URL."""
-    port = _free_port()
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "POOLGRAD_HOST": "127.0.0.1", "POOLGRAD_PORT": str(port), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(command)} did not start (exit {process.poll()})")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with serve(command, env) as server:
+        yield server.base_url
 
 
 @dataclass(frozen=True)
