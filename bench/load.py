@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -445,17 +445,8 @@ def parse_args(argv: Sequence[str] | None) -> LoadConfig:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if not args.duration > 0:
         parser.error(f"--duration must be > 0 seconds, got {args.duration}")
-    return LoadConfig(
-        clients=args.clients,
-        duration=args.duration,
-        requests=args.requests,
-        seed=args.seed,
-        url=args.url,
-        store_url=args.store_url,
-        max_state_bytes=args.max_state_bytes,
-        max_sessions=args.max_sessions,
-        max_elements=args.max_elements,
-    )
+    # Every flag's destination is the LoadConfig field of the same name.
+    return LoadConfig(**{item.name: getattr(args, item.name) for item in fields(LoadConfig)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
