@@ -445,6 +445,17 @@ def parse_args(argv: Sequence[str] | None) -> LoadConfig:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if not args.duration > 0:
         parser.error(f"--duration must be > 0 seconds, got {args.duration}")
+    server_flags = {
+        "--store-url": args.store_url != "memory://",
+        "--max-state-bytes": args.max_state_bytes is not None,
+        "--max-sessions": args.max_sessions is not None,
+    }
+    given = [flag for flag, set_ in server_flags.items() if set_]
+    if args.url is not None and given:
+        parser.error(
+            f"{', '.join(given)} set(s) the server this tool starts; with --url "
+            f"{args.url!r} configure that server instead"
+        )
     # Every flag's destination is the LoadConfig field of the same name.
     return LoadConfig(**{item.name: getattr(args, item.name) for item in fields(LoadConfig)})
 

@@ -60,6 +60,7 @@ def test_a_wrong_gradient_is_caught(live_server: Any, monkeypatch: pytest.Monkey
         (["--clients", "0"], "--clients must be >= 1, got 0"),
         (["--duration", "-1"], "--duration must be > 0 seconds, got -1.0"),
         (["--url", "http://192.0.2.1:8000"], "'http://192.0.2.1:8000' is not a loopback"),
+        (["--url", "http://127.0.0.1:1", "--max-state-bytes", "64"], "--max-state-bytes set"),
     ],
 )
 def test_bounds_and_loopback_are_enforced(
