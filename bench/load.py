@@ -52,8 +52,9 @@ from engine import PoolSpec, PoolState, backward, forward
 ATTEMPTS = 3
 #: Longest back-off honoured, whatever ``Retry-After`` says, so a run stays bounded.
 MAX_BACKOFF_SECONDS = 5.0
-#: Statuses a healthy server may answer under this load (429 only when a budget is full).
-EXPECTED_STATUSES = frozenset({200, 201, 204, 429})
+#: Statuses a healthy server answers this load with (429 only when a budget is full): any
+#: other (a 404, a 422) means the server lost a session or refused what the engine accepts.
+EXPECTED_STATUSES = frozenset({"200", "201", "204", "429"})
 NPY = "application/x-npy"
 OPERATIONS = ("create", "forward", "backward", "delete")
 DTYPES = (np.float16, np.float32, np.float64)
@@ -91,7 +92,6 @@ class Tally:
 
     deadline: float
     request_budget: float
-    started: float = field(default_factory=time.perf_counter)
     sent: int = 0
     cycles: int = 0
     gradients_checked: int = 0
@@ -126,32 +126,35 @@ def random_case(rng: np.random.Generator, max_elements: int = MAX_INPUT_ELEMENTS
     ``max_elements`` elements at most (more only when the window alone needs more)."""
     ndim = int(rng.choice([1, 2, 2, 2, 3]))
     pool = [int(rng.integers(1, 4)) for _ in range(ndim)]
-    fields: dict[str, Any] = {"mode": str(rng.choice(["max", "min", "avg"])), "pool_size": pool}
+    spec_fields: dict[str, Any] = {
+        "mode": str(rng.choice(["max", "min", "avg"])),
+        "pool_size": pool,
+    }
     kind = rng.random()
     if kind < 0.3:
-        fields["strides"] = [int(rng.integers(1, 4)) for _ in range(ndim)]
+        spec_fields["strides"] = [int(rng.integers(1, 4)) for _ in range(ndim)]
     elif kind < 0.5:
-        fields["strides"] = int(rng.integers(1, 4))
+        spec_fields["strides"] = int(rng.integers(1, 4))
     kind = rng.random()
     if kind < 0.25:
-        fields["padding"] = "same"
+        spec_fields["padding"] = "same"
     elif kind < 0.5:
-        fields["padding"] = [[int(rng.integers(0, p)), int(rng.integers(0, p))] for p in pool]
-    if fields["mode"] == "avg":
-        fields["count_include_pad"] = bool(rng.random() < 0.5)
+        spec_fields["padding"] = [[int(rng.integers(0, p)), int(rng.integers(0, p))] for p in pool]
+    if spec_fields["mode"] == "avg":
+        spec_fields["count_include_pad"] = bool(rng.random() < 0.5)
     else:
-        fields["ties"] = str(rng.choice(["all", "first", "split"]))
-    fields["layout"] = str(rng.choice(["channels_last", "channels_first"]))
+        spec_fields["ties"] = str(rng.choice(["all", "first", "split"]))
+    spec_fields["layout"] = str(rng.choice(["channels_last", "channels_first"]))
     batch, channels = int(rng.integers(1, 4)), int(rng.integers(1, 5))
     # Each spatial extent up to the one that would fill max_elements, at least the window.
     longest = int((max_elements / (batch * channels)) ** (1 / ndim))
     spatial = [int(rng.integers(p, max(p, longest) + 1)) for p in pool]
-    if fields["layout"] == "channels_last":
+    if spec_fields["layout"] == "channels_last":
         shape = (batch, *spatial, channels)
     else:
         shape = (batch, channels, *spatial)
     dtype = DTYPES[int(rng.integers(len(DTYPES)))]
-    return Case(fields, PoolSpec.from_dict(fields), shape, dtype)
+    return Case(spec_fields, PoolSpec.from_dict(spec_fields), shape, dtype)
 
 
 def random_tensor(
@@ -324,6 +327,11 @@ class LoadReport:
             n for status, n in self.statuses.items() if not status.isdigit() or int(status) >= 500
         )
 
+    @property
+    def unexpected(self) -> int:
+        """Answers outside :data:`EXPECTED_STATUSES`, transport failures included."""
+        return sum(n for status, n in self.statuses.items() if status not in EXPECTED_STATUSES)
+
     def lines(self) -> list[str]:
         mib = 1024 * 1024
         config = self.config
@@ -362,7 +370,7 @@ async def drive(base_url: str, config: LoadConfig) -> LoadReport:
     """Run ``config.clients`` clients against ``base_url`` until the bounds stop them."""
     started = time.perf_counter()
     budget = math.inf if config.requests is None else config.requests
-    tally = Tally(deadline=started + config.duration, request_budget=budget, started=started)
+    tally = Tally(deadline=started + config.duration, request_budget=budget)
     seeds = np.random.SeedSequence(config.seed).spawn(config.clients)
     https = [httpx.AsyncClient(base_url=base_url, timeout=60.0) for _ in range(config.clients)]
     try:
@@ -461,10 +469,11 @@ def parse_args(argv: Sequence[str] | None) -> LoadConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the report; exit 1 when any answer was wrong, a 5xx, or a 429 without Retry-After."""
+    """Print the report; exit 1 when any answer was wrong or unexpected (a 5xx among them), or
+    a 429 came without Retry-After."""
     report = run(parse_args(argv))
     print("\n".join(report.lines()))
-    failed = report.wrong or report.server_errors or report.missing_retry_after
+    failed = report.wrong or report.unexpected or report.missing_retry_after
     return 1 if failed else 0
 
 
