@@ -14,7 +14,7 @@ from bench.load import LoadConfig, run
 from engine import PoolState, backward
 
 #: Few clients, bounded in both count and time, so each run takes a few seconds.
-BRIEF = {"clients": 4, "duration": 4.0, "requests": 300, "seed": 11}
+BRIEF = {"clients": 4, "duration": 6.0, "requests": 200, "seed": 11}
 
 
 def test_a_load_run_gets_only_right_answers_and_successes() -> None:
@@ -30,7 +30,7 @@ def test_a_load_run_gets_only_right_answers_and_successes() -> None:
 
 
 def test_a_small_state_budget_answers_429_with_retry_after_and_never_5xx() -> None:
-    report = run(LoadConfig(**BRIEF, max_state_bytes=256))
+    report = run(LoadConfig(**BRIEF, max_state_bytes=64))
     assert report.statuses.get("429", 0) > 0, report.statuses
     assert report.missing_retry_after == 0
     assert report.server_errors == 0, report.statuses
