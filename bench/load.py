@@ -23,7 +23,9 @@ Bounded in count and time: clients start no request after ``--duration`` seconds
 (at most one request more per client). Loopback only: ``--url`` must name a loopback host.
 
 It prints throughput, p50/p99 latency per operation, the status histogram, the wrong answers,
-and the server's peak resident memory (``VmHWM`` of the server process it started).
+and, of the server process it started, the CPU time it used per request (little moved by other
+work on a shared machine, unlike the wall-clock figures) and its peak resident memory
+(``VmHWM``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.server import memory_of, serve
+from bench.server import cpu_seconds_of, memory_of, serve
 from engine import PoolSpec, PoolState, backward, forward
 
 #: Tries of one request answered 429 or 503 before its cycle is given up.
@@ -319,6 +321,7 @@ class LoadReport:
     rss_start_bytes: int | None = None
     rss_peak_bytes: int | None = None
     server_errors_logged: int | None = None
+    server_cpu_seconds: float | None = None
 
     @property
     def server_errors(self) -> int:
@@ -355,6 +358,11 @@ class LoadReport:
             f"wrong answers: {wrong}; 429/503 without Retry-After: {self.missing_retry_after}"
         )
         lines.extend(f"  {example}" for example in self.wrong_examples)
+        if self.server_cpu_seconds is not None:
+            lines.append(
+                f"server CPU: {self.server_cpu_seconds:.1f} s, "
+                f"{self.server_cpu_seconds / max(self.requests, 1) * 1e3:.2f} ms per request"
+            )
         if self.rss_peak_bytes is not None and self.rss_start_bytes is not None:
             lines.append(
                 f"server RSS: {self.rss_start_bytes / mib:.1f} MiB after start-up, peak "
@@ -417,12 +425,18 @@ def run(config: LoadConfig) -> LoadReport:
         log = Path(log_dir) / "server.log"
         with serve(command, config.server_env(), log) as server:
             rss_start = memory_of(server.pid, "VmRSS")
+            cpu_start = cpu_seconds_of(server.pid)
             report = asyncio.run(drive(server.base_url, config))
+            cpu = cpu_seconds_of(server.pid) - cpu_start
             rss_peak = memory_of(server.pid, "VmHWM")
         logged = log.read_text(errors="replace").splitlines()
         errors = sum(" ERROR " in line or line.startswith("Traceback") for line in logged)
     return replace(
-        report, rss_start_bytes=rss_start, rss_peak_bytes=rss_peak, server_errors_logged=errors
+        report,
+        rss_start_bytes=rss_start,
+        rss_peak_bytes=rss_peak,
+        server_errors_logged=errors,
+        server_cpu_seconds=cpu,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["STARTUP_SECONDS", "ServerProcess", "free_port", "memory_of", "serve"]
+__all__ = ["STARTUP_SECONDS", "ServerProcess", "cpu_seconds_of", "free_port", "memory_of", "serve"]
 
 STARTUP_SECONDS = 30.0
 
@@ -43,6 +43,16 @@ def memory_of(pid: int, field_name: str) -> int:
         if line.startswith(f"{field_name}:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User plus system CPU time a process (all its threads) has used, in seconds: unlike wall
+    time, hardly changed by other work on a shared machine."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name (which may hold spaces, so split after its ")"): the
+    # state is field 3 of proc(5), utime and stime fields 14 and 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -27,6 +27,7 @@ def test_a_load_run_gets_only_right_answers_and_successes() -> None:
     assert report.rss_peak_bytes is not None
     assert report.rss_start_bytes is not None
     assert report.rss_peak_bytes >= report.rss_start_bytes > 0
+    assert report.server_cpu_seconds is not None
 
 
 def test_a_small_state_budget_answers_429_with_retry_after_and_never_5xx() -> None:
