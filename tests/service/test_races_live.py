@@ -11,11 +11,12 @@ different order, so no two steps share a dX. (The in-process race test in
 ``test_service_concurrency.py`` catches a missing forward lock; a backward that reads its record
 once is consistent with or without its lock, so only a torn read can make one wrong.)
 
-Each test was seen to fail against a server broken on purpose in a scratch copy, in five runs
-of five unless said: a backward without its lock that reads the step, decodes dA, then reads
-the state again (the first and third test); a forward without its lock (the first, four runs of
-five: two forwards answer one step); a store whose ``replace`` writes an absent session back
-(the second); a store that serves expired sessions until they are reaped (the third).
+Each test was seen to fail against a server broken on purpose in a scratch copy: a backward
+without its lock that reads the step, decodes dA, then reads the state again (the first test in
+ten runs of ten, the third in most; the in-process test caught it in two runs of seven); a
+forward without its lock (the first, four runs of five: two forwards answer one step); a store
+whose ``replace`` writes an absent session back (the second, five of five); a store that serves
+expired sessions until they are reaped (the third, five of five).
 
 Hook for more stores: :data:`STORES` lists the stores by name; a store other than ``memory``
 takes its URL from a fixture named ``<store>_url`` (``redis_url``: a ``redis://127.0.0.1:<port>/
