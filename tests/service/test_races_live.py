@@ -7,21 +7,22 @@ each backward's expected dX from the X of the step *the backward's* ``ETag`` nam
 backward that reads the step from one forward and the state from another (a torn snapshot:
 say, the step checked under ``If-Match``, then the state read again after decoding ``dA``)
 answers a dX that does not match its step, and fails here: every X has distinct values in a
-different order, so no two steps share a dX. (The in-process race test in
-``test_service_concurrency.py`` catches a missing forward lock; a backward that reads its record
-once is consistent with or without its lock, so only a torn read can make one wrong.)
+different order, so no two steps share a dX. (Issue 11 found that the in-process race test
+caught a missing forward lock but not a missing backward lock: a backward that reads its record
+once is consistent with or without a lock, so only a torn read can make one wrong.)
 
-Each test was seen to fail against a server broken on purpose in a scratch copy: a backward
-without its lock that reads the step, decodes dA, then reads the state again (the first test in
-ten runs of ten, the third in most; the in-process test caught it in two runs of seven); a
-forward without its lock (the first, four runs of five: two forwards answer one step); a store
-whose ``replace`` writes an absent session back (the second, five of five); a store that serves
-expired sessions until they are reaped (the third, five of five).
+Each test was seen to fail against a server broken on purpose in a scratch copy. On the
+lock-free store (one snapshot per backward, an atomic step per forward): a backward that reads
+the state again after decoding dA, on every store (the first and third test in three runs of
+three, the second in one); a forward that answers the step it read instead of the one it wrote
+(the first, two runs of three: two forwards answer one step); a memory store that serves expired
+sessions until they are reaped (the third, three of three). On the earlier locking store: a
+store that writes a forward's state back to a session deleted meanwhile (the second, five of
+five); the in-process race test caught the torn backward in two runs of seven.
 
-Hook for more stores: :data:`STORES` lists the stores by name; a store other than ``memory``
-takes its URL from a fixture named ``<store>_url`` (``redis_url``: a ``redis://127.0.0.1:<port>/
-<db>`` of a real redis-server, session-scoped, defined in ``tests/conftest.py``). Until that
-fixture exists, the Redis cases skip and say so.
+More stores: :data:`STORES` lists the stores by name; a store other than ``memory`` takes its
+URL from a session-scoped fixture named ``<store>_url`` (``redis_url`` in ``tests/conftest.py``:
+the session's real redis-server). A store without such a fixture skips and says so.
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def race_server(request: pytest.FixtureRequest, start_server: Callable[..., Any]
         except pytest.FixtureLookupError:
             pytest.skip(f"no {store}_url fixture: define it in tests/conftest.py to race {store}")
     return start_server(
-        POOLGRAD_STORE_URL=store_url, POOLGRAD_WORKERS=str(workers), POOLGRAD_LOG_LEVEL="warning"
+        POOLGRAD_STORE_URL=store_url,
+        # Its own keys in a shared store, so no other test's sessions count against it.
+        POOLGRAD_STORE_PREFIX=f"races-{store}-{workers}:",
+        POOLGRAD_WORKERS=str(workers),
+        POOLGRAD_LOG_LEVEL="warning",
     )
 
 
