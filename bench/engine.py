@@ -1,26 +1,27 @@
-"""Benchmark: engine forward+backward against PyTorch CPU autograd and the seed's algorithm.
+"""Benchmark: the engine's two kernel sets against PyTorch CPU autograd and a copy of X.
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.engine              # full suite
-    .venv/bin/python -m bench.engine --quick      # fewer repeats, seed timed once
+    .venv/bin/python -m bench.engine              # full suite, float32 and float64
+    .venv/bin/python -m bench.engine --quick      # float32 only, fewer rounds
     .venv/bin/python -m bench.engine --threads 1  # engine and torch on one thread
 
 For each case (channels_last input, max pooling, ties="all", random normal data) it prints the
 median wall time of one forward+backward of
 
-- ``engine``: :func:`engine.forward` + :func:`engine.backward`;
-- ``torch``: ``F.max_pool2d`` + ``autograd.grad`` on the same data, channels_last memory,
-  ``torch.set_num_threads`` equal to the engine's thread count;
-- ``seed``: the seed's algorithm re-implemented here: a Python loop over output positions,
-  vectorized over batch and channels, keeping the windows for backward (as EpyNN does);
+- ``numpy``: :func:`engine.forward` + :func:`engine.backward` with ``kernels="numpy"``;
+- ``compiled``: the same with ``kernels="compiled"`` (Numba; skipped when it is not installed);
+- ``torch``: ``F.max_pool2d`` + ``autograd.grad`` on the same data, channels_last memory;
+- ``copy``: ``X.copy()``, the memory-bandwidth floor (a forward+backward reads X and writes
+  dX at least once);
 
-then the ratios engine/torch (of medians, and of best times, which shared-machine load
-disturbs less) and seed/engine, their geometric means and the worst shape, and the state size
-as a fraction of X. Before timing, each case checks that engine and torch agree on A and dX
-(random normal data has no ties, so ``ties="all"`` and torch's first-index rule coincide).
-The load average is printed before and after: timings are only comparable as ratios within
-one run, and a loaded machine hurts torch's OpenMP threads more than the engine.
+engine and torch on the same number of threads (2 by default), then the ratios to torch and to
+the copy, their geometric means over the suite and the worst shape. Contenders are timed in
+alternating blocks of calls with a pause before each block: torch's OpenMP workers spin for a
+while after each call and would steal a core from whatever runs next. Before timing, each case
+checks that both kernel sets agree bit for bit and with torch (random normal data has no ties,
+so ``ties="all"`` and torch's first-index rule coincide). The load average is printed before
+and after: timings are only comparable as ratios within one run.
 """
 
 from __future__ import annotations
@@ -37,144 +38,144 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from engine.parallel import thread_count
+from engine import compiled
 
 SUITE: list[tuple[tuple[int, int, int, int], int, int]] = [
     # (X shape (m, h, w, d), pool size, stride)
     ((64, 32, 32, 32), 2, 2),
     ((64, 32, 32, 32), 3, 2),
+    ((64, 32, 32, 32), 3, 1),
     ((8, 112, 112, 64), 2, 2),
+    ((8, 56, 56, 64), 3, 2),
     ((1, 512, 512, 1), 2, 2),
     ((32, 28, 28, 1), 2, 2),
+    ((16, 64, 64, 3), 2, 2),
 ]
-DTYPES = (np.float32, np.float64)
-
+GOALS = "goals: compiled geometric mean <= 0.70 of torch, no shape above 1.30"
 
 WARMUP_ROUNDS = 2
-SETTLE_SECONDS = 0.005
+PAUSE_SECONDS = 0.02
 
 
-def timings(runs: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
-    """(median, best) wall time of each of ``runs`` over ``repeats`` rounds, after
-    :data:`WARMUP_ROUNDS` untimed rounds.
-
-    The runs are interleaved round by round so that load from other processes on a shared
-    machine hits every contender alike, each after a :data:`SETTLE_SECONDS` pause.
-    """
+def timings(
+    runs: list[Callable[[], object]], rounds: int, block: int = 1
+) -> list[tuple[float, float]]:
+    """(median, best) seconds per call of each of ``runs``: ``rounds`` rounds, each timing a
+    block of ``block`` calls of every contender in turn after a :data:`PAUSE_SECONDS` pause
+    (load from other processes hits every contender alike; torch's spinning workers settle)."""
     for _ in range(WARMUP_ROUNDS):
         for run in runs:
             run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for run, samples in zip(runs, times, strict=True):
-            # Let the previous contender's threads go idle first: torch's OpenMP workers spin
-            # for a while after each parallel region and would steal a core from the next run.
-            time.sleep(SETTLE_SECONDS)
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, times in zip(runs, samples, strict=True):
+            time.sleep(PAUSE_SECONDS)
             start = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - start)
-    return [(statistics.median(samples), min(samples)) for samples in times]
-
-
-def seed_forward_backward(X: np.ndarray, dA: np.ndarray, pool: int, stride: int) -> np.ndarray:
-    """The seed's max pooling: one Python iteration per output position (h, w)."""
-    m, h, w, d = X.shape
-    out_h, out_w = (h - pool) // stride + 1, (w - pool) // stride + 1
-    windows = np.empty((m, out_h, out_w, pool, pool, d), dtype=X.dtype)
-    A = np.empty((m, out_h, out_w, d), dtype=X.dtype)
-    for i in range(out_h):
-        for j in range(out_w):
-            window = X[:, i * stride : i * stride + pool, j * stride : j * stride + pool, :]
-            windows[:, i, j] = window
-            A[:, i, j] = window.max(axis=(1, 2))
-    dX = np.zeros_like(X)
-    for i in range(out_h):
-        for j in range(out_w):
-            mask = windows[:, i, j] == A[:, i, j, None, None, :]
-            dX[:, i * stride : i * stride + pool, j * stride : j * stride + pool, :] += (
-                mask * dA[:, i, j, None, None, :]
-            )
-    return dX
+            for _ in range(block):
+                run()
+            times.append((time.perf_counter() - start) / block)
+    return [(statistics.median(times), min(times)) for times in samples]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats; seed timed once")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="threads for engine and torch (default: engine's)"
-    )
+    parser.add_argument("--quick", action="store_true", help="float32 only, fewer rounds")
+    parser.add_argument("--threads", type=int, default=2, help="threads for engine and torch")
     args = parser.parse_args()
-    if args.threads is not None:
-        # Read by the engine once, at its first call: set before any.
-        os.environ["POOLGRAD_ENGINE_THREADS"] = str(args.threads)
-    repeats, seed_repeats = (7, 1) if args.quick else (21, 3)
-    threads = thread_count()
-    torch.set_num_threads(threads)
+    rounds, block = (5, 3) if args.quick else (11, 5)
+    dtypes = (np.float32,) if args.quick else (np.float32, np.float64)
+    has_compiled = compiled.available()
+    torch.set_num_threads(args.threads)
+    numpy_options = engine.EngineOptions(threads=args.threads, kernels="numpy")
+    compiled_options = engine.EngineOptions(threads=args.threads, kernels="compiled")
+    kernels_note = "compiled kernels absent"
+    if has_compiled:
+        started = time.perf_counter()
+        compiled.warm_up()
+        kernels_note = f"compiled kernels ready in {time.perf_counter() - started:.2f} s"
     print(
-        f"engine threads {thread_count()}, torch threads {torch.get_num_threads()}; "
-        f"numpy {np.__version__}, torch {torch.__version__}; {os.cpu_count()} cpus, "
-        f"load average {_load()}; median and best of {repeats} after {WARMUP_ROUNDS} warm-up "
-        f"rounds (seed: {seed_repeats})"
+        f"engine threads {args.threads}, torch threads {torch.get_num_threads()}; "
+        f"numpy {np.__version__}, torch {torch.__version__}, {kernels_note}; "
+        f"{os.cpu_count()} cpus, load average {_load()}; median of {rounds} blocks of {block} "
+        f"calls after {WARMUP_ROUNDS} warm-up rounds"
     )
     header = (
-        f"{'X shape':>18} {'pool':>6} {'dtype':>7} {'engine ms':>10} {'torch ms':>9} "
-        f"{'seed ms':>9} {'eng/torch':>9} {'best e/t':>9} {'seed/eng':>9} {'state/X':>8}"
+        f"{'X shape':>18} {'pool':>6} {'dtype':>7} {'copy ms':>8} {'numpy ms':>9} "
+        f"{'compiled':>9} {'torch ms':>9} {'np/torch':>8} {'cc/torch':>8} {'np/copy':>8} "
+        f"{'cc/copy':>8}"
     )
     print(header)
     print("-" * len(header))
-    engine_vs_torch, best_vs_torch, seed_vs_engine, names = [], [], [], []
+    ratios: dict[str, list[float]] = {"np/torch": [], "cc/torch": [], "np/copy": [], "cc/copy": []}
+    names = []
     rng = np.random.default_rng(0)
     for shape, pool, stride in SUITE:
-        for dtype in DTYPES:
+        for dtype in dtypes:
             X = rng.standard_normal(shape).astype(dtype)
             spec = engine.PoolSpec(pool_size=pool, strides=stride)
-            A, state = engine.forward(X, spec)
+            A, state = engine.forward(X, spec, options=numpy_options)
             dA = rng.standard_normal(A.shape).astype(dtype)
-
-            def run_engine(
-                X: np.ndarray = X, dA: np.ndarray = dA, spec: engine.PoolSpec = spec
-            ) -> None:
-                engine.backward(engine.forward(X, spec)[1], dA)
-
+            dX = engine.backward(state, dA, options=numpy_options)
             x = torch.from_numpy(X).permute(0, 3, 1, 2).detach().requires_grad_(True)
             da = torch.from_numpy(dA).permute(0, 3, 1, 2)
             assert x.is_contiguous(memory_format=torch.channels_last)
-            _check_agreement(X, A, engine.backward(state, dA), x, da, pool, stride)
-
-            def run_torch(
-                x: torch.Tensor = x, da: torch.Tensor = da, pool: int = pool, stride: int = stride
-            ) -> None:
-                torch.autograd.grad(F.max_pool2d(x, pool, stride), x, da)
-
-            (engine_s, engine_best), (torch_s, torch_best) = timings(
-                [run_engine, run_torch], repeats
-            )
-
-            def run_seed(
-                X: np.ndarray = X, dA: np.ndarray = dA, pool: int = pool, stride: int = stride
-            ) -> None:
-                seed_forward_backward(X, dA, pool, stride)
-
-            ((seed_s, _),) = timings([run_seed], seed_repeats)
-            engine_vs_torch.append(engine_s / torch_s)
-            best_vs_torch.append(engine_best / torch_best)
-            seed_vs_engine.append(seed_s / engine_s)
+            _check_agreement(X, A, dX, x, da, pool, stride)
+            runs = [
+                X.copy,
+                _engine_run(X, dA, spec, numpy_options),
+                _torch_run(x, da, pool, stride),
+            ]
+            if has_compiled:
+                A_c, state_c = engine.forward(X, spec, options=compiled_options)
+                dX_c = engine.backward(state_c, dA, options=compiled_options)
+                if not (
+                    A_c.tobytes() == A.tobytes()
+                    and state_c.to_bytes() == state.to_bytes()
+                    and dX_c.tobytes() == dX.tobytes()
+                ):
+                    raise SystemExit(f"numpy and compiled kernels disagree on {shape} {dtype}")
+                runs.append(_engine_run(X, dA, spec, compiled_options))
+            copy_s, numpy_s, torch_s, *rest = (median for median, _ in timings(runs, rounds, block))
+            compiled_s = rest[0] if rest else math.nan
+            case = {
+                "np/torch": numpy_s / torch_s,
+                "cc/torch": compiled_s / torch_s,
+                "np/copy": numpy_s / copy_s,
+                "cc/copy": compiled_s / copy_s,
+            }
+            for key, value in case.items():
+                ratios[key].append(value)
             name = f"{shape!s} {pool}x{pool}/{stride} {np.dtype(dtype).name}"
             names.append(name)
             print(
                 f"{shape!s:>18} {f'{pool}x{pool}/{stride}':>6} {np.dtype(dtype).name:>7} "
-                f"{engine_s * 1e3:10.2f} {torch_s * 1e3:9.2f} {seed_s * 1e3:9.1f} "
-                f"{engine_s / torch_s:9.2f} {engine_best / torch_best:9.2f} "
-                f"{seed_s / engine_s:9.1f} {state.nbytes / X.nbytes:8.4f}"
+                f"{copy_s * 1e3:8.2f} {numpy_s * 1e3:9.2f} {compiled_s * 1e3:9.2f} "
+                f"{torch_s * 1e3:9.2f} {case['np/torch']:8.2f} {case['cc/torch']:8.2f} "
+                f"{case['np/copy']:8.2f} {case['cc/copy']:8.2f}"
             )
     print("-" * len(header))
-    worst = max(range(len(names)), key=engine_vs_torch.__getitem__)
-    print(
-        f"geometric mean engine/torch = {_geomean(engine_vs_torch):.3f} of medians, "
-        f"{_geomean(best_vs_torch):.3f} of best times; worst {engine_vs_torch[worst]:.2f} "
-        f"({names[worst]}); seed/engine = {_geomean(seed_vs_engine):.1f}; "
-        f"load average {_load()}"
-    )
+    means = {key: _geomean(values) for key, values in ratios.items()}
+    print("geometric means: " + ", ".join(f"{key} {value:.3f}" for key, value in means.items()))
+    for key in ("np/torch", "cc/torch"):
+        worst = max(range(len(names)), key=ratios[key].__getitem__)
+        print(f"worst {key}: {ratios[key][worst]:.2f} ({names[worst]})")
+    print(f"{GOALS}; load average {_load()}")
+
+
+def _engine_run(
+    X: np.ndarray, dA: np.ndarray, spec: engine.PoolSpec, options: engine.EngineOptions
+) -> Callable[[], object]:
+    def run() -> object:
+        return engine.backward(engine.forward(X, spec, options=options)[1], dA, options=options)
+
+    return run
+
+
+def _torch_run(x: torch.Tensor, da: torch.Tensor, pool: int, stride: int) -> Callable[[], object]:
+    def run() -> object:
+        return torch.autograd.grad(F.max_pool2d(x, pool, stride), x, da)
+
+    return run
 
 
 def _check_agreement(

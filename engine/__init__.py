@@ -9,30 +9,32 @@
     blob = state.to_bytes()          # versioned binary form; PoolState.from_bytes(blob)
 
 Semantics are those of CONTRACT.md ("Layer spec"); EpyNN's ``Pooling`` layer is the reference
-for the defaults. No I/O, no web code.
+for the defaults. No I/O, no web code, no environment: how a call runs (threads, NumPy or
+compiled kernels) is an :class:`EngineOptions` argument, and a :class:`RunReport` says what ran::
 
-Environment
------------
-``POOLGRAD_ENGINE_THREADS``
-    Threads a large call is spread over, read once at first use; default
-    ``min(4, os.cpu_count())``, ``1`` disables threading (see :mod:`engine.parallel`).
+    A, state = forward(X, spec, options=EngineOptions(threads=2, kernels="numpy"))
 """
 
 from engine.errors import (
     EngineError,
+    KernelsUnavailable,
     ShapeMismatchError,
     SpecError,
     StateError,
     TensorError,
 )
+from engine.options import EngineOptions, RunReport
 from engine.pooling import backward, forward
 from engine.spec import PoolSpec
 from engine.state import PoolState
 
 __all__ = [
     "EngineError",
+    "EngineOptions",
+    "KernelsUnavailable",
     "PoolSpec",
     "PoolState",
+    "RunReport",
     "ShapeMismatchError",
     "SpecError",
     "StateError",

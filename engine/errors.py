@@ -8,7 +8,8 @@ catch it; the service maps each subclass to one problem code::
         ├── SpecError            a PoolSpec field is invalid            (422 invalid_spec)
         ├── TensorError          X or dA refused: rank, dtype, size, NaN (422 invalid_tensor)
         ├── ShapeMismatchError   dA's shape differs from A's             (422 shape_mismatch)
-        └── StateError           a serialized state is truncated or corrupt
+        ├── StateError           a serialized state is truncated or corrupt, or lacks winners
+        └── KernelsUnavailable   kernels="compiled" asked for without Numba installed
 
 Messages always name the offending value.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "EngineError",
+    "KernelsUnavailable",
     "ShapeMismatchError",
     "SpecError",
     "StateError",
@@ -43,3 +45,7 @@ class ShapeMismatchError(EngineError):
 
 class StateError(EngineError):
     """A serialized :class:`~engine.PoolState` blob is truncated, corrupt or inconsistent."""
+
+
+class KernelsUnavailable(EngineError):
+    """``kernels="compiled"`` was asked for but Numba is not installed (the ``fast`` extra)."""

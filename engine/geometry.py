@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.errors import TensorError
-from engine.memo import WeighedMemo
-from engine.spec import MAX_WINDOW_SIZE, PoolSpec
+from engine.memo import WeighedMemo, deep_bytes, sampled_bytes
+from engine.spec import PoolSpec
 
 __all__ = [
     "MAX_INPUT_ELEMENTS",
     "MAX_WORK",
-    "PLAN_MEMO_OFFSETS",
+    "PLAN_MEMO_BYTES",
     "Offset",
     "Plan",
     "axis_names",
+    "call_bytes",
     "make_plan",
+    "plan_bytes",
 ]
 
 #: Most (output element, window element) pairs one call may visit: the bound on its time and
@@ -116,10 +119,24 @@ def _resolve_padding(spec: PoolSpec, sizes: tuple[int, ...]) -> tuple[tuple[int,
     return spec.padding
 
 
-#: Window offsets that memoized plans may hold in all (one largest plan, about 40 MB).
-PLAN_MEMO_OFFSETS = MAX_WINDOW_SIZE
+#: Bytes that memoized plans may hold in all: one largest plan (65,536 offsets, about 40 MB)
+#: and then some.
+PLAN_MEMO_BYTES = 64 << 20
 
-_plans: WeighedMemo[Plan] = WeighedMemo(PLAN_MEMO_OFFSETS, lambda plan: len(plan.offsets))
+
+def plan_bytes(plan: Plan) -> int:
+    """Bytes a plan holds: its offsets' slices and its per-dim arrays as long as the output."""
+    reached = [offset for offset in plan.offsets if offset is not None]
+    fields = {name: value for name, value in vars(plan).items() if name != "offsets"}
+    return (
+        sys.getsizeof(plan)
+        + deep_bytes(fields)
+        + sys.getsizeof(plan.offsets)
+        + sampled_bytes(reached)
+    )
+
+
+_plans: WeighedMemo[Plan] = WeighedMemo(PLAN_MEMO_BYTES, plan_bytes, name="plans")
 
 
 def make_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
@@ -234,3 +251,26 @@ def _build_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         exact_cover=exact_cover,
         real_counts=tuple(real_counts),
     )
+
+
+def call_bytes(spec: PoolSpec, input_shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes one forward or backward call may hold at its peak besides X and dA themselves: an
+    upper bound, documented in docs/DECISIONS.md ("What one call costs") and pinned by a test.
+
+    - the state: one bit per (output, window element) for max/min, ``<= MAX_WORK / 8``
+      (128 MiB); one bit per output for avg;
+    - the geometry: the plan and the stride-phase grouping, each about :func:`plan_bytes`
+      (some 700 bytes per window offset: ``<= 2 x 47 MB`` at ``MAX_WINDOW_SIZE``);
+    - arrays as large as the output (A, dA's wide copy, masks, one unpacked winner plane at a
+      time, split shares, the phase path's contributions): ``<= 4`` accumulator-wide copies;
+    - arrays as large as the input: dX and, where windows overlap or for avg, its
+      accumulator-wide sums.
+    """
+    plan = make_plan(spec, input_shape)
+    inputs, outputs = math.prod(input_shape), math.prod(plan.output_shape)
+    wide = max(itemsize, 4)  # float16 accumulates in float32
+    state = (plan.window_size if spec.mode != "avg" else 1) * -(-outputs // 8)
+    geometry = 2 * plan_bytes(plan)
+    per_output = itemsize + 4 * wide + 2
+    per_input = itemsize + wide
+    return state + geometry + outputs * per_output + inputs * per_input

@@ -1,38 +1,87 @@
 """A memo with a memory budget: the engine's geometry caches, bounded however callers vary.
 
 ``functools.lru_cache`` bounds the number of entries, not their size, and a plan for a
-65,536-element window holds 65,536 offsets (about 40 MB): 256 of those, one per distinct input
-shape a client chooses to send, would be gigabytes. Here every entry has a weight (about one
-unit per window offset it holds) and the memo keeps at most ``budget`` units, dropping the
-least recently used entries first; an entry heavier than the whole budget is returned but not
-kept.
+65,536-element window holds 65,536 offsets (about 40 MB), a plan for a long 1-D input arrays
+as long as its output: a few hundred of those, one per distinct input shape a client chooses
+to send, would be gigabytes. Here every entry is weighed in the bytes it holds
+(:func:`deep_bytes`) and the memo keeps at most ``budget`` bytes, dropping the least recently
+used entries first; an entry heavier than the whole budget is returned but not kept.
+Every memo registers under a name: :func:`memos` lists them with what they hold.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
-__all__ = ["WeighedMemo"]
+import numpy as np
+
+__all__ = ["WeighedMemo", "deep_bytes", "memos", "sampled_bytes"]
 
 V = TypeVar("V")
 
+_registry: dict[str, WeighedMemo[Any]] = {}
+
+
+def memos() -> dict[str, WeighedMemo[Any]]:
+    """Every engine memo by name; ``memo.held`` is the bytes it keeps, ``memo.budget`` its
+    bound."""
+    return dict(_registry)
+
+
+def deep_bytes(value: object, seen: set[int] | None = None) -> int:
+    """Bytes held by ``value`` and what it references: containers, dataclass fields, slices,
+    NumPy arrays (their data included); each object counted once."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, np.ndarray):
+        # getsizeof already counts the data of an array that owns it.
+        return size if value.base is None else size + deep_bytes(value.base, seen)
+    if isinstance(value, tuple | list):
+        return size + sum(deep_bytes(item, seen) for item in value)
+    if isinstance(value, dict):
+        return size + sum(deep_bytes(k, seen) + deep_bytes(v, seen) for k, v in value.items())
+    if isinstance(value, slice):
+        return size + sum(deep_bytes(part, seen) for part in (value.start, value.stop, value.step))
+    fields = getattr(value, "__dict__", None)
+    if fields is not None:
+        return size + deep_bytes(fields, seen)
+    return size
+
+
+def sampled_bytes(items: Sequence[object]) -> int:
+    """:func:`deep_bytes` of a long sequence of like items, from its first two: walking a
+    65,536-offset plan item by item would cost as much as building it. The second item is
+    weighed after the first, so what items share (``slice(None)``, small ints) counts once."""
+    seen: set[int] = set()
+    if len(items) < 2:
+        return sys.getsizeof(items) + sum(deep_bytes(item, seen) for item in items)
+    first = deep_bytes(items[0], seen)
+    return sys.getsizeof(items) + first + (len(items) - 1) * deep_bytes(items[1], seen)
+
 
 class WeighedMemo(Generic[V]):
-    """Least-recently-used memo of values weighed by ``weigh``, at most ``budget`` in all.
+    """Least-recently-used memo of values weighed by ``weigh`` (bytes), at most ``budget`` in
+    all; registered under ``name`` when given (see :func:`memos`).
 
     Thread-safe: lookups and insertions hold a lock; ``compute`` runs outside it (two threads
     may compute the same value, and both results are equal).
     """
 
-    def __init__(self, budget: int, weigh: Callable[[V], int]) -> None:
+    def __init__(self, budget: int, weigh: Callable[[V], int], name: str | None = None) -> None:
         self.budget = budget
         self._weigh = weigh
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
+        if name is not None:
+            _registry[name] = self
 
     @property
     def held(self) -> int:

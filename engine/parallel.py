@@ -1,11 +1,12 @@
 """Splitting one pooling call into independent chunks and running them on a small thread pool.
 
 NumPy releases the GIL inside its ufunc loops, so chunks of one call run truly in parallel.
-A batch (``m > 1``) is cut into pieces of about :data:`PIECE_BYTES` of X, so that each kernel
-step of a piece works on data that stays in a core's L2 cache (NumPy's elementwise passes run
-markedly faster there than on arrays streamed from memory); the pieces run in order, in one
+A batch (``m > 1``) is cut into pieces of about ``options.piece_bytes`` of X (1 MiB), so that
+each kernel step of a piece works on data that stays in a core's L2 cache (NumPy's elementwise
+passes run markedly faster there than on arrays streamed from memory); the pieces run in order,
+in one
 contiguous run per thread. Threads are used only when X holds at least
-:data:`PARALLEL_MIN_ELEMENTS` elements, and then a call is cut:
+``options.parallel_min_elements`` elements, and then a call is cut:
 
 - along the batch axis when ``m > 1``;
 - for a single sample, along the channel axis (``channels_first``) or along the first spatial
@@ -15,11 +16,9 @@ contiguous run per thread. Threads are used only when X holds at least
 Chunk boundaries fall on whole bytes of the bit-packed state planes, so every chunk packs its
 own bits; results are bit-identical to a single-threaded run.
 
-Environment
------------
-``POOLGRAD_ENGINE_THREADS``
-    Threads per call (read once, at first use). Default ``min(4, os.cpu_count())``;
-    ``1`` disables threading.
+The thread count, piece size and threshold come from the caller's
+:class:`~engine.options.EngineOptions` (the engine reads no environment); one pool of worker
+threads is kept per thread count asked for.
 """
 
 from __future__ import annotations
@@ -27,36 +26,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from engine.geometry import PLAN_MEMO_OFFSETS, Plan, make_plan
-from engine.memo import WeighedMemo
+from engine.geometry import Plan, make_plan, plan_bytes
+from engine.memo import WeighedMemo, deep_bytes
+from engine.options import EngineOptions
 from engine.spec import PoolSpec
 
-__all__ = [
-    "PARALLEL_MIN_ELEMENTS",
-    "PIECE_BYTES",
-    "Chunk",
-    "run_chunks",
-    "split",
-    "thread_count",
-]
-
-PARALLEL_MIN_ELEMENTS = 1 << 18
-"""Below this many input elements the thread hand-off costs more than it saves."""
-
-PIECE_BYTES = 1 << 20
-"""Bytes of X per batch piece: a piece's X, dX and per-offset scratch stay in L2."""
-
-THREADS_ENV = "POOLGRAD_ENGINE_THREADS"
+__all__ = ["SPLIT_MEMO_BYTES", "Chunk", "run_chunks", "split"]
 
 _lock = threading.Lock()
-_threads: int | None = None
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[int, ThreadPoolExecutor] = {}
 
 
 @dataclass(frozen=True)
@@ -76,48 +59,47 @@ class Chunk:
     byte_stop: int
 
 
-def thread_count() -> int:
-    """Threads a large call is spread over (``POOLGRAD_ENGINE_THREADS``, read once)."""
-    global _threads
-    with _lock:
-        if _threads is None:
-            raw = os.environ.get(THREADS_ENV)
-            if raw is None:
-                _threads = min(4, os.cpu_count() or 1)
-            elif raw.strip().isdigit() and int(raw) >= 1:
-                _threads = int(raw)
-            else:
-                raise ValueError(f"{THREADS_ENV} must be a positive int, got {raw!r}")
-        return _threads
-
-
 def _executor_for(threads: int) -> ThreadPoolExecutor:
-    global _executor
+    # One pool per thread count in use (a process normally uses one): its threads - 1 workers
+    # plus the calling thread run a call.
     with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="poolgrad-engine")
-        return _executor
+        executor = _executors.get(threads)
+        if executor is None:
+            executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="poolgrad-engine")
+            _executors[threads] = executor
+        return executor
 
 
-def split(spec: PoolSpec, plan: Plan, itemsize: int) -> list[Chunk]:
+def split(spec: PoolSpec, plan: Plan, itemsize: int, options: EngineOptions) -> list[Chunk]:
     """Chunks covering the whole call (X of ``itemsize`` bytes per element), in order; a single
     chunk when splitting would not pay. Memoized on everything it depends on; a single chunk
     carries ``plan`` itself."""
     chunks = _split(
-        spec, plan.input_shape, itemsize, thread_count(), PIECE_BYTES, PARALLEL_MIN_ELEMENTS
+        spec,
+        plan.input_shape,
+        itemsize,
+        options.threads,
+        options.piece_bytes,
+        options.parallel_min_elements,
     )
     if len(chunks) == 1:
         return [dataclasses.replace(chunks[0], plan=plan)]
     return list(chunks)
 
 
-def _split_weight(chunks: tuple[Chunk, ...]) -> int:
-    # The chunks keep their plans alive: weigh each distinct plan once, by its offsets.
+#: Bytes that memoized splits (chunks and the sub-plans they keep alive) may hold in all.
+SPLIT_MEMO_BYTES = 32 << 20
+
+
+def _split_bytes(chunks: tuple[Chunk, ...]) -> int:
+    # The chunks keep their plans alive (even once the plan memo dropped them): weigh each
+    # distinct plan once, in bytes, plus the chunks' own slices and specs.
     plans = {id(chunk.plan): chunk.plan for chunk in chunks}
-    return len(chunks) + sum(len(plan.offsets) for plan in plans.values())
+    shell = dataclasses.replace(chunks[0], plan=None)  # type: ignore[arg-type]
+    return sum(plan_bytes(plan) for plan in plans.values()) + len(chunks) * deep_bytes(shell)
 
 
-_splits: WeighedMemo[tuple[Chunk, ...]] = WeighedMemo(PLAN_MEMO_OFFSETS, _split_weight)
+_splits: WeighedMemo[tuple[Chunk, ...]] = WeighedMemo(SPLIT_MEMO_BYTES, _split_bytes, name="splits")
 
 
 def _split(
@@ -157,7 +139,7 @@ def _compute_split(
     elements = math.prod(plan.input_shape)
     threads = thread_setting if elements >= parallel_min_elements else 1
     if plan.input_shape[0] > 1:
-        # A whole number of pieces per thread, each about PIECE_BYTES of X.
+        # A whole number of pieces per thread, each about piece_bytes of X.
         per_thread = max(1, round(elements * itemsize / piece_bytes / threads))
         if threads * per_thread == 1:
             return [whole]
@@ -256,16 +238,18 @@ def _split_first_spatial(spec: PoolSpec, plan: Plan, threads: int) -> list[Chunk
     return chunks
 
 
-def run_chunks(work: Callable[[Chunk], None], chunks: Sequence[Chunk]) -> None:
+def run_chunks(
+    work: Callable[[Chunk], None], chunks: Sequence[Chunk], options: EngineOptions
+) -> int:
     """Run ``work`` on every chunk in order, in one contiguous run per thread (the calling
     thread takes the first run); all on the calling thread below
-    :data:`PARALLEL_MIN_ELEMENTS` input elements in all."""
+    ``options.parallel_min_elements`` input elements in all. Returns the threads used."""
     elements = sum(math.prod(chunk.plan.input_shape) for chunk in chunks)
-    threads = min(thread_count(), len(chunks)) if elements >= PARALLEL_MIN_ELEMENTS else 1
+    threads = min(options.threads, len(chunks)) if elements >= options.parallel_min_elements else 1
     if threads == 1:
         for chunk in chunks:
             work(chunk)
-        return
+        return 1
     cuts = [round(len(chunks) * i / threads) for i in range(threads + 1)]
     runs = [chunks[start:stop] for start, stop in itertools.pairwise(cuts)]
 
@@ -273,8 +257,9 @@ def run_chunks(work: Callable[[Chunk], None], chunks: Sequence[Chunk]) -> None:
         for chunk in run:
             work(chunk)
 
-    executor = _executor_for(thread_count())
+    executor = _executor_for(options.threads)
     futures = [executor.submit(work_run, run) for run in runs[1:]]
     work_run(runs[0])
     for future in futures:
         future.result()
+    return threads

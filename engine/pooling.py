@@ -24,23 +24,34 @@ Forward and backward of each mode sit side by side below.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 
-from engine.errors import ShapeMismatchError, TensorError
-from engine.geometry import PLAN_MEMO_OFFSETS, Offset, Plan, make_plan
-from engine.memo import WeighedMemo
+from engine import compiled
+from engine.errors import ShapeMismatchError, StateError, TensorError
+from engine.geometry import Offset, Plan, make_plan
+from engine.memo import WeighedMemo, deep_bytes, sampled_bytes
+from engine.options import DEFAULT_OPTIONS, EngineOptions, RunReport
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
 from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
+from engine.upstream import accumulate_dtype, split_shares, winner_counts
 
 __all__ = ["backward", "forward"]
 
 
-def forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+def forward(
+    X: np.ndarray,
+    spec: PoolSpec,
+    *,
+    options: EngineOptions | None = None,
+    report: RunReport | None = None,
+) -> tuple[np.ndarray, PoolState]:
     """Pool ``X`` under ``spec``; return the output and the state backward needs.
 
     Parameters
@@ -49,6 +60,11 @@ def forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
         ``(m, *spatial, d)`` for ``channels_last``, ``(m, d, *spatial)`` for ``channels_first``.
         Any memory order; read-only arrays are fine: X is never written and never kept.
     spec : PoolSpec
+    options : EngineOptions, optional
+        Threads and kernel set (:mod:`engine.options`); the defaults otherwise. The result
+        does not depend on them, bit for bit.
+    report : RunReport, optional
+        Filled in with the kernels, chunks and threads that ran.
 
     Returns
     -------
@@ -75,14 +91,21 @@ def forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
     """
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
+    run = _Run(options, report, spec)
     A = np.empty(plan.output_shape, dtype=X.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         if spec.mode == "avg":
-            return A, _avg_forward(X, spec, plan, A)
-        return A, _extreme_forward(X, spec, plan, A)
+            return A, _avg_forward(X, spec, plan, A, run)
+        return A, _extreme_forward(X, spec, plan, A, run)
 
 
-def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
+def backward(
+    state: PoolState,
+    dA: np.ndarray,
+    *,
+    options: EngineOptions | None = None,
+    report: RunReport | None = None,
+) -> np.ndarray:
     """Gradient of the pooled output with respect to X, from ``state`` and upstream ``dA``.
 
     Parameters
@@ -91,6 +114,8 @@ def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
         From :func:`forward` (or :meth:`PoolState.from_bytes`); never modified.
     dA : ndarray of shape ``state.output_shape``, any real int or float dtype
         Cast to ``state.dtype`` first; never modified.
+    options, report
+        As for :func:`forward`.
 
     Returns
     -------
@@ -104,6 +129,8 @@ def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
         dA's shape differs from ``state.output_shape``.
     TensorError
         dA is not an ndarray of real numbers.
+    StateError
+        A max/min state holds no winners.
 
     Notes
     -----
@@ -120,19 +147,23 @@ def backward(state: PoolState, dA: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         dA = _checked_gradient(state, dA)
         plan = make_plan(state.spec, state.input_shape)
+        run = _Run(options, report, state.spec)
         if state.spec.mode == "avg":
-            return _avg_backward(state, plan, dA)
-        return _extreme_backward(state, plan, dA)
+            return _avg_backward(state, plan, dA, run)
+        return _extreme_backward(state, plan, dA, run)
 
 
 # -- max / min -------------------------------------------------------------------------------
 
 
-def _extreme_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> PoolState:
+def _extreme_forward(
+    X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run
+) -> PoolState:
     winners = np.zeros((plan.window_size, packed_plane_bytes(plan.output_shape)), np.uint8)
 
     def work(chunk: Chunk) -> None:
-        _extreme_forward_chunk(
+        kernel = run.kernel_for(chunk, compiled.extreme_forward_chunk, _extreme_forward_chunk)
+        kernel(
             X[chunk.input_index],
             chunk.spec,
             chunk.plan,
@@ -140,7 +171,7 @@ def _extreme_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -
             winners[:, chunk.byte_start : chunk.byte_stop],
         )
 
-    _run_quietly(work, split(spec, plan, X.dtype.itemsize))
+    run.chunks(work, plan, X.dtype.itemsize)
     return PoolState(spec, plan.input_shape, plan.output_shape, X.dtype, winners=winners)
 
 
@@ -180,56 +211,72 @@ def _extreme_forward_chunk(
         winners[k] = np.packbits(hit)
 
 
-def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
+def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -> np.ndarray:
     winners = state.winners
     if winners is None:
-        raise TensorError(f"state for mode {state.spec.mode!r} holds no winners")
+        raise StateError(f"state for mode {state.spec.mode!r} holds no winners")
+    if not run.options.disjoint_path:
+        plan = dataclasses.replace(plan, disjoint=False, exact_cover=False)
     # Disjoint windows: exactly covered inputs get every element written once (winner or +0.0),
     # so no zeroing. Overlapping windows: every element is written once, phase by phase.
     allocate = np.zeros if plan.disjoint and not plan.exact_cover else np.empty
     dX = allocate(plan.input_shape, dtype=state.dtype)
 
+    paths = set()
+
     def work(chunk: Chunk) -> None:
-        _extreme_backward_chunk(
+        if not run.options.disjoint_path:
+            chunk = dataclasses.replace(
+                chunk, plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
+            )
+        kernel = run.kernel_for(chunk, compiled.extreme_backward_chunk, _extreme_backward_chunk)
+        path = kernel(
             chunk.spec,
             chunk.plan,
             winners[:, chunk.byte_start : chunk.byte_stop],
             dA[chunk.output_index],
             dX[chunk.input_index],
+            run.options.merged_phase_write,
         )
+        paths.add(path)
 
-    _run_quietly(work, split(state.spec, plan, state.dtype.itemsize))
+    run.chunks(work, plan, state.dtype.itemsize)
+    if run.report is not None:
+        run.report.backward_path = "+".join(sorted(paths))
     return dX
 
 
 def _extreme_backward_chunk(
-    spec: PoolSpec, plan: Plan, winners: np.ndarray, dA: np.ndarray, dX: np.ndarray
-) -> None:
+    spec: PoolSpec,
+    plan: Plan,
+    winners: np.ndarray,
+    dA: np.ndarray,
+    dX: np.ndarray,
+    merged_phase_write: bool,
+) -> str:
+    """One chunk's max/min dX; returns the path taken (see :class:`~engine.options.RunReport`)."""
     size = dA.size
-    accumulate = _accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
+    accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
     gradient = dA.astype(accumulate, copy=False)
-    # All planes at once as uint8 0/1 (planes of offsets that only land on padding are 0).
-    masks = np.unpackbits(winners, axis=1, count=size).reshape(-1, *plan.output_shape)
     if spec.ties == "split":
-        counts = np.sum(masks, axis=0, dtype=np.int32)
-        # NaN windows have no winners (count 0) and send nothing: the divisor there is moot.
-        shares = dA.astype(_accumulate_dtype(dA.dtype)) / np.maximum(counts, 1)
-        gradient = shares.astype(accumulate, copy=False)
-    # 0/1 -> 0/255, i.e. int8 0/-1: sign-extended, all bits clear or set at any width.
-    np.negative(masks, out=masks)
-    signed = masks.view(np.int8)
+        gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
 
     def masked(k: int, offset: Offset, out: np.ndarray) -> None:
-        _select(gradient[offset.out_index], signed[k][offset.out_index], out)
+        # One plane at a time as uint8 0/1 (all planes at once would be a byte per window
+        # element of every output: up to MAX_WORK bytes), then 0/1 -> 0/255, i.e. int8 0/-1:
+        # sign-extended, all bits clear or set at any width.
+        mask = np.unpackbits(winners[k], count=size).reshape(plan.output_shape)
+        np.negative(mask, out=mask)
+        _select(gradient[offset.out_index], mask.view(np.int8)[offset.out_index], out)
 
     if plan.disjoint:
         # Each offset owns its input elements: one strided write per offset, no accumulation.
         for k, offset in _reached(plan):
             masked(k, offset, dX[offset.in_index])
-        return
+        return "disjoint"
     contribution = np.empty(plan.output_shape, dtype=accumulate)
     phases = _phases(spec, dX.shape)
-    merged = _phase_major(dX, spec.strides, plan.spatial_axes)
+    merged = _phase_major(dX, spec.strides, plan.spatial_axes) if merged_phase_write else None
     # Phase-major scratch: phase r's total is totals[r]; with a merged view of dX all phases
     # reach dX in one copy that writes dX in memory order (several times faster than one
     # strided write per phase).
@@ -252,6 +299,8 @@ def _extreme_backward_chunk(
             np.copyto(dX[phase_index], total, casting="same_kind")
     if merged is not None and totals is not None:
         np.copyto(merged, totals.reshape(merged.shape), casting="same_kind")
+        return "phases-merged"
+    return "phases-strided"
 
 
 def _phase_major(
@@ -280,9 +329,18 @@ def _phase_major(
 
 _Phase = tuple[tuple[slice, ...], list[tuple[int, Offset, tuple[slice, ...]]], tuple[int, ...]]
 
-_phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(
-    PLAN_MEMO_OFFSETS, lambda phases: sum(1 + len(members) for _, members, _ in phases)
-)
+#: Bytes that memoized stride-phase groupings may hold in all.
+PHASE_MEMO_BYTES = 32 << 20
+
+
+def _phases_bytes(phases: list[_Phase]) -> int:
+    # Members hold offsets (possibly outliving their plan) and boxes of slices.
+    return sys.getsizeof(phases) + sum(
+        deep_bytes((index, shape)) + sampled_bytes(members) for index, members, shape in phases
+    )
+
+
+_phase_memo: WeighedMemo[list[_Phase]] = WeighedMemo(PHASE_MEMO_BYTES, _phases_bytes, name="phases")
 
 
 def _phases(spec: PoolSpec, input_shape: tuple[int, ...]) -> list[_Phase]:
@@ -353,11 +411,11 @@ def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
 # -- avg -------------------------------------------------------------------------------------
 
 
-def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> PoolState:
+def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray, run: _Run) -> PoolState:
     def work(chunk: Chunk) -> None:
         _avg_forward_chunk(X[chunk.input_index], chunk.spec, chunk.plan, A[chunk.output_index])
 
-    _run_quietly(work, split(spec, plan, X.dtype.itemsize))
+    run.chunks(work, plan, X.dtype.itemsize)
     nan_windows = None
     # A window holding NaN pools to NaN, so checking the small A keeps the NaN-free path cheap.
     # inf - inf gives NaN too without any NaN in X, hence the exact mask from X below.
@@ -373,7 +431,7 @@ def _avg_forward(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> Po
 
 
 def _avg_forward_chunk(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray) -> None:
-    total = np.zeros(plan.output_shape, dtype=_accumulate_dtype(X.dtype))
+    total = np.zeros(plan.output_shape, dtype=accumulate_dtype(X.dtype))
     for offset in plan.offsets:
         if offset is not None:
             target = total[offset.out_index]
@@ -382,8 +440,8 @@ def _avg_forward_chunk(X: np.ndarray, spec: PoolSpec, plan: Plan, A: np.ndarray)
     np.copyto(A, total, casting="same_kind")
 
 
-def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
-    accumulate = _accumulate_dtype(state.dtype)
+def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -> np.ndarray:
+    accumulate = accumulate_dtype(state.dtype)
     gradient = dA.astype(accumulate)
     if state.nan_windows is not None:
         gradient[_unpack(state.nan_windows, dA.size, plan.output_shape).view(np.bool_)] = 0
@@ -395,7 +453,7 @@ def _avg_backward(state: PoolState, plan: Plan, dA: np.ndarray) -> np.ndarray:
             chunk.spec, chunk.plan, gradient[chunk.output_index], dX[chunk.input_index]
         )
 
-    _run_quietly(work, split(state.spec, plan, state.dtype.itemsize))
+    run.chunks(work, plan, state.dtype.itemsize)
     return dX.astype(state.dtype, copy=False)
 
 
@@ -413,19 +471,45 @@ def _avg_backward_chunk(spec: PoolSpec, plan: Plan, gradient: np.ndarray, dX: np
 # -- shared ----------------------------------------------------------------------------------
 
 
-def _run_quietly(work: Callable[[Chunk], None], chunks: list[Chunk]) -> None:
-    # inf - inf, float16 overflow and the like are data here (NaN / inf in the result, handled
-    # by the NaN rules), not warnings. errstate is per thread, so each chunk sets its own.
-    def quiet(chunk: Chunk) -> None:
-        with np.errstate(invalid="ignore", over="ignore"):
-            work(chunk)
-
-    run_chunks(quiet, chunks)
+_K = TypeVar("_K", bound=Callable[..., object])
 
 
-def _accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    # float16 sums lose too much; accumulate in float32 and cast back once.
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+class _Run:
+    """One call's options, resolved kernel set and report."""
+
+    def __init__(self, options: EngineOptions | None, report: RunReport | None, spec: PoolSpec):
+        self.options = options if options is not None else DEFAULT_OPTIONS
+        self.report = report
+        self.spec = spec
+        # The compiled kernels cover max and min; avg runs on NumPy whatever the choice.
+        chosen = compiled.kernel_set(self.options.kernels)
+        self.kernels = chosen if spec.mode != "avg" else "numpy"
+        if report is not None:
+            report.kernels = self.kernels
+            report.backward_path = ""
+
+    def kernel_for(self, chunk: Chunk, compiled_kernel: _K, numpy_kernel: _K) -> _K:
+        """The kernel for one chunk: compiled when chosen and within its memory bound
+        (:func:`engine.compiled.fits`), else NumPy (the same bits); the report says which ran."""
+        use_compiled = self.kernels == "compiled" and compiled.fits(chunk.plan)
+        if self.report is not None and not use_compiled:
+            self.report.kernels = "numpy"
+        return compiled_kernel if use_compiled else numpy_kernel
+
+    def chunks(self, work: Callable[[Chunk], None], plan: Plan, itemsize: int) -> None:
+        """Split the call and run ``work`` on every chunk, quietly."""
+
+        # inf - inf, float16 overflow and the like are data here (NaN / inf in the result,
+        # handled by the NaN rules), not warnings. errstate is per thread: each chunk sets its own.
+        def quiet(chunk: Chunk) -> None:
+            with np.errstate(invalid="ignore", over="ignore"):
+                work(chunk)
+
+        chunks = split(self.spec, plan, itemsize, self.options)
+        threads = run_chunks(quiet, chunks, self.options)
+        if self.report is not None:
+            self.report.chunks = len(chunks)
+            self.report.threads = threads
 
 
 def _unpack(plane: np.ndarray, size: int, shape: tuple[int, ...]) -> np.ndarray:

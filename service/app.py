@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from engine import compiled
 from poolgrad._version import __version__
 from service.compute import Compute
 from service.errors import StoreUnavailable
@@ -27,7 +29,7 @@ from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
 from service.v2 import router as v2_router
 
-__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of"]
+__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of", "warm_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +96,35 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.state.store = store
     app.state.metrics = metrics
     app.state.compute = Compute(store, settings, metrics)
+    app.state.engine_kernels = warm_engine(settings)
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(router)
     app.include_router(v2_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     return app
+
+
+def warm_engine(settings: Settings) -> str:
+    """Resolve ``engine_kernels`` and compile the compiled kernels now (or load them from
+    Numba's on-disk cache), logging the cost, so that no request pays for compilation.
+    Returns the kernel set that runs: ``"numpy"`` or ``"compiled"``."""
+    kernels = compiled.kernel_set(settings.engine_kernels)
+    if kernels == "compiled":
+        started = time.perf_counter()
+        compiled.warm_up()
+        logger.info(
+            "engine: compiled kernels ready in %.2f s (engine_kernels=%s, %d threads)",
+            time.perf_counter() - started,
+            settings.engine_kernels,
+            settings.engine_threads,
+        )
+    else:
+        logger.info(
+            "engine: numpy kernels (engine_kernels=%s, %d threads)",
+            settings.engine_kernels,
+            settings.engine_threads,
+        )
+    return kernels
 
 
 async def _reap_forever(store: SessionStore, interval_seconds: float) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
+from engine.options import EngineOptions
 from poolgrad.protocol import IfMatch, ProtocolError, SessionInfo
 from service.errors import (
     InternalError,
@@ -91,8 +92,9 @@ class EngineCalls:
     place to swap them (a test that pauses or counts engine calls sets it on the app's
     compute), so no one patches module names."""
 
-    forward: Callable[[np.ndarray, PoolSpec], tuple[np.ndarray, PoolState]] = forward
-    backward: Callable[[PoolState, np.ndarray], np.ndarray] = backward
+    # Called as ``forward(X, spec, options=...)`` and ``backward(state, dA, options=...)``.
+    forward: Callable[..., tuple[np.ndarray, PoolState]] = forward
+    backward: Callable[..., np.ndarray] = backward
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class Compute:
         self.metrics = metrics
         self.engine = engine if engine is not None else EngineCalls()
         self._limiter = anyio.CapacityLimiter(settings.compute_threads)
+        self.engine_options = EngineOptions(
+            threads=settings.engine_threads, kernels=settings.engine_kernels
+        )
 
     # ----------------------------------------------------------------- sessions
 
@@ -240,9 +245,10 @@ class Compute:
         return value
 
     def _timed(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+        """One engine call with this server's engine options, its duration observed."""
         started = time.perf_counter()
         try:
-            return function(*args)
+            return function(*args, options=self.engine_options)
         finally:
             self.metrics.engine_seconds.labels(operation).observe(time.perf_counter() - started)
 

@@ -160,9 +160,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["operations"], **openapi.READYZ)
-async def readyz(store: StoreDep) -> dict[str, str]:
+async def readyz(store: StoreDep, request: Request) -> dict[str, str]:
     await store.ping()
-    return {"status": "ready"}
+    # engine_kernels: "numpy" or "compiled", the kernel set this process runs.
+    return {"status": "ready", "engine_kernels": request.app.state.engine_kernels}
 
 
 @router.get(

@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine import compiled
+from engine.options import KernelChoice, default_threads
+
 __all__ = ["MIB", "Settings", "describe_errors"]
 
 MIB = 1024 * 1024
@@ -128,6 +131,15 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Level of the ``service`` loggers and uvicorn's; one line per request at ``info``."""
 
+    engine_threads: int = Field(default_factory=default_threads, ge=1)
+    """Threads one large engine call is spread over (default ``min(4, cores)``); ``1`` runs
+    every call on its request's worker thread. Up to ``compute_threads`` calls run at once."""
+
+    engine_kernels: KernelChoice = "auto"
+    """The engine's kernels for max/min: ``numpy`` (pure NumPy), ``compiled`` (Numba, the
+    ``fast`` extra; compiled at start-up), or ``auto`` (compiled when Numba is installed).
+    Results are bit-identical; the choice is reported by ``/readyz`` and logged at start-up."""
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -151,6 +163,14 @@ class Settings(BaseSettings):
                     f"at position {bad}: keys may use only the characters ! to ~"
                 )
         return keys
+
+    @field_validator("engine_kernels")
+    @classmethod
+    def _kernels_installed(cls, value: KernelChoice) -> KernelChoice:
+        """``compiled`` without Numba is refused at start-up, not at the first request."""
+        if value == "compiled" and not compiled.available():
+            raise ValueError("compiled kernels need Numba: install poolgrad[fast], or use auto")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -74,6 +74,16 @@ def pool_cases(draw: st.DrawFn, *, max_ndim: int = 3, allow_nan: bool = True) ->
     return Case(spec, X, draw(st.integers(0, 2**32 - 1)))
 
 
+UPSTREAM_SPECIALS = (np.nan, np.inf, -np.inf, -0.0)
+
+
 def upstream(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
-    """A small-integer upstream gradient: sums of it are exact in every float dtype."""
-    return np.random.default_rng(seed).integers(-4, 5, shape).astype(dtype)
+    """A small-integer upstream gradient (sums of it are exact in every float dtype); for odd
+    seeds, a few entries are NaN, +-inf or -0.0, which must reach the elements that win their
+    window and no other (a select, never a multiply by a 0/1 mask)."""
+    rng = np.random.default_rng(seed)
+    dA = rng.integers(-4, 5, shape).astype(dtype)
+    if seed % 2:
+        for _ in range(int(rng.integers(1, 4))):
+            dA.flat[int(rng.integers(0, dA.size))] = rng.choice(UPSTREAM_SPECIALS)
+    return dA

@@ -3,6 +3,8 @@ nothing the caller passes is written; threaded chunks equal the single-threaded 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from engine import (
     forward,
 )
 from engine.geometry import make_plan
+from engine.options import EngineOptions, RunReport
 
 
 @pytest.mark.parametrize(
@@ -124,32 +127,38 @@ def test_dA_is_cast_to_x_dtype_and_never_written() -> None:
             (1, 5, 120, 130),
             {"layout": "channels_first", "mode": "avg", "pool_size": 3, "strides": 1},
         ),
-        ((5, 3, 30, 30, 30), {"pool_size": [2, 2, 2], "layout": "channels_first", "strides": 1}),
-        ((1, 101, 100, 3), {"pool_size": 3, "strides": 1}),
+        # Batch cuts fall on whole bytes of the state planes: 4 x 29**3 outputs per sample.
+        ((5, 4, 30, 30, 30), {"pool_size": [2, 2, 2], "layout": "channels_first", "strides": 1}),
+        # One sample, overlapping windows: cut along the channels.
+        ((1, 8, 101, 100), {"pool_size": 3, "strides": 1, "layout": "channels_first"}),
         # Rows between windows (stride 3 > pool 2) while the other dim overlaps.
         ((1, 200, 199, 3), {"pool_size": [2, 3], "strides": [3, 1]}),
         ((1, 101, 60, 2), {"pool_size": [2, 2], "strides": [3, 1], "padding": "same"}),
     ],
 )
+@pytest.mark.parametrize("kernels", ["numpy", "compiled"])
 def test_threaded_chunks_equal_one_thread(
-    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], kwargs: dict[str, object]
+    shape: tuple[int, ...], kwargs: dict[str, object], kernels: str
 ) -> None:
     rng = np.random.default_rng(9)
     X = rng.integers(-2, 3, shape).astype(np.float32)
     X.flat[::97] = np.nan
     spec = PoolSpec(**kwargs)  # type: ignore[arg-type]
-    monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1 << 62)
-    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 1 << 62)
-    A1, state1 = forward(X, spec)
+    one = EngineOptions(threads=1, kernels=kernels, piece_bytes=1 << 62)  # type: ignore[arg-type]
+    A1, state1 = forward(X, spec, options=one)
     dA = rng.integers(-3, 4, A1.shape).astype(np.float32)
-    dX1 = backward(state1, dA)
-    monkeypatch.setattr(engine.parallel, "PARALLEL_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(engine.parallel, "_threads", 3)
-    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 4000)
-    A3, state3 = forward(X, spec)
+    dX1 = backward(state1, dA, options=one)
+    three = dataclasses.replace(one, threads=3, piece_bytes=4000, parallel_min_elements=1)
+    forward_report, backward_report = RunReport(), RunReport()
+    A3, state3 = forward(X, spec, options=three, report=forward_report)
+    dX3 = backward(state3, dA, options=three, report=backward_report)
+    # The call really was cut and spread over threads, both ways.
+    for report in (forward_report, backward_report):
+        assert report.chunks > 1
+        assert report.threads == min(3, report.chunks)
     np.testing.assert_array_equal(A3, A1)
     assert state3.to_bytes() == state1.to_bytes()
-    np.testing.assert_array_equal(backward(state3, dA), dX1)
+    assert dX3.tobytes() == dX1.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -167,7 +176,8 @@ def test_chunks_partition_the_input(shape: tuple[int, ...], kwargs: dict[str, ob
     # as np.empty where windows overlap), an overlap would be written twice.
     spec = PoolSpec(**kwargs)  # type: ignore[arg-type]
     plan = make_plan(spec, shape)
-    chunks = engine.parallel._compute_split(spec, plan, 4, 3, 4000, 1)
+    options = EngineOptions(threads=3, piece_bytes=4000, parallel_min_elements=1)
+    chunks = engine.parallel.split(spec, plan, 4, options)
     assert len(chunks) > 1
     cover = np.zeros(shape, np.int64)
     for chunk in chunks:
@@ -176,13 +186,22 @@ def test_chunks_partition_the_input(shape: tuple[int, ...], kwargs: dict[str, ob
     assert cover.max() == 1
 
 
-def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine.parallel, "_threads", None)
-    monkeypatch.setenv("POOLGRAD_ENGINE_THREADS", "3")
-    assert engine.parallel.thread_count() == 3
-    monkeypatch.setattr(engine.parallel, "_threads", None)
-    monkeypatch.setenv("POOLGRAD_ENGINE_THREADS", "many")
-    with pytest.raises(
-        ValueError, match="POOLGRAD_ENGINE_THREADS must be a positive int, got 'many'"
-    ):
-        engine.parallel.thread_count()
+@pytest.mark.parametrize("field", ["threads", "piece_bytes", "parallel_min_elements"])
+@pytest.mark.parametrize("value", [0, -1, True, 2.0])
+def test_options_refuse_what_is_not_a_positive_int(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"EngineOptions\.{field} must be a positive int, got"):
+        EngineOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_options_refuse_an_unknown_kernel_set() -> None:
+    with pytest.raises(ValueError, match=r"EngineOptions\.kernels must be one of 'numpy', "):
+        EngineOptions(kernels="fortran")  # type: ignore[arg-type]
+
+
+def test_the_engine_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The thread count is an argument: a variable the service once passed this way is moot.
+    monkeypatch.setenv("POOLGRAD_ENGINE_THREADS", "not a number")
+    X = np.random.default_rng(3).standard_normal((8, 64, 64, 8)).astype(np.float32)
+    report = RunReport()
+    forward(X, PoolSpec(), options=EngineOptions(threads=2), report=report)
+    assert report.threads == 2

@@ -1,13 +1,16 @@
-"""The geometry memos stay within their budget whatever shapes callers send, and still serve
-repeated calls from memory."""
+"""The geometry memos stay within their byte budgets whatever shapes callers send, and still
+serve repeated calls from memory."""
 
 from __future__ import annotations
+
+import gc
+import tracemalloc
 
 import numpy as np
 
 import engine.geometry
-from engine import PoolSpec, backward, forward
-from engine.memo import WeighedMemo
+from engine import EngineOptions, PoolSpec, backward, forward
+from engine.memo import WeighedMemo, memos
 
 
 def test_memo_keeps_recent_entries_within_its_budget() -> None:
@@ -40,11 +43,35 @@ def test_many_large_window_shapes_do_not_grow_the_plan_memo() -> None:
     # 256 x 256 windows over distinct input shapes: each plan holds 65,536 offsets (about
     # 40 MB); an entry-counted cache would keep every one a client cared to send.
     spec = PoolSpec(mode="max", pool_size=256, strides=1)
+    plans = memos()["plans"]
     for width in range(256, 259):
         plan = engine.geometry.make_plan(spec, (1, 256, width, 1))
         assert len(plan.offsets) == 256 * 256
-        assert engine.geometry._plans.held <= engine.geometry.PLAN_MEMO_OFFSETS
-    assert len(engine.geometry._plans) <= 1
+        assert plans.held <= plans.budget == engine.geometry.PLAN_MEMO_BYTES
+    assert len(plans) <= 1
+
+
+def test_distinct_long_shapes_keep_the_memos_within_their_bytes() -> None:
+    # A 1-D plan holds per-dim arrays as long as its output: 2 window offsets but 16 MB here.
+    # Charged by offsets, a dozen distinct lengths kept about 200 MB (plans and splits) alive.
+    spec = PoolSpec(pool_size=[2])
+    options = EngineOptions(threads=2)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for extra in range(0, 24, 2):
+            X = np.ones((1, 4_000_000 + extra, 1), np.float32)
+            A, state = forward(X, spec, options=options)
+            backward(state, A, options=options)
+            del X, A, state
+        gc.collect()
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    budgets = sum(memo.budget for memo in memos().values())
+    assert retained < budgets + (8 << 20)
+    for name, memo in memos().items():
+        assert memo.held <= memo.budget, name
 
 
 def test_a_largest_window_still_computes_through_the_bounded_memos() -> None:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from pool_reference import reference
 
-import engine.parallel
-import engine.pooling
-from engine import PoolSpec, backward, forward
-from engine.geometry import Plan, make_plan
+from engine import PoolSpec, PoolState, backward, forward
+from engine.options import EngineOptions, RunReport
+
+NUMPY = EngineOptions(kernels="numpy")
 
 TIES = ("all", "first", "split")
 LAYOUTS = ("channels_last", "channels_first")
@@ -66,7 +66,6 @@ def _spec(pool: object, strides: object, padding: object, layout: str, ties: str
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES)
 def test_every_backward_path_matches_the_reference(
-    monkeypatch: pytest.MonkeyPatch,
     shape: tuple[int, ...],
     pool: object,
     strides: object,
@@ -79,9 +78,13 @@ def test_every_backward_path_matches_the_reference(
     for dtype in (np.float32, np.float16):
         for name, X64 in _inputs(shape, layout):
             X = X64.astype(dtype)
-            A, state = forward(X, spec)
+            A, state = forward(X, spec, options=NUMPY)
             dA = np.random.default_rng(1).integers(-4, 5, A.shape).astype(dtype)
-            dX = backward(state, dA)
+            report = RunReport()
+            dX = backward(state, dA, options=NUMPY, report=report)
+            assert report.kernels == "numpy"
+            disjoint = all(s >= p for s, p in zip(spec.strides, spec.pool_size, strict=True))
+            assert report.backward_path.startswith("disjoint" if disjoint else "phases")
             expected_A, expected_dX = reference(X, spec, dA)
             assert expected_dX is not None
             np.testing.assert_array_equal(A, expected_A, err_msg=name)
@@ -95,17 +98,17 @@ def test_every_backward_path_matches_the_reference(
             assert not np.any(dX[np.isnan(X)]), name
 
 
-def _general_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
-    """The plan with ``disjoint`` forced off: backward then takes the phase path."""
-    plan = make_plan(spec, input_shape)
-    return dataclasses.replace(plan, disjoint=False, exact_cover=False)
+def _backward_on_numpy(state: PoolState, dA: np.ndarray, **paths: bool) -> tuple[np.ndarray, str]:
+    """dX on the NumPy kernels with the path choices ``paths`` forces, and the path taken."""
+    report = RunReport()
+    dX = backward(state, dA, options=dataclasses.replace(NUMPY, **paths), report=report)
+    return dX, report.backward_path
 
 
 @pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES[:4])
 def test_disjoint_path_equals_the_phase_path(
-    monkeypatch: pytest.MonkeyPatch,
     shape: tuple[int, ...],
     pool: object,
     strides: object,
@@ -120,10 +123,10 @@ def test_disjoint_path_equals_the_phase_path(
             A, state = forward(X, spec)
             dA = np.random.default_rng(2).standard_normal(A.shape).astype(dtype)
             dA.flat[::7] = np.inf
-            fast = backward(state, dA)
-            with monkeypatch.context() as patch:
-                patch.setattr(engine.pooling, "make_plan", _general_plan)
-                general = backward(state, dA)
+            fast, fast_path = _backward_on_numpy(state, dA)
+            general, general_path = _backward_on_numpy(state, dA, disjoint_path=False)
+            assert fast_path == "disjoint"
+            assert general_path.startswith("phases")
             # Bit for bit, signed zeros and NaN (from inf * share in "split") included.
             assert fast.dtype == general.dtype == X.dtype
             assert fast.tobytes() == general.tobytes(), (name, dtype)
@@ -133,7 +136,6 @@ def test_disjoint_path_equals_the_phase_path(
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES[4:6])
 def test_phase_major_write_equals_per_phase_writes(
-    monkeypatch: pytest.MonkeyPatch,
     shape: tuple[int, ...],
     pool: object,
     strides: object,
@@ -146,17 +148,18 @@ def test_phase_major_write_equals_per_phase_writes(
         X = X64.astype(np.float32)
         A, state = forward(X, spec)
         dA = np.random.default_rng(3).standard_normal(A.shape).astype(np.float32)
-        merged = backward(state, dA)
-        with monkeypatch.context() as patch:
-            patch.setattr(engine.pooling, "_phase_major", lambda *args: None)
-            per_phase = backward(state, dA)
+        merged, merged_path = _backward_on_numpy(state, dA)
+        per_phase, per_phase_path = _backward_on_numpy(state, dA, merged_phase_write=False)
+        assert merged_path == "phases-merged"
+        assert per_phase_path == "phases-strided"
         assert merged.tobytes() == per_phase.tobytes(), name
 
 
 @pytest.mark.parametrize("ties", TIES)
 @pytest.mark.parametrize(("shape", "pool", "strides", "padding"), GEOMETRIES)
+@pytest.mark.parametrize("kernels", ["numpy", "compiled"])
 def test_batch_pieces_equal_one_piece(
-    monkeypatch: pytest.MonkeyPatch,
+    kernels: str,
     shape: tuple[int, ...],
     pool: object,
     strides: object,
@@ -167,14 +170,18 @@ def test_batch_pieces_equal_one_piece(
     batch = (16, *shape[1:])
     X = np.random.default_rng(4).integers(-1, 2, batch).astype(np.float32)
     X.flat[::11] = np.nan
-    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", 1 << 62)
-    A1, state1 = forward(X, spec)
+    whole = EngineOptions(kernels=kernels, piece_bytes=1 << 62)  # type: ignore[arg-type]
+    one_report = RunReport()
+    A1, state1 = forward(X, spec, options=whole, report=one_report)
+    assert one_report.chunks == 1
     dA = np.random.default_rng(5).integers(-3, 4, A1.shape).astype(np.float32)
-    dX1 = backward(state1, dA)
+    dX1 = backward(state1, dA, options=whole)
     # Pieces of about one sample, on one thread.
-    monkeypatch.setattr(engine.parallel, "PIECE_BYTES", X[0].nbytes)
-    A16, state16 = forward(X, spec)
-    assert len(engine.parallel.split(spec, make_plan(spec, X.shape), X.itemsize)) > 1
+    pieces = dataclasses.replace(whole, piece_bytes=X[0].nbytes)
+    report = RunReport()
+    A16, state16 = forward(X, spec, options=pieces, report=report)
+    assert report.chunks > 1
+    assert report.threads == 1
     np.testing.assert_array_equal(A16, A1)
     assert state16.to_bytes() == state1.to_bytes()
-    np.testing.assert_array_equal(backward(state16, dA), dX1)
+    assert backward(state16, dA, options=pieces).tobytes() == dX1.tobytes()

@@ -165,3 +165,10 @@ def test_state_arrays_are_read_only() -> None:
         state.winners[0, 0] = 1
     with pytest.raises(AttributeError):
         state.spec = PoolSpec()  # type: ignore[misc]
+
+
+def test_a_max_state_without_winners_is_a_state_error() -> None:
+    spec = PoolSpec(mode="max")
+    state = PoolState(spec, (1, 4, 4, 1), (1, 2, 2, 1), np.dtype(np.float32))
+    with pytest.raises(StateError, match="state for mode 'max' holds no winners"):
+        backward(state, np.ones((1, 2, 2, 1), np.float32))

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
 
-from engine import PoolSpec, PoolState, forward
+from engine import EngineOptions, PoolSpec, PoolState, forward
 from poolgrad import protocol
 from service.compute import EngineCalls
 from service.stores import Limits, MemoryStore, Usage
@@ -110,7 +110,9 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
     most = 0
     lock = threading.Lock()
 
-    def slow_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def slow_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         nonlocal running, most
         with lock:
             running += 1
@@ -118,7 +120,7 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
         time.sleep(0.05)  # long enough for every request to be waiting by now
         with lock:
             running -= 1
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     app = make_app(compute_threads=compute_threads)
     app.state.compute.engine = EngineCalls(forward=slow_forward)
@@ -144,11 +146,13 @@ class PausedEngine:
         self.release = threading.Event()
         app.state.compute.engine = EngineCalls(forward=self._forward)
 
-    def _forward(self, X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def _forward(
+        self, X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         self.started.set()
         if not self.release.wait(timeout=30):
             raise RuntimeError("the test never released the engine")
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     async def wait_started(self) -> None:
         assert await asyncio.to_thread(self.started.wait, 30)

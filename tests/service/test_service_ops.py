@@ -242,3 +242,21 @@ async def test_openapi_documents_every_route_body_and_error(client: httpx.AsyncC
     docs = await client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+@pytest.mark.parametrize(
+    ("choice", "kernels"), [("numpy", "numpy"), ("auto", "compiled"), ("compiled", "compiled")]
+)
+async def test_readyz_reports_the_engine_kernels_compiled_at_start_up(
+    make_app: Callable[..., FastAPI],
+    caplog: pytest.LogCaptureFixture,
+    choice: str,
+    kernels: str,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service.app"):
+        app = make_app(engine_kernels=choice, engine_threads=2)
+    assert f"engine: {kernels} kernels" in caplog.text
+    assert app.state.compute.engine_options.threads == 2
+    async with client_for(app) as client:
+        response = await client.get("/readyz")
+    assert response.json() == {"status": "ready", "engine_kernels": kernels}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from service import Settings
+from service.settings import describe_errors
 from service.stores import Limits, MemoryStore, store_from_url
 from service.stores.redis import RedisStore
 
@@ -79,3 +82,26 @@ def test_store_url_picks_the_backend() -> None:
         assert isinstance(store_from_url(url, limits), RedisStore)  # connects on first use
     with pytest.raises(ValueError, match=r"POOLGRAD_STORE_URL='memcached://db:11211'"):
         store_from_url("memcached://db:11211", limits)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POOLGRAD_ENGINE_THREADS", "0"),
+        ("POOLGRAD_ENGINE_THREADS", "many"),
+        ("POOLGRAD_ENGINE_KERNELS", "fortran"),
+    ],
+)
+def test_engine_settings_are_refused_at_start_up_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert f"{name}: " in describe_errors(info.value)
+    assert repr(value) in describe_errors(info.value)
+
+
+def test_engine_threads_default_to_four_or_the_cores() -> None:
+    assert Settings().engine_threads == min(4, os.cpu_count() or 1)
+    assert Settings().engine_kernels == "auto"
