@@ -11,8 +11,9 @@ pool sizes, strides, padding, layout, tie rule, dtype), run 1 to 3 forwards on r
 inputs (half of them drawn from a few integers, so windows hold ties), each followed by 1 or 2
 backwards with a random ``dA``, then delete the session. Bodies travel as ``.npy``. Every ``A``
 and every ``dX`` is compared bit for bit with :func:`engine.forward` and :func:`engine.backward`
-run in this process (the server runs the same engine on the same bytes), ``dX`` against the
-state of the step the backward's ``ETag`` names.
+run in this process on the NumPy kernels (the server runs the same engine on the same bytes,
+with whichever kernels it chose: they are bit-identical), ``dX`` against the state of the step
+the backward's ``ETag`` names.
 
 A 429 ``capacity_exceeded`` (or a 503) is expected under a small budget: the client sleeps for
 its ``Retry-After`` and tries again, up to :data:`ATTEMPTS` times, then gives the cycle up. A
@@ -48,7 +49,7 @@ import httpx
 import numpy as np
 
 from bench.server import cpu_seconds_of, memory_of, serve
-from engine import PoolSpec, PoolState, backward, forward
+from engine import EngineOptions, PoolSpec, PoolState, backward, forward
 
 #: Tries of one request answered 429 or 503 before its cycle is given up.
 ATTEMPTS = 3
@@ -60,6 +61,10 @@ EXPECTED_STATUSES = frozenset({"200", "201", "204", "429"})
 NPY = "application/x-npy"
 OPERATIONS = ("create", "forward", "backward", "delete")
 DTYPES = (np.float16, np.float32, np.float64)
+#: The checks run the NumPy kernels, the engine's readable reference, one thread: whichever
+#: kernels the server runs, every answer is compared with the reference (bit-identical by the
+#: engine's contract), and the clients never wait for a JIT compiler.
+REFERENCE = EngineOptions(threads=1, kernels="numpy")
 #: Default bound on the elements of one random input: a cycle stays milliseconds of engine work.
 MAX_INPUT_ELEMENTS = 4096
 
@@ -77,6 +82,7 @@ class LoadConfig:
     max_state_bytes: int | None = None
     max_sessions: int | None = None
     max_elements: int = MAX_INPUT_ELEMENTS
+    engine_kernels: str | None = None
 
     def server_env(self) -> dict[str, str]:
         """``POOLGRAD_*`` settings of the server this tool starts."""
@@ -85,6 +91,8 @@ class LoadConfig:
             env["POOLGRAD_MAX_STATE_BYTES"] = str(self.max_state_bytes)
         if self.max_sessions is not None:
             env["POOLGRAD_MAX_SESSIONS"] = str(self.max_sessions)
+        if self.engine_kernels is not None:
+            env["POOLGRAD_ENGINE_KERNELS"] = self.engine_kernels
         return env
 
 
@@ -272,7 +280,7 @@ class LoadClient:
         )
         if response is None or response.status_code != 200:
             return response is not None and response.status_code == 429 and bool(states)
-        A, state = forward(X, case.spec)
+        A, state = forward(X, case.spec, options=REFERENCE)
         step = step_of(response)
         if step is None or step in states or (states and step != max(states) + 1):
             self.tally.record_wrong(
@@ -300,7 +308,7 @@ class LoadClient:
             )
             return
         self.tally.gradients_checked += 1
-        if not same(decode(response.content), backward(states[step], dA)):
+        if not same(decode(response.content), backward(states[step], dA, options=REFERENCE)):
             self.tally.record_wrong("dX", f"step {step} of {case.fields}, X {case.shape}")
 
 
@@ -309,6 +317,7 @@ class LoadReport:
     """What one run measured; :meth:`lines` is what ``python -m bench.load`` prints."""
 
     config: LoadConfig
+    engine_kernels: str
     seconds: float
     requests: int
     cycles: int
@@ -342,7 +351,8 @@ class LoadReport:
         lines = [
             f"clients {config.clients}, duration bound {config.duration:g} s, request bound "
             f"{config.requests or 'none'}, seed {config.seed}, store {config.store_url}, "
-            f"max_state_bytes {config.max_state_bytes or 'default'}",
+            f"max_state_bytes {config.max_state_bytes or 'default'}, server engine kernels "
+            f"{self.engine_kernels}",
             f"{self.requests} requests in {self.seconds:.1f} s: {self.requests / self.seconds:.0f} "
             f"requests/s, {self.cycles} session cycles, {self.gradients_checked} dX checked",
             f"{'operation':>10} {'count':>7} {'p50 ms':>8} {'p99 ms':>8}",
@@ -381,6 +391,8 @@ async def drive(base_url: str, config: LoadConfig) -> LoadReport:
     budget = math.inf if config.requests is None else config.requests
     tally = Tally(deadline=started + config.duration, request_budget=budget)
     seeds = np.random.SeedSequence(config.seed).spawn(config.clients)
+    ready = httpx.get(f"{base_url}/readyz", timeout=10.0)
+    kernels = str(ready.json().get("engine_kernels", "unknown")) if ready.is_success else "unknown"
     https = [httpx.AsyncClient(base_url=base_url, timeout=60.0) for _ in range(config.clients)]
     try:
         async with asyncio.TaskGroup() as group:
@@ -392,6 +404,7 @@ async def drive(base_url: str, config: LoadConfig) -> LoadReport:
             await http.aclose()
     return LoadReport(
         config=config,
+        engine_kernels=kernels,
         seconds=time.perf_counter() - started,
         requests=tally.sent,
         cycles=tally.cycles,
@@ -457,6 +470,12 @@ def parse_args(argv: Sequence[str] | None) -> LoadConfig:
     )
     parser.add_argument("--max-sessions", type=int, default=None, help="POOLGRAD_MAX_SESSIONS")
     parser.add_argument(
+        "--engine-kernels",
+        choices=["numpy", "compiled", "auto"],
+        default=None,
+        help="POOLGRAD_ENGINE_KERNELS",
+    )
+    parser.add_argument(
         "--max-elements",
         type=int,
         default=MAX_INPUT_ELEMENTS,
@@ -473,6 +492,7 @@ def parse_args(argv: Sequence[str] | None) -> LoadConfig:
         "--store-url": args.store_url != "memory://",
         "--max-state-bytes": args.max_state_bytes is not None,
         "--max-sessions": args.max_sessions is not None,
+        "--engine-kernels": args.engine_kernels is not None,
     }
     given = [flag for flag, set_ in server_flags.items() if set_]
     if args.url is not None and given:

@@ -45,8 +45,8 @@ def test_a_small_state_budget_answers_429_with_retry_after_and_never_5xx() -> No
 def test_a_wrong_gradient_is_caught(live_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker is not a tautology: expect a different dX and every one is counted wrong."""
 
-    def off_by_one(state: PoolState, dA: np.ndarray) -> np.ndarray:
-        return backward(state, dA) + 1
+    def off_by_one(state: PoolState, dA: np.ndarray, **options: Any) -> np.ndarray:
+        return backward(state, dA, **options) + 1
 
     monkeypatch.setattr(bench.load, "backward", off_by_one)
     report = run(LoadConfig(clients=2, duration=4.0, requests=60, url=live_server.base_url))
