@@ -1,7 +1,8 @@
 """The baseline for ``bench.service``: one FastAPI endpoint under uvicorn that returns its body.
 
-``python -m bench.echo`` serves it on ``$POOLGRAD_HOST:$POOLGRAD_PORT`` with the same server
-stack as the service (uvicorn, httptools, uvloop) and no work of its own.
+``python -m bench.echo`` serves it on ``$POOLGRAD_HOST:$POOLGRAD_PORT`` under uvicorn with no
+work of its own; ``$BENCH_ECHO_HTTP`` picks uvicorn's HTTP parser (``auto``: httptools when
+installed, or ``h11``), so the floor can run on the same parser as the service.
 """
 
 from __future__ import annotations
@@ -31,4 +32,5 @@ if __name__ == "__main__":
         port=int(os.environ.get("POOLGRAD_PORT", "8001")),
         log_level="warning",
         access_log=False,
+        http=os.environ.get("BENCH_ECHO_HTTP", "auto"),
     )

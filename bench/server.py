@@ -57,17 +57,25 @@ def cpu_seconds_of(pid: int) -> float:
 
 @contextmanager
 def serve(
-    command: Sequence[str], env: Mapping[str, str], log: Path | None = None
+    command: Sequence[str],
+    env: Mapping[str, str],
+    log: Path | None = None,
+    *,
+    cwd: str | None = None,
+    port: int | None = None,
+    health: str = "/healthz",
 ) -> Iterator[ServerProcess]:
-    """Run ``command`` on a free loopback port (``POOLGRAD_HOST``/``POOLGRAD_PORT``) with
-    ``env`` added; yield once its ``/healthz`` answers 200; stop it on exit.
+    """Run ``command`` (in ``cwd``) on ``port`` of 127.0.0.1, a free one by default, passed as
+    ``POOLGRAD_HOST``/``POOLGRAD_PORT`` with ``env`` added; yield once ``health`` answers 200;
+    stop it on exit.
 
     Its output goes to ``log`` (quoted when it fails to start), or nowhere.
     """
-    port = free_port()
+    port = port if port is not None else free_port()
     with log.open("wb") if log is not None else open(os.devnull, "wb") as sink:
         process = subprocess.Popen(
             list(command),
+            cwd=cwd,
             env={**os.environ, **env, "POOLGRAD_HOST": "127.0.0.1", "POOLGRAD_PORT": str(port)},
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -82,7 +90,7 @@ def serve(
                     f"{' '.join(command)} did not start (exit {process.poll()})\n{output}"
                 )
             try:
-                if httpx.get(f"{server.base_url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{server.base_url}{health}", timeout=1.0).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)

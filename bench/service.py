@@ -1,60 +1,173 @@
-"""Benchmark: what the HTTP service adds on top of the engine, against a plain echo endpoint.
+"""Benchmark: what the HTTP service adds on top of the engine and the transport (issue 12).
 
 Run from the repository root (it starts its own servers on free loopback ports)::
 
-    .venv/bin/python -m bench.service            # full suite
-    .venv/bin/python -m bench.service --quick    # fewer repeats
+    .venv/bin/python -m bench.service                     # full suite
+    .venv/bin/python -m bench.service --quick             # fewer repeats, no 25 MiB case
+    .venv/bin/python -m bench.service --profile prof.txt  # py-spy samples of the service
+    .venv/bin/python -m bench.service --compare DIR       # and another checkout's service
+    .venv/bin/python -m bench.service --mlserver /venv/bin/mlserver  # and Seldon MLServer
 
-For each case (channels_last float32 input, max pooling 2x2/2) it prints the median wall time of
-one forward+backward pair
+Two servers run side by side: ``python -m service`` (in-memory store) and the echo floor
+``python -m bench.echo`` (one FastAPI endpoint that returns its body). Requests go over
+keep-alive loopback connections by a minimal HTTP/1.1 client (:class:`Connection`), so the
+client's own cost stays small next to the servers'. For each X shape (float32,
+channels_last, max pooling 2x2/2), timed round by round in one interleaved loop:
 
+- ``session``: ``POST .../forward`` (X) then ``.../backward`` (dA), ``.npy`` bodies;
+- ``grad st`` / ``grad json``: one stateless ``POST /v1/gradient`` with X and dA as
+  safetensors / JSON (JSON only up to :data:`JSON_MAX_ELEMENTS`);
+- ``echo npy`` / ``echo st``: the same request bodies posted to the echo floor: moving those
+  bytes through the stack and nothing else (it answers X where the service answers the smaller
+  A, so it is, if anything, an upper bound of the transport's share);
 - ``engine``: :func:`engine.forward` + :func:`engine.backward` in this process;
-- ``http``: ``POST /v1/sessions/{id}/forward`` then ``/backward`` with ``.npy`` bodies against a
-  real ``python -m service`` (uvicorn, in-memory store), over one keep-alive connection;
-- ``echo``: the same two request bodies posted to a plain FastAPI endpoint under the same uvicorn
-  that returns its body unchanged (``bench/echo.py``): the cost of moving those bytes through
-  the stack and doing nothing else. It returns X where the service returns the smaller A, so it
-  is, if anything, an upper bound of the transport's share;
 
-then the ratios http/engine and http/(engine + echo): the latter is the service's own overhead
-(decoding, validation, the store, encoding) beyond computing and transporting, 1.0 being none.
+printing p50 and p99 of each and ``service / (floor + engine)`` (p50s; 1.0 is no overhead).
+Then small-request throughput: the (1, 8, 8, 1) stateless gradient (safetensors) at 1, 4 and
+16 concurrent clients, each on its own connection, against the echo floor fed the same bodies
+(the median of :data:`WINDOWS` short windows per server, interleaved).
 Timings are only comparable as ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 import engine
-from bench.engine import timings
 from bench.server import free_port, serve
 from poolgrad import protocol
 
-SUITE: list[tuple[int, int, int, int]] = [
-    (32, 28, 28, 1),
-    (64, 32, 32, 32),
-    (8, 112, 112, 64),
-    (1, 512, 512, 1),
-]
+SUITE: list[tuple[int, int, int, int]] = [(1, 8, 8, 1), (64, 32, 32, 32), (8, 112, 112, 64)]
+#: The --quick suite leaves out the 25 MiB case.
+QUICK_SUITE = SUITE[:2]
+#: JSON bodies beyond this many elements are not what JSON is for (and hit its body limit).
+JSON_MAX_ELEMENTS = 1 << 16
+#: Rounds per shape: small requests are cheap, so they get enough rounds for a p99.
+ROUNDS: dict[str, tuple[int, ...]] = {"full": (600, 80, 20), "quick": (200, 25, 5)}
+WARMUP_ROUNDS = 5
+CONCURRENCY = (1, 4, 16)
+#: Throughput is measured in this many short windows per server, interleaved.
+WINDOWS = 5
 NPY = {"Content-Type": protocol.MEDIA_NPY}
-#: Kept under its old name for the benchmarks that import it (bench.parsers, bench.store, ...).
+SPEC = engine.PoolSpec(mode="max", pool_size=(2, 2))
+QUERY = "?" + "&".join(f"{k}={v}" for k, v in protocol.spec_to_query(SPEC.to_dict()).items())
+
+
+# ------------------------------------------------------------------------ transport
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that posts prebuilt requests: far lighter than a
+    general client, so the numbers are the servers'. Answers must carry Content-Length."""
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host = f"{host}:{port}".encode()
+        self._buffer = b""
+
+    def request(self, path: str, body: bytes, media_type: str) -> bytes:
+        """``POST path`` with ``body``; the answer's body (raises unless 2xx)."""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host.decode()}\r\nContent-Type: {media_type}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        # Head and body in one gathered write: no copy of a large body into one buffer.
+        sent = self.sock.sendmsg([head.encode(), body])
+        pending = memoryview(head.encode() + body if sent < len(head) else body)
+        self.sock.sendall(pending[sent if sent < len(head) else sent - len(head) :])
+        while b"\r\n\r\n" not in self._buffer:
+            self._recv()
+        header, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in header.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(self._buffer) < length:
+            self._recv()
+        answer, self._buffer = self._buffer[:length], self._buffer[length:]
+        if not 200 <= status < 300:
+            raise RuntimeError(f"POST {path} answered {status}: {answer[:200]!r}")
+        return answer
+
+    def _recv(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self._buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+#: Kept under its old name for the benchmarks that import it (bench.store, bench.v2, ...).
 _free_port = free_port
 
 
 @contextmanager
 def _server(command: list[str], env: dict[str, str]) -> Iterator[str]:
     """Run ``command`` (which must serve ``/healthz`` on $POOLGRAD_PORT); yield its base URL."""
-    with serve(command, env) as server:
-        yield server.base_url
+    with _started(command, env) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def _started(
+    command: list[str],
+    env: dict[str, str],
+    cwd: str | None = None,
+    *,
+    port: int | None = None,
+    health: str = "/healthz",
+) -> Iterator[tuple[str, int]]:
+    """Run ``command`` in ``cwd`` (it must serve ``health`` on $POOLGRAD_PORT, or on ``port``);
+    yield its base URL and process id."""
+    with serve(command, env, cwd=cwd, port=port, health=health) as server:
+        yield server.base_url, server.pid
+
+
+@contextmanager
+def _profiled(pid: int, path: str | None) -> Iterator[None]:
+    """py-spy samples of process ``pid`` (collapsed stacks, one line each, in ``path``)."""
+    if path is None:
+        yield
+        return
+    py_spy = str(Path(sys.executable).with_name("py-spy"))  # the dev extra installs it
+    # --gil: only samples that hold the GIL, i.e. where the CPU goes, not idle waiting.
+    options = ["--format", "raw", "--gil", "--nonblocking", "--rate", "250", "--output", path]
+    profiler = subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        yield
+    finally:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        profiler.wait(timeout=30)
 
 
 @dataclass(frozen=True)
@@ -90,49 +203,260 @@ def new_case(
     return Case(X, dA, protocol.encode_npy(X), protocol.encode_npy(dA), session)
 
 
+@contextmanager
+def _mlserver(executable: str, env: dict[str, str]) -> Iterator[str]:
+    """Seldon MLServer (``executable``: its ``mlserver`` command, from its own virtualenv)
+    serving :mod:`bench.mlserver_runtime` as model ``maxpool`` on loopback; yield its URL."""
+    ports = [_free_port() for _ in range(3)]
+    settings = {"host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1],
+                "metrics_port": ports[2], "parallel_workers": 0, "debug": False}  # fmt: skip
+    model = {"name": "maxpool", "implementation": "bench.mlserver_runtime.PoolRuntime"}
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "settings.json").write_text(json.dumps(settings))
+        Path(folder, "model-settings.json").write_text(json.dumps(model))
+        command = [executable, "start", folder]
+        server_env = {**env, "PYTHONPATH": root}
+        with _started(command, server_env, port=ports[0], health="/v2/health/ready") as (url, _):
+            yield url
+
+
+def v2_request(tensors: dict[str, np.ndarray]) -> bytes:
+    """An Open Inference Protocol (V2) JSON request with these inputs."""
+    inputs = [{"name": name, "shape": list(array.shape), "datatype": "FP32",
+               "data": array.ravel().tolist()} for name, array in tensors.items()]  # fmt: skip
+    return json.dumps({"inputs": inputs}).encode()
+
+
+# -------------------------------------------------------------------------- timing
+
+
+def samples(runs: list[Callable[[], object]], rounds: int) -> list[list[float]]:
+    """Wall times of each of ``runs`` over ``rounds`` rounds, interleaved round by round so that
+    load from other processes hits every contender alike, after :data:`WARMUP_ROUNDS`."""
+    for _ in range(WARMUP_ROUNDS):
+        for run in runs:
+            run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, out in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - start)
+    return times
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99))
+
+
+@dataclass
+class Bodies:
+    """One shape's request bodies, for every contender."""
+
+    shape: tuple[int, ...]
+    X: np.ndarray
+    dA: np.ndarray
+    x_npy: bytes
+    da_npy: bytes
+    named_st: bytes
+    named_json: bytes | None
+
+    @classmethod
+    def make(cls, shape: tuple[int, ...], rng: np.random.Generator) -> Bodies:
+        X = rng.standard_normal(shape).astype(np.float32)
+        A, _ = engine.forward(X, SPEC)
+        dA = rng.standard_normal(A.shape).astype(np.float32)
+        named = {"X": X, "dA": dA}
+        small = X.size <= JSON_MAX_ELEMENTS
+        return cls(
+            shape, X, dA, protocol.encode_npy(X), protocol.encode_npy(dA),
+            protocol.encode_safetensors(named),
+            protocol.encode_named(named, protocol.MEDIA_JSON) if small else None,
+        )  # fmt: skip
+
+
+def _service_runs(case: Bodies, service: Connection, label: str) -> dict[str, Callable[[], object]]:
+    """The service's contenders for ``case``: a session's forward+backward, the gradient."""
+    npy, st, js = protocol.MEDIA_NPY, protocol.MEDIA_SAFETENSORS, protocol.MEDIA_JSON
+    created = service.request("/v1/sessions", protocol.dumps(SPEC.to_dict()), js)
+    session = f"/v1/sessions/{protocol.loads(created)['id']}"
+
+    def run_session() -> None:
+        service.request(f"{session}/forward", case.x_npy, npy)
+        service.request(f"{session}/backward", case.da_npy, npy)
+
+    runs: dict[str, Callable[[], object]] = {
+        f"session{label}": run_session,
+        f"grad st{label}": lambda: service.request(f"/v1/gradient{QUERY}", case.named_st, st),
+    }
+    if case.named_json is not None:
+        body = case.named_json
+        runs[f"grad json{label}"] = lambda: service.request(f"/v1/gradient{QUERY}", body, js)
+    return runs
+
+
+def latency(
+    case: Bodies,
+    services: dict[str, Connection],
+    echo: Connection,
+    rounds: int,
+    mlserver: Connection | None = None,
+) -> None:
+    """Print p50/p99 of every contender for ``case`` and the service's overhead ratios;
+    ``services`` maps a label ("" for this checkout) to a connection; ``mlserver`` adds its
+    V2 endpoint doing the same stateless work (JSON)."""
+    npy, st, js = protocol.MEDIA_NPY, protocol.MEDIA_SAFETENSORS, protocol.MEDIA_JSON
+
+    def run_echo_npy() -> None:
+        echo.request("/echo", case.x_npy, npy)
+        echo.request("/echo", case.da_npy, npy)
+
+    def run_engine() -> None:
+        _, state = engine.forward(case.X, SPEC)
+        engine.backward(state, case.dA)
+
+    runs: dict[str, Callable[[], object]] = {
+        "echo npy": run_echo_npy,
+        "echo st": lambda: echo.request("/echo", case.named_st, st),
+        "engine": run_engine,
+    }
+    if case.named_json is not None:
+        body = case.named_json
+        runs["echo json"] = lambda: echo.request("/echo", body, js)
+    for label, service in services.items():
+        runs.update(_service_runs(case, service, label))
+    if mlserver is not None and case.named_json is not None:
+        v2_body = v2_request({"X": case.X, "dA": case.dA})
+        path = "/v2/models/maxpool/infer"
+        runs["mlserver v2"] = lambda: mlserver.request(path, v2_body, js)
+    timed = dict(zip(runs, samples(list(runs.values()), rounds), strict=True))
+    for name, values in timed.items():
+        print(f"{case.shape!s:>18} {name:>14} {p50(values) * 1e3:9.3f} {p99(values) * 1e3:9.3f}")
+    engine_p50 = p50(timed["engine"])
+    for label in services:
+        for kind, floor_name in (("session", "echo npy"), ("grad st", "echo st"),
+                                 ("grad json", "echo json")):  # fmt: skip
+            name = f"{kind}{label}"
+            if name in timed:
+                ratio = p50(timed[name]) / (p50(timed[floor_name]) + engine_p50)
+                print(f"{'':>18} {name:>14} / ({floor_name} + engine) = {ratio:.2f}")
+            if name in timed and name.startswith("grad") and "mlserver v2" in timed:
+                ratio = p50(timed[name]) / p50(timed["mlserver v2"])
+                print(f"{'':>18} {name:>14} / mlserver v2 = {ratio:.2f}")
+
+
+def throughput(
+    url: str, path: str, body: bytes, media_type: str, clients: int, seconds: float
+) -> float:
+    """Requests per second that ``clients`` threads, each on its own connection, complete."""
+    connections = [Connection(url) for _ in range(clients)]
+    counts = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def drive(index: int) -> None:
+        connection = connections[index]
+        while time.perf_counter() < stop:
+            connection.request(path, body, media_type)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
+    return sum(counts) / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no 25 MiB case")
+    parser.add_argument("--profile", metavar="PATH", help="py-spy samples of the service")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also run `python -m service` from another checkout (e.g. `git archive main`), "
+        "interleaved with this one, labelled 'base'",
+    )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        type=lambda text: tuple(int(dim) for dim in text.split(",")),
+        help="X shapes to time instead of the suite, e.g. --shape 64,32,32,32 (repeatable)",
+    )
+    parser.add_argument(
+        "--echo-http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn's HTTP parser for the echo floor (auto: httptools when installed, as "
+        "the service's bounded parser is); h11 shows what the parser alone costs",
+    )
+    parser.add_argument(
+        "--mlserver",
+        metavar="PATH",
+        help="the `mlserver` command of a virtualenv with Seldon MLServer installed: adds its "
+        "V2 JSON endpoint doing the same stateless work (small shapes)",
+    )
     args = parser.parse_args()
-    repeats = 5 if args.quick else 21
-    quiet = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(256 * 2**20)}
-    service_cmd = [sys.executable, "-m", "service"]
-    echo_cmd = [sys.executable, "-m", "bench.echo"]
-    spec = engine.PoolSpec(mode="max", pool_size=(2, 2))
+    quick = args.quick
+    suite = args.shape or (QUICK_SUITE if quick else SUITE)
+    rounds = ROUNDS["quick" if quick else "full"]
+    if args.shape:  # each shape gets the rounds of the suite's shape of about its size
+        sizes = [math.prod(shape) for shape in SUITE]
+        rounds = tuple(rounds[min(range(3), key=lambda i: abs(sizes[i] - math.prod(shape)))]
+                       for shape in args.shape)  # fmt: skip
+    window = 0.5 if quick else 1.0
+    env = {"POOLGRAD_LOG_LEVEL": "warning", "POOLGRAD_MAX_BODY_BYTES": str(256 * 2**20)}
     rng = np.random.default_rng(0)
-
-    with (
-        _server(service_cmd, quiet) as service_url,
-        _server(echo_cmd, quiet) as echo_url,
-        httpx.Client(timeout=120.0) as http,
-    ):
-        header = f"{'X shape':>18} {'engine ms':>10} {'http ms':>9} {'echo ms':>9}"
-        print(f"{header} {'http/engine':>12} {'http/(engine+echo)':>19}")
-        overheads: list[float] = []
-        for shape in SUITE:
-            X = rng.standard_normal(shape).astype(np.float32)
-            case = new_case(http, service_url, spec, X, rng)
-
-            def run_engine(case: Case = case) -> None:
-                _, state = engine.forward(case.X, spec)
-                engine.backward(state, case.dA)
-
-            def run_echo(case: Case = case) -> None:
-                for body in (case.x_body, case.da_body):
-                    http.post(f"{echo_url}/echo", content=body, headers=NPY).raise_for_status()
-
-            run_http = partial(case.forward_backward, http)
-            medians = timings([run_engine, run_http, run_echo], repeats)
-            t_engine, t_http, t_echo = (median for median, _ in medians)
-            http.delete(case.session)
-            overhead = t_http / (t_engine + t_echo)
-            overheads.append(overhead)
-            print(
-                f"{shape!s:>18} {t_engine * 1e3:10.2f} {t_http * 1e3:9.2f} {t_echo * 1e3:9.2f} "
-                f"{t_http / t_engine:12.2f} {overhead:19.2f}"
-            )
-        geomean = math.exp(sum(map(math.log, overheads)) / len(overheads))
-        print(f"geometric mean http/(engine+echo): {geomean:.2f}")
+    cases = [Bodies.make(shape, rng) for shape in suite]
+    print(f"load average before: {os.getloadavg()[0]:.2f}; echo floor parser: {args.echo_http}")
+    service_cmd = [sys.executable, "-m", "service"]
+    with contextlib.ExitStack() as stack:
+        service_url, service_pid = stack.enter_context(_started(service_cmd, env))
+        echo_env = {**env, "BENCH_ECHO_HTTP": args.echo_http}
+        echo_cmd = [sys.executable, "-m", "bench.echo"]
+        echo_url = stack.enter_context(_server(echo_cmd, echo_env))
+        urls = {"": service_url}
+        if args.compare:
+            urls[" base"] = stack.enter_context(_started(service_cmd, env, args.compare))[0]
+        mlserver = None
+        if args.mlserver:
+            mlserver = Connection(stack.enter_context(_mlserver(args.mlserver, env)))
+        stack.enter_context(_profiled(service_pid, args.profile))
+        services = {label: Connection(url) for label, url in urls.items()}
+        echo = Connection(echo_url)
+        print(f"{'X shape':>18} {'what':>14} {'p50 ms':>9} {'p99 ms':>9}")
+        for case, case_rounds in zip(cases, rounds, strict=False):
+            latency(case, services, echo, case_rounds, mlserver)
+        tiny = Bodies.make(SUITE[0], rng)
+        st = protocol.MEDIA_SAFETENSORS
+        print(f"\nthroughput, {tiny.shape} stateless gradient (safetensors), requests/s")
+        print(f"(median of {WINDOWS} interleaved windows of {window:g} s each):")
+        print(f"{'clients':>8} {'server':>8} {'req/s':>9} {'echo req/s':>11} {'/echo':>6}")
+        targets = {label.strip() or "this": (url, f"/v1/gradient{QUERY}")
+                   for label, url in urls.items()}  # fmt: skip
+        targets["echo"] = (echo_url, "/echo")
+        for clients in CONCURRENCY:
+            rates: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(WINDOWS):  # interleaved: load from elsewhere hits all alike
+                for name, (url, path) in targets.items():
+                    rate = throughput(url, path, tiny.named_st, st, clients, window)
+                    rates[name].append(rate)
+            floor = p50(rates["echo"])
+            for name in [name for name in targets if name != "echo"]:
+                served = p50(rates[name])
+                print(f"{clients:>8} {name:>8} {served:9.0f} {floor:11.0f} {served / floor:6.2f}")
+        for connection in [*services.values(), echo, *([mlserver] if mlserver else [])]:
+            connection.close()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from poolgrad._version import __version__
 
 if TYPE_CHECKING:
-    from poolgrad._client import AsyncClient, AsyncSession, Client, Session
+    from poolgrad._client import AsyncClient, AsyncSession, AsyncSessionRequest, Client, Session
     from poolgrad._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
     from poolgrad._exceptions import (
         APIConnectionError,
@@ -60,6 +60,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncClient",
     "AsyncSession",
+    "AsyncSessionRequest",
     "BadRequestError",
     "CapacityError",
     "Client",
@@ -93,7 +94,10 @@ __all__ = [
 #: Where each public name lives. The client (and httpx with it) loads on first use, so
 #: ``import poolgrad.protocol`` (what the server imports) loads neither.
 _HOMES = {
-    **dict.fromkeys(("AsyncClient", "AsyncSession", "Client", "Session"), "poolgrad._client"),
+    **dict.fromkeys(
+        ("AsyncClient", "AsyncSession", "AsyncSessionRequest", "Client", "Session"),
+        "poolgrad._client",
+    ),
     **dict.fromkeys(
         ("DEFAULT_BASE_URL", "DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT"), "poolgrad._constants"
     ),

@@ -111,17 +111,25 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"spec value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
+def checked_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec keywords as plain JSON-like values, checked against the schema before any
+    request (:func:`poolgrad.protocol.spec.check_spec`: ``TypeError`` for an unknown name,
+    ``ValueError`` naming the field and its allowed values); ``None`` fields left out."""
+    spec_schema.check_names(spec)
+    plain = {name: _plain(value) for name, value in spec.items() if value is not None}
+    spec_schema.check_spec(plain)
+    return plain
+
+
 def spec_to_json(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The session body's spec fields; ``None`` fields are left to the server's default."""
-    spec_schema.check_names(spec)
-    return {name: _plain(value) for name, value in spec.items() if value is not None}
+    return checked_spec(spec)
 
 
 def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:
     """The spec as ``/v1/gradient`` query parameters (:func:`poolgrad.protocol.spec_to_query`
     after NumPy values became plain ones: ``np.False_`` must read "false", as False does)."""
-    spec_schema.check_names(spec)
-    return protocol.spec_to_query({name: _plain(value) for name, value in spec.items()})
+    return protocol.spec_to_query(checked_spec(spec))
 
 
 # -------------------------------------------------------------------------- parsing

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -28,7 +28,7 @@ from poolgrad._exceptions import (
 from poolgrad._types import PoolSpecKwargs
 from poolgrad.protocol import SessionInfo, parse_etag
 
-__all__ = ["AsyncClient", "AsyncSession", "Client", "Session"]
+__all__ = ["AsyncClient", "AsyncSession", "AsyncSessionRequest", "Client", "Session"]
 
 
 class _SessionState:
@@ -78,8 +78,9 @@ def _cleanup_timed_out(session_id: str) -> APITimeoutError:
 class Session(_SessionState):
     """A server-side pooling layer: ``forward`` caches its state, ``backward`` uses it.
 
-    Made by :meth:`Client.session` (a context manager) or :meth:`Client.create_session`.
-    ``with session:`` deletes it on exit, also when the block raises.
+    Made by :meth:`Client.session` or :meth:`Client.create_session` (the same) or
+    :meth:`Client.get_session`. ``with session:`` deletes it on exit, also when the block
+    raises; without ``with``, :meth:`delete` ends it (else it expires after its idle TTL).
     """
 
     def __init__(self, client: Client, created: Any) -> None:
@@ -135,29 +136,6 @@ class Session(_SessionState):
             _note_cleanup_failure(exc, self.id, error)
 
 
-class _SessionContext:
-    """``with client.session(...) as s``: created on enter, deleted on exit."""
-
-    def __init__(self, client: Client, spec: Mapping[str, Any], ttl_seconds: int | None) -> None:
-        self._client = client
-        self._spec = spec
-        self._ttl_seconds = ttl_seconds
-        self._session: Session | None = None
-
-    def __enter__(self) -> Session:
-        self._session = self._client.create_session(ttl_seconds=self._ttl_seconds, **self._spec)
-        return self._session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            self._session.__exit__(exc_type, exc, traceback)
-
-
 class Client(BaseClient[httpx.Client]):
     """Synchronous client. Use it as a context manager, or call :meth:`close`.
 
@@ -204,18 +182,19 @@ class Client(BaseClient[httpx.Client]):
         response = self._request(self._session_options("GET", session_id))
         return Session(self, self._json(response))
 
-    def session(
-        self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
-    ) -> _SessionContext:
-        """``with client.session(mode="max", pool_size=(2, 2)) as s:`` created on enter,
-        deleted on exit (also when the block raises)."""
-        return _SessionContext(self, spec, ttl_seconds)
+    def session(self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]) -> Session:
+        """A new session, created now, as :class:`httpx.Client` is: use it as it is
+        (``s = client.session(mode="max"); s.forward(X); s.delete()``) or in a block
+        (``with client.session(mode="max") as s:``), which deletes it on exit, also when the
+        block raises. The same as :meth:`create_session`."""
+        return self.create_session(ttl_seconds=ttl_seconds, **spec)
 
     def gradient(
         self, X: npt.ArrayLike, dA: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Forward and backward in one stateless request: ``A, dX``."""
-        tensors = self._named(self._request(self._gradient_options(X, dA, spec)))
+        """Forward and backward in one stateless request: ``A, dX`` (``dA`` is required; the
+        forward alone is :meth:`pool`)."""
+        tensors = self._named(self._request(self._gradient_options(X, _needed(dA), spec)))
         return _pick(tensors, "A"), _pick(tensors, "dX")
 
     def pool(self, X: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]) -> np.ndarray:
@@ -298,21 +277,27 @@ class AsyncSession(_SessionState):
             _note_cleanup_failure(exc, self.id, error)
 
 
-class _AsyncSessionContext:
-    """``async with client.session(...) as s``: created on enter, deleted on exit."""
+class AsyncSessionRequest:
+    """What :meth:`AsyncClient.session` returns: a session not created yet (creating one needs
+    an ``await``), its spec already checked. ``await`` it for the session
+    (``s = await client.session(mode="max")``, then ``await s.delete()``), or enter it
+    (``async with client.session(mode="max") as s:``): created on enter, deleted on exit."""
 
-    def __init__(
-        self, client: AsyncClient, spec: Mapping[str, Any], ttl_seconds: int | None
-    ) -> None:
+    def __init__(self, client: AsyncClient, spec: Mapping[str, Any], ttl_seconds: int | None):
         self._client = client
-        self._spec = spec
-        self._ttl_seconds = ttl_seconds
+        # Checked here, at the call, not when awaited or entered (the mistake is the call's).
+        self._options = client._create_session_options(spec, ttl_seconds)
         self._session: AsyncSession | None = None
 
+    async def _create(self) -> AsyncSession:
+        response = await self._client._request(self._options)
+        return AsyncSession(self._client, self._client._json(response))
+
+    def __await__(self) -> Generator[Any, None, AsyncSession]:
+        return self._create().__await__()
+
     async def __aenter__(self) -> AsyncSession:
-        self._session = await self._client.create_session(
-            ttl_seconds=self._ttl_seconds, **self._spec
-        )
+        self._session = await self._create()
         return self._session
 
     async def __aexit__(
@@ -356,8 +341,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
     ) -> AsyncSession:
         """See :meth:`Client.create_session`."""
-        response = await self._request(self._create_session_options(spec, ttl_seconds))
-        return AsyncSession(self, self._json(response))
+        return await self.session(ttl_seconds=ttl_seconds, **spec)
 
     async def get_session(self, session_id: str) -> AsyncSession:
         """See :meth:`Client.get_session`."""
@@ -366,15 +350,18 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
 
     def session(
         self, *, ttl_seconds: int | None = None, **spec: Unpack[PoolSpecKwargs]
-    ) -> _AsyncSessionContext:
-        """``async with client.session(...) as s:`` created on enter, deleted on exit."""
-        return _AsyncSessionContext(self, spec, ttl_seconds)
+    ) -> AsyncSessionRequest:
+        """``async with client.session(...) as s:`` (created on enter, deleted on exit) or
+        ``s = await client.session(...)`` (then ``await s.delete()``); the spec is checked
+        at this call. See :class:`AsyncSessionRequest`."""
+        return AsyncSessionRequest(self, spec, ttl_seconds)
 
     async def gradient(
         self, X: npt.ArrayLike, dA: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]
     ) -> tuple[np.ndarray, np.ndarray]:
         """See :meth:`Client.gradient`."""
-        tensors = self._named(await self._request(self._gradient_options(X, dA, spec)))
+        options = self._gradient_options(X, _needed(dA), spec)
+        tensors = self._named(await self._request(options))
         return _pick(tensors, "A"), _pick(tensors, "dX")
 
     async def pool(self, X: npt.ArrayLike, **spec: Unpack[PoolSpecKwargs]) -> np.ndarray:
@@ -400,6 +387,15 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _needed(dA: npt.ArrayLike | None) -> npt.ArrayLike:
+    if dA is None:
+        raise ValueError(
+            "gradient() needs dA, the upstream gradient; for the forward alone (A, no dX) "
+            "call pool(X, **spec)"
+        )
+    return dA
 
 
 def _pick(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:

@@ -16,6 +16,7 @@ session (the step and state of one complete forward), read in one store call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -32,7 +33,7 @@ import numpy as np
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
 from engine.options import EngineOptions
-from poolgrad.protocol import IfMatch, ProtocolError, SessionInfo
+from poolgrad.protocol import MEDIA_JSON, IfMatch, ProtocolError, SessionInfo
 from service.errors import (
     InternalError,
     InvalidSpec,
@@ -53,6 +54,7 @@ __all__ = [
     "Stepped",
     "new_session_id",
     "session_info",
+    "spec_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,20 @@ T = TypeVar("T")
 
 #: Tensor names the stateless gradient accepts; ``dA`` is optional.
 NAMED_INPUTS = ("X", "dA")
+
+#: Request bodies under this size are decoded, pooled and encoded on the event loop instead of
+#: in a worker thread. The hop to a thread and back costs 50-90 us on the 2-core machine
+#: ``bench.service`` runs on, as much as the whole work of a (1, 8, 8, 1) gradient (about 75
+#: us), while a binary body of 256 KiB takes about 0.15 ms: under that, the loop stalls other
+#: connections for less than twice what the hop would have cost this one. Measured with
+#: ``anyio.to_thread.run_sync`` against a direct call on safetensors gradients (1 x 8 x 8 x 1
+#: to 16 x 32 x 32 x 32 float32).
+INLINE_MAX_BYTES = 256 * 1024
+#: The same bound for JSON bodies, which cost some 30 times more per byte to decode and
+#: encode (5 us per KiB against 0.15): 32 KiB of JSON take about 0.2 ms.
+INLINE_MAX_JSON_BYTES = 32 * 1024
+#: Distinct specs whose validated :class:`PoolSpec` is kept (sessions share a handful).
+SPEC_CACHE_SIZE = 256
 
 
 def new_session_id() -> str:
@@ -119,10 +135,22 @@ class Compute:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine if engine is not None else EngineCalls()
+        #: Bodies under this many bytes are computed on the event loop (see
+        #: :data:`INLINE_MAX_BYTES`); 0 sends every computation to a worker thread (tests
+        #: that pause the engine set it so).
+        self.inline_max_bytes = INLINE_MAX_BYTES
         self._limiter = anyio.CapacityLimiter(settings.compute_threads)
         self.engine_options = EngineOptions(
             threads=settings.engine_threads, kernels=settings.engine_kernels
         )
+
+    def runs_inline(self, body_bytes: int, media_type: str) -> bool:
+        """Whether a request of ``body_bytes`` in ``media_type`` is small enough to compute on
+        the event loop; callers pass the answer to the methods below as ``inline=``."""
+        limit = self.inline_max_bytes
+        if media_type == MEDIA_JSON:
+            limit = min(limit, INLINE_MAX_JSON_BYTES)
+        return body_bytes < limit
 
     # ----------------------------------------------------------------- sessions
 
@@ -159,8 +187,13 @@ class Compute:
         owner: str,
         decode: Callable[[], np.ndarray],
         encode: Callable[[np.ndarray], T],
+        *,
+        inline: bool = False,
     ) -> Stepped[T]:
-        """Run forward on the decoded X, cache the new state (step + 1), return encoded A."""
+        """Run forward on the decoded X, cache the new state (step + 1), return encoded A.
+
+        ``inline``: compute on the event loop, not in a worker thread (:meth:`runs_inline`).
+        """
         # Only the spec is needed (and the TTL renewed): the old state is not read.
         record = await self.store.get(session_id, owner, state=False)
 
@@ -169,7 +202,7 @@ class Compute:
             A, state = self._timed("forward", self.engine.forward, X, record.spec)
             return encode(A), state.to_bytes(), state.nbytes
 
-        payload, blob, state_bytes = await self._run(work)
+        payload, blob, state_bytes = await self._run(work, inline)
         step = await self.store.advance(session_id, owner, blob, state_bytes)
         return Stepped(payload, step)
 
@@ -180,6 +213,8 @@ class Compute:
         decode: Callable[[], np.ndarray],
         encode: Callable[[np.ndarray], T],
         condition: IfMatch | None = None,
+        *,
+        inline: bool = False,
     ) -> Stepped[T]:
         """dX for the decoded dA against the cached state, which stays (backward repeats)."""
         # One snapshot: the step and the state of one forward, read together; no lock held.
@@ -201,13 +236,15 @@ class Compute:
             state = PoolState.from_bytes(cached)
             return encode(self._timed("backward", self.engine.backward, state, dA))
 
-        return Stepped(await self._run(work), record.step)
+        return Stepped(await self._run(work, inline), record.step)
 
     async def gradient(
         self,
         spec_fields: Mapping[str, Any],
         decode: Callable[[], Mapping[str, np.ndarray]],
         encode: Callable[[dict[str, np.ndarray]], T],
+        *,
+        inline: bool = False,
     ) -> T:
         """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``)."""
         spec = parse_spec(spec_fields)
@@ -227,7 +264,7 @@ class Compute:
                 results["dX"] = self._timed("backward", self.engine.backward, state, tensors["dA"])
             return encode(results)
 
-        return await self._run(work)
+        return await self._run(work, inline)
 
     # ------------------------------------------------------------------ helpers
 
@@ -252,10 +289,13 @@ class Compute:
         finally:
             self.metrics.engine_seconds.labels(operation).observe(time.perf_counter() - started)
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        """Run ``work`` in a worker thread, at most ``compute_threads`` at once, translating
+    async def _run(self, work: Callable[[], T], inline: bool = False) -> T:
+        """Run ``work`` in a worker thread, at most ``compute_threads`` at once, or on the
+        event loop when ``inline`` (small work: :data:`INLINE_MAX_BYTES`), translating
         engine errors at this boundary."""
         try:
+            if inline:
+                return work()
             return await anyio.to_thread.run_sync(work, limiter=self._limiter)
         except (ServiceError, ProtocolError):
             raise
@@ -272,9 +312,42 @@ class Compute:
 def parse_spec(fields: Mapping[str, Any]) -> PoolSpec:
     """A validated spec from JSON-like fields; :class:`InvalidSpec` naming the bad one."""
     try:
-        return PoolSpec.from_dict(fields)
+        return spec_of(fields)
     except SpecError as exc:
         raise InvalidSpec(str(exc)) from exc
+
+
+def spec_of(fields: Mapping[str, Any]) -> PoolSpec:
+    """``PoolSpec.from_dict(fields)``, validated once per distinct spec rather than once per
+    request (:data:`SPEC_CACHE_SIZE` kept; a ``PoolSpec`` is immutable, so sharing it is
+    safe). Raises what ``from_dict`` raises; refusals are not cached."""
+    try:
+        key = tuple(sorted((str(name), _frozen(value)) for name, value in fields.items()))
+    except TypeError:  # a value no spec field takes (a dict, a set): let from_dict name it
+        return PoolSpec.from_dict(fields)
+    return _cached_spec(key)
+
+
+@functools.lru_cache(maxsize=SPEC_CACHE_SIZE)
+def _cached_spec(key: tuple[tuple[str, Any], ...]) -> PoolSpec:
+    return PoolSpec.from_dict({name: _thawed(value) for name, value in key})
+
+
+def _frozen(value: Any) -> Any:
+    """JSON-like spec values as a hashable key; lists and tuples alike (as from_dict reads
+    them), types kept apart (``True`` and ``1``, ``2`` and ``2.0`` are different keys)."""
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_frozen(item) for item in value))
+    if value is None or isinstance(value, str | int | float):
+        return (type(value).__name__, value)
+    raise TypeError(f"{type(value).__name__} is not a spec value")
+
+
+def _thawed(value: Any) -> Any:
+    kind, item = value
+    if kind == "list":
+        return [_thawed(element) for element in item]
+    return item
 
 
 def _state_of(blob: bytes | memoryview) -> PoolState:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from poolgrad import protocol
 from service import openapi
-from service.compute import Stepped
+from service.compute import Compute, Stepped
 from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
 from service.errors import BadRequest, InvalidSpec
 from service.httpio import read_body, request_media_type
@@ -28,11 +28,20 @@ NAMED_TYPES = protocol.NAMED_MEDIA_TYPES
 
 router = APIRouter()
 
-#: A session step (``Compute.forward`` or ``backward`` with its session bound): how to decode
-#: the request tensor and how to encode the answer in, the encoded answer and its step out.
-StepRun = Callable[
-    [Callable[[], np.ndarray], Callable[[np.ndarray], bytes]], Awaitable[Stepped[bytes]]
-]
+
+class StepRun(Protocol):
+    """A session step (``Compute.forward`` or ``backward`` with its session bound): how to
+    decode the request tensor and how to encode the answer in, and whether to compute on the
+    loop; the encoded answer and its step out."""
+
+    def __call__(
+        self,
+        decode: Callable[[], np.ndarray],
+        encode: Callable[[np.ndarray], bytes],
+        *,
+        inline: bool = ...,
+    ) -> Awaitable[Stepped[bytes]]: ...
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -75,7 +84,9 @@ async def _spec_body(request: Request, settings: SettingsDep) -> dict[str, Any]:
     return fields
 
 
-async def _stepped_tensor(request: Request, settings: Settings, run: StepRun) -> Response:
+async def _stepped_tensor(
+    request: Request, settings: Settings, compute: Compute, run: StepRun
+) -> Response:
     """A session's forward or backward: 415 and 406 before reading the body, then ``run``
     with the codecs of the request's and the answer's media types; ``ETag`` the step."""
     media_in = request_media_type(request, TENSOR_TYPES)
@@ -84,6 +95,7 @@ async def _stepped_tensor(request: Request, settings: Settings, run: StepRun) ->
     result = await run(
         partial(protocol.decode_tensor, body, media_in),
         partial(protocol.encode_tensor, media_type=media_out),
+        inline=compute.runs_inline(len(body), media_in),
     )
     etag = protocol.format_etag(result.step)
     return Response(result.payload, media_type=media_out, headers={"ETag": etag})
@@ -122,7 +134,8 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
 async def forward(
     session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
-    return await _stepped_tensor(request, settings, partial(compute.forward, session_id, owner))
+    run = partial(compute.forward, session_id, owner)
+    return await _stepped_tensor(request, settings, compute, run)
 
 
 @router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
@@ -131,7 +144,7 @@ async def backward(
 ) -> Response:
     condition = protocol.parse_if_match(request.headers.get("if-match"))
     run = partial(compute.backward, session_id, owner, condition=condition)
-    return await _stepped_tensor(request, settings, run)
+    return await _stepped_tensor(request, settings, compute, run)
 
 
 @router.post(
@@ -150,6 +163,7 @@ async def gradient(request: Request, compute: ComputeDep, settings: SettingsDep)
         spec_fields,
         partial(protocol.decode_named, body, media_in),
         partial(protocol.encode_named, media_type=media_out),
+        inline=compute.runs_inline(len(body), media_in),
     )
     return Response(payload, media_type=media_out)
 

@@ -15,6 +15,7 @@ The query string (``POST /v1/gradient?...``, docs/DECISIONS.md): ``pool_size=2``
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -26,6 +27,8 @@ __all__ = [
     "FIELDS",
     "FIELD_NAMES",
     "SpecField",
+    "check_names",
+    "check_spec",
     "spec_from_query",
     "spec_to_query",
 ]
@@ -168,10 +171,64 @@ def _query_pair(value: str, pair: str) -> list[int]:
 
 def check_names(spec: Mapping[str, Any]) -> None:
     """``TypeError`` naming spec keywords that are not fields (a caller's mistake in Python,
-    caught before any request)."""
+    caught before any request), with the nearest field name when one is close."""
     unknown = sorted(set(spec) - set(FIELD_NAMES))
     if unknown:
-        raise TypeError(f"unknown spec field(s) {unknown}; expected some of {list(FIELD_NAMES)}")
+        close = difflib.get_close_matches(unknown[0], FIELD_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(
+            f"unknown spec field(s) {unknown}{hint}; expected some of {list(FIELD_NAMES)}"
+        )
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Check JSON-like spec fields (plain Python values; tuples count as lists) against what
+    :data:`FIELDS` declares, before anything is sent: names (``TypeError``), choices and the
+    int/list shapes (``ValueError`` naming the field and what it allows). ``None`` means "the
+    server's default". Only the schema's shapes are checked here; ranges (``pool_size=0``) and
+    combinations are the engine's, which stays authoritative."""
+    check_names(spec)
+    for name, value in spec.items():
+        if value is not None:
+            _check_value(_BY_NAME[name], value)
+
+
+def _check_value(field: SpecField, value: Any) -> None:
+    name = field.name
+    if field.kind == "choice":
+        if not isinstance(value, str) or value not in field.choices:
+            raise ValueError(f"{name} must be one of {_choices(field)}; got {value!r}")
+    elif field.kind in ("ints", "ints_or_null"):
+        if not _is_int(value) and not (_is_list(value) and all(map(_is_int, value))):
+            null = " or None" if field.kind == "ints_or_null" else ""
+            raise ValueError(f"{name} must be an int or a list of ints{null}; got {value!r}")
+    elif field.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False; got {value!r}")
+    elif isinstance(value, str):  # padding by name
+        if value not in field.choices:
+            raise ValueError(f"{name} must be one of {_choices(field)} or pairs; got {value!r}")
+    elif not (_is_list(value) and all(_is_pair(pair) for pair in value)):
+        raise ValueError(
+            f"{name} must be one of {_choices(field)} or a list of [before, after] int pairs "
+            f"per spatial dim; got {value!r}"
+        )
+
+
+def _choices(field: SpecField) -> str:
+    return ", ".join(repr(choice) for choice in field.choices)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _is_pair(value: Any) -> bool:
+    return _is_list(value) and len(value) == 2 and all(map(_is_int, value))
 
 
 def spec_to_query(spec: Mapping[str, Any]) -> dict[str, str]:

@@ -38,7 +38,13 @@ import numpy.typing as npt
 
 from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, UnsupportedMediaType
 from poolgrad.protocol.jsonio import dumps, kind, loads
-from poolgrad.protocol.media import MEDIA_JSON, MEDIA_NPY, MEDIA_SAFETENSORS
+from poolgrad.protocol.media import (
+    MEDIA_JSON,
+    MEDIA_NPY,
+    MEDIA_SAFETENSORS,
+    NAMED_MEDIA_TYPES,
+    TENSOR_MEDIA_TYPES,
+)
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -54,6 +60,7 @@ __all__ = [
     "encode_npy",
     "encode_safetensors",
     "encode_tensor",
+    "sniff_media_type",
     "tensor_from_obj",
     "tensor_to_obj",
 ]
@@ -88,13 +95,33 @@ _NPY_MAGIC: Final = b"\x93NUMPY"
 
 
 def encode_npy(array: npt.ArrayLike) -> bytes:
-    """Encode ``array`` as one ``.npy`` file (format 1.0 or 2.0; copies the data once)."""
+    """Encode ``array`` as one ``.npy`` file (format 1.0, or 2.0 for a header over 64 KiB).
+
+    Cost: one copy of the data, straight from the array into the answer (the header is
+    written on its own and joined with a byte view of the array: no staging buffer), plus one
+    more only for an array in neither C nor Fortran order.
+    """
     arr = np.asarray(array)
     if arr.dtype.hasobject:
         raise MalformedTensor(f"dtype {arr.dtype} cannot be sent: object arrays are never pickled")
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, arr, allow_pickle=False)
-    return buffer.getvalue()
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)
+    header = np.lib.format.header_data_from_array_1_0(arr)
+    head = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(head, header)
+    except ValueError:  # a header over 64 KiB (thousands of dims) needs format 2.0
+        head = io.BytesIO()
+        np.lib.format.write_array_header_2_0(head, header)
+    # Fortran order is stored as the transpose's C order, exactly as NumPy writes it.
+    data = arr.T if header["fortran_order"] else arr
+    return b"".join((head.getvalue(), _raw_bytes(data)))
+
+
+def _raw_bytes(arr: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes as a flat byte view (no copy), whatever the dtype's byte
+    order (a memoryview of the array itself refuses to cast a non-native format to bytes)."""
+    return arr.reshape(-1).view(np.uint8).data
 
 
 def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> np.ndarray:
@@ -232,12 +259,36 @@ def tensor_from_obj(obj: Any, *, name: str = "tensor") -> np.ndarray:
     data = obj.get("data")
     if not isinstance(data, list):
         raise MalformedTensor(f"{name}.data must be a flat list of numbers, got {kind(data)}")
+    if data and isinstance(data[0], list):
+        data = _flatten_nested(data, checked, name)
     count = math.prod(checked)
     if len(data) != count:
         raise MalformedTensor(
-            f"{name}.data holds {len(data)} values but shape {shape} needs {count}"
+            f"{name}.data holds {len(data)} values but shape {shape} needs {count}: "
+            "data must be flat, row-major (or nested exactly as shape)"
         )
     return _flat_array(data, dtype, name).reshape(checked)
+
+
+def _flatten_nested(data: list[Any], shape: tuple[int, ...], name: str) -> list[Any]:
+    """Nested ``data`` (as the Open Inference Protocol allows) as one flat row-major list,
+    every level's length checked against ``shape`` on the way down. A level at a time, so
+    the depth followed is the shape's (at most :data:`MAX_NDIM`), never the body's; lists
+    nested deeper than the shape are left for :func:`_flat_array` to refuse."""
+    level: list[Any] = [data]
+    for depth, dim in enumerate(shape):
+        flat: list[Any] = []
+        for item in level:
+            if not isinstance(item, list) or len(item) != dim:
+                got = f"a list of {len(item)}" if isinstance(item, list) else kind(item)
+                raise MalformedTensor(
+                    f"{name}.data is nested, but holds {got} at depth {depth} where shape "
+                    f"{list(shape)} needs a list of {dim}: data must be flat, row-major, "
+                    "or nested exactly as shape"
+                )
+            flat.extend(item)
+        level = flat
+    return level
 
 
 def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
@@ -247,7 +298,10 @@ def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError) as exc:
         raise MalformedTensor(f"{name}.data must be a flat list of numbers: {exc}") from exc
     if inferred.ndim != 1:
-        raise MalformedTensor(f"{name}.data must be flat (row-major); got nested lists")
+        raise MalformedTensor(
+            f"{name}.data must be flat, row-major (or nested exactly as shape); "
+            "got lists nested deeper"
+        )
     if inferred.size == 0:
         return np.zeros(0, dtype=dtype)
     if dtype.kind != "b":
@@ -321,18 +375,19 @@ def decode_json_tensor(body: bytes) -> np.ndarray:
 def encode_safetensors(tensors: Mapping[str, npt.ArrayLike]) -> bytes:
     """Encode named tensors as a safetensors file (little-endian, 8-byte aligned header)."""
     header: dict[str, Any] = {}
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     offset = 0
     for name, value in tensors.items():
         arr = np.asarray(value)
         code = _SAFETENSORS_CODES.get(arr.dtype.name)
         if code is None:
             raise MalformedTensor(f"tensor {name!r} of dtype {arr.dtype} cannot go in safetensors")
-        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        # A view when already little-endian and C-ordered: join below is the one copy.
+        raw = _raw_bytes(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")))
         header[name] = {"dtype": code, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(raw)]}  # fmt: skip
+                        "data_offsets": [offset, offset + raw.nbytes]}  # fmt: skip
         chunks.append(raw)
-        offset += len(raw)
+        offset += raw.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return b"".join([struct.pack("<Q", len(head)), head, *chunks])
@@ -404,8 +459,56 @@ def decode_safetensors(
 # ----------------------------------------------------------------- by media type
 
 
+#: What each body format is called in a message, and what an empty body was expected to be.
+_FORMAT_NAMES: Final = {
+    MEDIA_NPY: ".npy file",
+    MEDIA_SAFETENSORS: "safetensors file",
+    MEDIA_JSON: "JSON document",
+}
+_EXPECTED: Final = {
+    (MEDIA_NPY, False): "a .npy file (application/x-npy)",
+    (MEDIA_JSON, False): 'a JSON tensor {"dtype", "shape", "data"}',
+    (MEDIA_SAFETENSORS, True): "a safetensors file (application/vnd.safetensors)",
+    (MEDIA_JSON, True): 'a JSON object of named tensors {"X": <tensor>, "dA": <tensor>}',
+}
+
+
+def sniff_media_type(body: bytes) -> str | None:
+    """The format ``body`` plainly is, from its first bytes, or ``None``: a ``.npy`` magic,
+    a safetensors length prefix followed by its JSON header, or JSON's opening bracket. Only
+    used to explain a body that does not decode as its declared type."""
+    if body.startswith(_NPY_MAGIC):
+        return MEDIA_NPY
+    if len(body) > 8 and body[8:9] == b"{":
+        (header_len,) = struct.unpack_from("<Q", body, 0)
+        if header_len <= len(body) - 8:
+            return MEDIA_SAFETENSORS
+    if body[:64].lstrip(b" \t\r\n")[:1] in (b"{", b"["):  # a slice: never copy the body
+        return MEDIA_JSON
+    return None
+
+
+def _check_body(body: bytes, media_type: str, accepted: tuple[str, ...]) -> None:
+    """Name an empty body, and a body of another format than its ``Content-Type`` says (a
+    ``.npy`` sent as JSON would otherwise fail as "not valid UTF-8"), before decoding."""
+    named = accepted == NAMED_MEDIA_TYPES
+    if not body:
+        raise MalformedTensor(f"the body is empty; expected {_EXPECTED[media_type, named]}")
+    sniffed = sniff_media_type(body)
+    if sniffed is None or sniffed == media_type:
+        return
+    what = _FORMAT_NAMES[sniffed]
+    if sniffed in accepted:
+        fix = f"send it as Content-Type: {sniffed}"
+    else:
+        fix = f"a {what} is not accepted here; send one of {', '.join(accepted)}"
+    raise MalformedTensor(f"the body looks like a {what}, not {media_type}; {fix}")
+
+
 def decode_tensor(body: bytes, media_type: str) -> np.ndarray:
     """Decode one tensor of ``media_type`` (``MEDIA_NPY`` or ``MEDIA_JSON``)."""
+    if media_type in TENSOR_MEDIA_TYPES:
+        _check_body(body, media_type, TENSOR_MEDIA_TYPES)
     if media_type == MEDIA_NPY:
         return decode_npy(body)
     if media_type == MEDIA_JSON:
@@ -424,6 +527,8 @@ def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
 
 def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
     """Decode named tensors (``MEDIA_SAFETENSORS`` or a JSON object of tensors)."""
+    if media_type in NAMED_MEDIA_TYPES:
+        _check_body(body, media_type, NAMED_MEDIA_TYPES)
     if media_type == MEDIA_SAFETENSORS:
         return decode_safetensors(body)
     if media_type == MEDIA_JSON:

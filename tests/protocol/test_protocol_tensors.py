@@ -98,7 +98,7 @@ GOOD = protocol.encode_npy(np.arange(6, dtype=np.float32).reshape(2, 3))
 
 #: Bodies no .npy decoder may accept: (body, the message the refusal must contain).
 NPY_MALFORMED: list[tuple[bytes, str]] = [
-    (b"", "not a .npy file"),
+    (b"", "not a .npy file|the body is empty"),  # decode_npy, or the route (tests below)
     (b"PK\x03\x04 a zip file", r"not a \.npy file: expected magic"),
     (GOOD[:9], "not a .npy file"),
     (GOOD[:40], "truncated: its header ends at byte"),

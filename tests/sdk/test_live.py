@@ -178,8 +178,10 @@ def test_contract_errors_arrive_as_their_classes(client: Client) -> None:
         dA = _spread((1, 2, 2, 1), seed=5)
         np.testing.assert_array_equal(session.backward(dA), _engine(X, dA, {})[1])
         assert session.info().step == 1
-    with pytest.raises(poolgrad.InvalidSpecError, match="median"):
+    with pytest.raises(ValueError, match="median"):  # the schema's check, before any request
         client.create_session(mode="median")  # type: ignore[typeddict-item]
+    with pytest.raises(poolgrad.InvalidSpecError, match="pool_size"):  # the server's
+        client.create_session(pool_size=[2, 2, 2, 2])
     with pytest.raises(poolgrad.InvalidSpecError, match="pool_size"):
         client.gradient(np.ones((1, 4, 4, 1)), np.ones((1, 2, 2, 1)), pool_size=0)
     with pytest.raises(poolgrad.InvalidTensorError):

@@ -124,6 +124,7 @@ async def test_compute_threads_bounds_the_engine_calls_at_once(
 
     app = make_app(compute_threads=compute_threads)
     app.state.compute.engine = EngineCalls(forward=slow_forward)
+    app.state.compute.inline_max_bytes = 0  # X1 is small: it would run on the loop
     async with client_for(app) as client:
         sessions = [await new_session(client) for _ in range(8)]
         responses = await asyncio.gather(
@@ -145,6 +146,7 @@ class PausedEngine:
         self.started = threading.Event()
         self.release = threading.Event()
         app.state.compute.engine = EngineCalls(forward=self._forward)
+        app.state.compute.inline_max_bytes = 0  # paused on the loop, nothing else would run
 
     def _forward(
         self, X: np.ndarray, spec: PoolSpec, options: EngineOptions
@@ -194,3 +196,37 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
     assert_problem(await in_flight, 404, "session_not_found", session_id)
     assert (await client.get(f"/v1/sessions/{session_id}")).status_code == 404
     assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "shape", "inline"),
+    [
+        (protocol.MEDIA_NPY, (2, 4, 4, 3), True),
+        (protocol.MEDIA_NPY, (4, 32, 32, 32), False),  # 512 KiB: over INLINE_MAX_BYTES
+        (protocol.MEDIA_JSON, (2, 4, 4, 3), True),
+        (protocol.MEDIA_JSON, (1, 32, 32, 8), False),  # ~100 KiB of JSON: over its bound
+    ],
+)
+async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
+    app: FastAPI, client: httpx.AsyncClient, media_type: str, shape: tuple[int, ...], inline: bool
+) -> None:
+    threads: list[int] = []
+
+    def recording_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+        threads.append(threading.get_ident())
+        return forward(X, spec)
+
+    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    session_id = await new_session(client)
+    X = distinct_input(3)[:1].repeat(shape[0], 0) if shape == X1.shape else None
+    X = np.random.default_rng(0).standard_normal(shape).astype(np.float32) if X is None else X
+    response = await client.post(
+        f"/v1/sessions/{session_id}/forward",
+        content=protocol.encode_tensor(X, media_type),
+        headers={"Content-Type": media_type},
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(
+        protocol.decode_tensor(response.content, media_type), expected(X)[0]
+    )
+    assert (threads == [threading.get_ident()]) is inline
