@@ -212,9 +212,11 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
 ) -> None:
     threads: list[int] = []
 
-    def recording_forward(X: np.ndarray, spec: PoolSpec) -> tuple[np.ndarray, PoolState]:
+    def recording_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
         threads.append(threading.get_ident())
-        return forward(X, spec)
+        return forward(X, spec, options=options)
 
     app.state.compute.engine = EngineCalls(forward=recording_forward)
     session_id = await new_session(client)
