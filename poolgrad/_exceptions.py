@@ -53,33 +53,8 @@ from poolgrad.protocol import (
     media_type_of,
 )
 
-__all__ = [
-    "APIConnectionError",
-    "APIError",
-    "APIResponseError",
-    "APITimeoutError",
-    "BadRequestError",
-    "CapacityError",
-    "ConflictError",
-    "InternalServerError",
-    "InvalidSpecError",
-    "InvalidTensorError",
-    "MalformedTensorError",
-    "NoForwardError",
-    "NotAcceptableError",
-    "NotFoundError",
-    "PayloadTooLargeError",
-    "PoolgradError",
-    "PreconditionFailedError",
-    "ServiceUnavailableError",
-    "SessionNotFoundError",
-    "ShapeMismatchError",
-    "StaleStepError",
-    "StoreUnavailableError",
-    "UnauthorizedError",
-    "UnprocessableEntityError",
-    "UnsupportedMediaTypeError",
-]
+# No __all__ here: ``poolgrad.__all__`` is the one list of public names (every class of this
+# module is on it; tests/sdk/test_errors.py pins that).
 
 
 class PoolgradError(Exception):

@@ -353,10 +353,15 @@ class ModelMetadata(BaseModel):
     outputs: list[MetadataTensor]
 
 
-class InferenceInput(BaseModel):
-    name: Literal["X", "dA"]
+class _InferenceTensor(BaseModel):
+    """What every tensor of an inference request or response carries, input or output."""
+
     shape: list[int]
     datatype: Literal["FP16", "FP32", "FP64"]
+
+
+class InferenceInput(_InferenceTensor):
+    name: Literal["X", "dA"]
     parameters: dict[str, int] | None = Field(
         default=None, description="binary_data_size: bytes of this tensor after the JSON."
     )
@@ -401,10 +406,8 @@ class InferenceRequest(BaseModel):
     outputs: list[InferenceRequestedOutput] | None = None
 
 
-class InferenceOutput(BaseModel):
+class InferenceOutput(_InferenceTensor):
     name: Literal["A", "dX"]
-    shape: list[int]
-    datatype: Literal["FP16", "FP32", "FP64"]
     parameters: dict[str, int] | None = Field(
         default=None, description="binary_data_size when the output follows the JSON."
     )

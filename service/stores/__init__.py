@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from service.stores.base import (
-    DEFAULT_PREFIX,
     Limits,
     SessionRecord,
     SessionStore,
@@ -21,6 +21,7 @@ __all__ = [
     "REDIS_SCHEMES",
     "Limits",
     "MemoryStore",
+    "RedisOptions",
     "SessionRecord",
     "SessionStore",
     "StoredSession",
@@ -29,18 +30,20 @@ __all__ = [
 ]
 
 
-def store_from_url(
-    url: str,
-    limits: Limits,
-    *,
-    prefix: str = DEFAULT_PREFIX,
-    connect_timeout_seconds: float = 1.0,
-    timeout_seconds: float = 2.0,
-) -> SessionStore:
+class RedisOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`~service.stores.redis.RedisStore`, which owns their
+    defaults (the key prefix and the two timeouts)."""
+
+    prefix: str
+    connect_timeout_seconds: float
+    timeout_seconds: float
+
+
+def store_from_url(url: str, limits: Limits, **redis_options: Unpack[RedisOptions]) -> SessionStore:
     """The backend ``url`` names (``POOLGRAD_STORE_URL``); ``ValueError`` naming it otherwise.
 
     ``memory://`` is this process only; ``redis://``, ``rediss://`` and ``unix://`` are a Redis
-    server shared by every process using it (the other arguments apply to Redis only). No
+    server shared by every process using it (``redis_options`` apply to Redis only). No
     connection is opened here: the first request, or ``/readyz``, finds out whether it answers.
     """
     scheme = urlsplit(url).scheme
@@ -50,13 +53,7 @@ def store_from_url(
         # Imported here so the memory store's users never load the Redis client.
         from service.stores.redis import RedisStore
 
-        return RedisStore(
-            url,
-            limits,
-            prefix=prefix,
-            connect_timeout_seconds=connect_timeout_seconds,
-            timeout_seconds=timeout_seconds,
-        )
+        return RedisStore(url, limits, **redis_options)
     raise ValueError(
         f"POOLGRAD_STORE_URL={url!r} is not supported: use 'memory://' (embedded, this process "
         "only) or a Redis URL, 'redis://[:password@]host:port/db', 'rediss://...' (TLS) or "

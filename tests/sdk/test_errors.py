@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 
 import httpx
@@ -11,7 +12,7 @@ import respx
 from sdk_helpers import MOCK_URL, problem
 
 import poolgrad
-from poolgrad import AsyncClient, Client, protocol
+from poolgrad import AsyncClient, Client, _exceptions, protocol
 from poolgrad._exceptions import _make_status_error
 
 CONTRACT_CODES = {
@@ -34,6 +35,20 @@ CONTRACT_CODES = {
 def response(answer: httpx.Response) -> httpx.Response:
     answer.request = httpx.Request("POST", f"{MOCK_URL}/v1/sessions")
     return answer
+
+
+def test_every_exception_class_is_public() -> None:
+    # poolgrad.__all__ is the one list of public names; _exceptions keeps none of its own.
+    defined = {
+        name
+        for name, value in vars(_exceptions).items()
+        if inspect.isclass(value)
+        and issubclass(value, poolgrad.PoolgradError)
+        and value.__module__ == _exceptions.__name__
+    }
+    assert len(defined) == 25
+    assert defined <= set(poolgrad.__all__)
+    assert all(getattr(poolgrad, name) is getattr(_exceptions, name) for name in defined)
 
 
 @pytest.mark.parametrize(("code", "cls"), CONTRACT_CODES.items())
