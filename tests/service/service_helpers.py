@@ -48,6 +48,17 @@ async def run_forward(client: httpx.AsyncClient, session_id: str, X: np.ndarray)
     return response
 
 
+async def post_backward(
+    client: httpx.AsyncClient, session_id: str, dA: np.ndarray = DA1, *, if_match: str | None = None
+) -> httpx.Response:
+    """POST ``dA`` to the session's backward, with ``If-Match: if_match`` when given; the answer
+    is returned unchecked (tests of refusals use it too)."""
+    headers = NPY if if_match is None else {**NPY, "If-Match": if_match}
+    return await client.post(
+        f"/v1/sessions/{session_id}/backward", content=npy(dA), headers=headers
+    )
+
+
 async def primed_session(client: httpx.AsyncClient, **fields: Any) -> str:
     """A session that has run forward on ``X1`` (step 1)."""
     session_id = await new_session(client, **fields)

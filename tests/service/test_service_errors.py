@@ -16,6 +16,7 @@ from service_helpers import (
     client_for,
     new_session,
     npy,
+    post_backward,
     primed_session,
 )
 
@@ -53,20 +54,14 @@ async def test_deleted_session_is_404(client: httpx.AsyncClient) -> None:
 
 async def test_backward_before_forward_is_409(client: httpx.AsyncClient) -> None:
     session_id = await new_session(client)
-    response = await client.post(
-        f"/v1/sessions/{session_id}/backward", content=npy(DA1), headers=NPY
-    )
+    response = await post_backward(client, session_id)
     assert_problem(response, 409, "no_forward", session_id, "step 0")
 
 
 async def test_if_match_of_a_replaced_step_is_412(client: httpx.AsyncClient) -> None:
     session_id = await primed_session(client)
     await client.post(f"/v1/sessions/{session_id}/forward", content=npy(X1), headers=NPY)
-    response = await client.post(
-        f"/v1/sessions/{session_id}/backward",
-        content=npy(DA1),
-        headers={**NPY, "If-Match": '"1"'},
-    )
+    response = await post_backward(client, session_id, if_match='"1"')
     assert_problem(response, 412, "stale_step", '"1"', "step 2")
 
 

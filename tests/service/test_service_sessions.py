@@ -20,6 +20,7 @@ from service_helpers import (
     expected,
     new_session,
     npy,
+    post_backward,
     primed_session,
     run_forward,
 )
@@ -183,11 +184,7 @@ async def test_if_match_naming_the_cached_step_passes(
     client: httpx.AsyncClient, if_match: str
 ) -> None:
     session_id = await primed_session(client)
-    response = await client.post(
-        f"/v1/sessions/{session_id}/backward",
-        content=npy(DA1),
-        headers={**NPY, "If-Match": if_match},
-    )
+    response = await post_backward(client, session_id, if_match=if_match)
     assert response.status_code == 200, response.text
 
 
