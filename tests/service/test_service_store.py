@@ -43,6 +43,14 @@ class Backend:
     def seconds(self, units: float) -> float:
         return units * self.unit
 
+    async def stored(
+        self, session_id: str, owner: str, *, ttl: float, state_bytes: int, tag: int = 0
+    ) -> None:
+        """A session with an idle TTL of ``ttl`` units holding a state of ``state_bytes``
+        (written by ``tag``): created, then advanced once (step 1)."""
+        await self.store.create(session_id, owner, SPEC, self.seconds(ttl))
+        await self.store.advance(session_id, owner, blob(state_bytes, tag), state_bytes)
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -109,8 +117,7 @@ class TestSessionStoreContract:
 
     async def test_another_owner_sees_not_found_and_changes_nothing(self, backend: Backend) -> None:
         store = backend.store
-        await store.create("a", "alice", SPEC, backend.seconds(10))
-        await store.advance("a", "alice", blob(10, 1), 10)
+        await backend.stored("a", "alice", ttl=10, state_bytes=10, tag=1)
         with pytest.raises(SessionNotFound, match="'a'"):
             await store.get("a", "bob")
         with pytest.raises(SessionNotFound, match="'a'"):
@@ -135,10 +142,8 @@ class TestSessionStoreContract:
 
     async def test_expired_sessions_stop_counting_without_a_reaper(self, backend: Backend) -> None:
         store = backend.store
-        await store.create("a", "", SPEC, backend.seconds(3))
-        await store.advance("a", "", blob(400), 400)
-        await store.create("b", "", SPEC, backend.seconds(50))
-        await store.advance("b", "", blob(100), 100)
+        await backend.stored("a", "", ttl=3, state_bytes=400)
+        await backend.stored("b", "", ttl=50, state_bytes=100)
         await backend.elapse(5)
         assert await store.usage() == Usage(sessions=1, state_bytes=100)
         assert store.expired_total == 1
@@ -222,10 +227,8 @@ class TestSessionStoreContract:
         self, backend: Backend
     ) -> None:
         store = backend.store
-        await store.create("gone", "", SPEC, backend.seconds(10))
-        await store.advance("gone", "", blob(100), 100)
-        await store.create("late", "", SPEC, backend.seconds(2))
-        await store.advance("late", "", blob(100), 100)
+        await backend.stored("gone", "", ttl=10, state_bytes=100)
+        await backend.stored("late", "", ttl=2, state_bytes=100)
         await store.delete("gone", "")
         with pytest.raises(SessionNotFound, match="'gone' does not exist, or was deleted"):
             await store.advance("gone", "", blob(200), 200)
@@ -240,8 +243,7 @@ class TestSessionStoreContract:
         self, backend: Backend
     ) -> None:
         store = backend.store
-        await store.create("a", "", SPEC, backend.seconds(2))
-        await store.advance("a", "", blob(100), 100)
+        await backend.stored("a", "", ttl=2, state_bytes=100)
         with pytest.raises(InternalError, match="'a' is already taken"):
             await store.create("a", "", SPEC, backend.seconds(10))
         await backend.elapse(3)
@@ -254,8 +256,7 @@ class TestSessionStoreContract:
         self, backend: Backend
     ) -> None:
         store = backend.store
-        await store.create("a", "o", SPEC, backend.seconds(10))
-        await store.advance("a", "o", blob(100, 1), 100)
+        await backend.stored("a", "o", ttl=10, state_bytes=100, tag=1)
         other = {**SPEC.to_dict(), "mode": "avg"}
         replaced = await store.create(
             "a", "o", type(SPEC).from_dict(other), backend.seconds(10), replace=True
@@ -303,8 +304,7 @@ class TestSessionStoreContract:
     async def test_a_read_is_one_snapshot_of_step_and_state(self, backend: Backend) -> None:
         """Reads racing with forwards always see the state written with the step they see."""
         store, peer = backend.store, backend.peer
-        await store.create("a", "", SPEC, backend.seconds(100))
-        await store.advance("a", "", blob(64, 1), 64)
+        await backend.stored("a", "", ttl=100, state_bytes=64, tag=1)
         written: dict[int, int] = {1: 1}
         seen: list[tuple[int, bytes]] = []
 
