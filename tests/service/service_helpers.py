@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -100,3 +101,17 @@ async def assert_state_intact(
     assert response.status_code == 200, response.text
     assert response.headers["etag"] == f'"{step}"'
     np.testing.assert_array_equal(protocol.decode_npy(response.content), expected(X, dA, **spec)[1])
+
+
+class Refusal(NamedTuple):
+    """A request a test expects refused: its body and headers, and the problem it answers with
+    (status, code, and what its detail must name)."""
+
+    body: bytes
+    headers: Mapping[str, str | bytes]
+    status: int
+    code: str
+    named: tuple[str, ...]
+
+    def check(self, response: httpx.Response) -> None:
+        assert_problem(response, self.status, self.code, *self.named)

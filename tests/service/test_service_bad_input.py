@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from service_helpers import DA1, JSON, NPY, X1, assert_problem, assert_state_intact, npy
+from service_helpers import DA1, JSON, NPY, X1, Refusal, assert_state_intact, npy
 
 from poolgrad import protocol
 
@@ -113,18 +113,12 @@ CASES: list[tuple[str, str, bytes, dict[str, str | bytes], int, str, tuple[str, 
 
 
 @pytest.mark.parametrize(
-    ("route", "body", "headers", "status", "code", "named"),
-    [case[1:] for case in CASES],
+    ("route", "refusal"),
+    [(case[1], Refusal(*case[2:])) for case in CASES],
     ids=[case[0] for case in CASES],
 )
 async def test_bad_tensor_input_is_refused_and_nothing_changes(
-    client: httpx.AsyncClient,
-    route: str,
-    body: bytes,
-    headers: dict[str, str | bytes],
-    status: int,
-    code: str,
-    named: tuple[str, ...],
+    client: httpx.AsyncClient, route: str, refusal: Refusal
 ) -> None:
     spec = {"nan": "reject"} if route == "nan-forward" else {}
     created = await client.post("/v1/sessions", json=spec)
@@ -133,8 +127,10 @@ async def test_bad_tensor_input_is_refused_and_nothing_changes(
     assert forward.status_code == 200
 
     path = "backward" if route == "backward" else "forward"
-    response = await client.post(f"/v1/sessions/{session_id}/{path}", content=body, headers=headers)
-    assert_problem(response, status, code, *named)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/{path}", content=refusal.body, headers=refusal.headers
+    )
+    refusal.check(response)
     await assert_state_intact(client, session_id, **spec)
 
 
@@ -165,24 +161,16 @@ SPEC_CASES: list[tuple[str, bytes, dict[str, str], int, str, tuple[str, ...]]] =
 
 
 @pytest.mark.parametrize(
-    ("body", "headers", "status", "code", "named"),
-    [case[1:] for case in SPEC_CASES],
-    ids=[case[0] for case in SPEC_CASES],
+    "refusal", [Refusal(*case[1:]) for case in SPEC_CASES], ids=[case[0] for case in SPEC_CASES]
 )
 async def test_bad_session_body_is_refused_and_nothing_changes(
-    client: httpx.AsyncClient,
-    app: FastAPI,
-    body: bytes,
-    headers: dict[str, str],
-    status: int,
-    code: str,
-    named: tuple[str, ...],
+    client: httpx.AsyncClient, app: FastAPI, refusal: Refusal
 ) -> None:
     created = await client.post("/v1/sessions")
     session_id = created.json()["id"]
     await client.post(f"/v1/sessions/{session_id}/forward", content=npy(X1), headers=NPY)
 
-    response = await client.post("/v1/sessions", content=body, headers=headers)
-    assert_problem(response, status, code, *named)
+    response = await client.post("/v1/sessions", content=refusal.body, headers=refusal.headers)
+    refusal.check(response)
     assert (await app.state.store.usage()).sessions == 1
     await assert_state_intact(client, session_id)

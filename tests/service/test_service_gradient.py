@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from service_helpers import DA1, X1, assert_problem, expected
+from service_helpers import DA1, X1, Refusal, assert_problem, expected
 
 from poolgrad import protocol
 
@@ -153,23 +153,16 @@ async def test_bad_named_tensors_are_refused(
 
 
 @pytest.mark.parametrize(
-    ("body", "headers", "status", "code", "named"),
+    "refusal",
     [
-        (b"\x08\x00\x00\x00\x00\x00\x00\x00{}", SAFETENSORS, 400, "malformed_tensor",
-         ("10 bytes", "truncated")),
-        (b'{"X": [1, 2]}', JSON, 400, "malformed_tensor", ("X",)),
-        (b"X=1", {"Content-Type": protocol.MEDIA_NPY}, 415, "unsupported_media_type", ("x-npy",)),
-        (protocol.encode_safetensors({"X": X1}), {**SAFETENSORS, "Accept": protocol.MEDIA_NPY}, 406,
-         "not_acceptable", ("x-npy",)),
+        Refusal(b"\x08\x00\x00\x00\x00\x00\x00\x00{}", SAFETENSORS, 400, "malformed_tensor",
+                ("10 bytes", "truncated")),
+        Refusal(b'{"X": [1, 2]}', JSON, 400, "malformed_tensor", ("X",)),
+        Refusal(b"X=1", {"Content-Type": protocol.MEDIA_NPY}, 415, "unsupported_media_type",
+                ("x-npy",)),
+        Refusal(protocol.encode_safetensors({"X": X1}),
+                {**SAFETENSORS, "Accept": protocol.MEDIA_NPY}, 406, "not_acceptable", ("x-npy",)),
     ],
 )  # fmt: skip
-async def test_gradient_body_errors(
-    client: httpx.AsyncClient,
-    body: bytes,
-    headers: dict[str, str],
-    status: int,
-    code: str,
-    named: tuple[str, ...],
-) -> None:
-    response = await client.post("/v1/gradient", content=body, headers=headers)
-    assert_problem(response, status, code, *named)
+async def test_gradient_body_errors(client: httpx.AsyncClient, refusal: Refusal) -> None:
+    refusal.check(await client.post("/v1/gradient", content=refusal.body, headers=refusal.headers))
