@@ -236,6 +236,12 @@ def test_a_session_moves_between_replicas(
 RETRIED = (502, 503, 504)
 
 
+def new_sessions(base_url: str, count: int) -> list[str]:
+    """The ids of ``count`` sessions (default spec) created through ``base_url``."""
+    with httpx.Client(base_url=base_url, timeout=TIMEOUT) as http:
+        return [http.post("/v1/sessions", json={}).json()["id"] for _ in range(count)]
+
+
 def run_clients(
     base_url: str, sessions: list[str], rounds: int, halfway: threading.Barrier | None = None
 ) -> list[str]:
@@ -289,8 +295,7 @@ def test_many_clients_through_the_proxy(
     cluster: tuple[list[Any], Proxy, Callable[..., Any]],
 ) -> None:
     _, proxy, _ = cluster
-    with httpx.Client(base_url=proxy.base_url, timeout=TIMEOUT) as http:
-        sessions = [http.post("/v1/sessions", json={}).json()["id"] for _ in range(12)]
+    sessions = new_sessions(proxy.base_url, 12)
     assert run_clients(proxy.base_url, sessions, rounds=8) == []
     with httpx.Client(base_url=proxy.base_url, timeout=TIMEOUT) as http:
         steps = [http.get(f"/v1/sessions/{session_id}").json()["step"] for session_id in sessions]
@@ -301,8 +306,7 @@ def test_a_replica_killed_and_restarted_mid_run_loses_no_session(
     cluster: tuple[list[Any], Proxy, Callable[..., Any]],
 ) -> None:
     _, proxy, restart = cluster
-    with httpx.Client(base_url=proxy.base_url, timeout=TIMEOUT) as http:
-        sessions = [http.post("/v1/sessions", json={}).json()["id"] for _ in range(6)]
+    sessions = new_sessions(proxy.base_url, 6)
     # Every client pauses halfway; the main thread joins them there, then kills the replica
     # (SIGKILL) while their next requests are already on their way.
     halfway = threading.Barrier(len(sessions) + 1)
