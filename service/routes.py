@@ -84,14 +84,12 @@ async def _spec_body(request: Request, settings: SettingsDep) -> dict[str, Any]:
     return fields
 
 
-async def _stepped_tensor(
-    request: Request, settings: Settings, compute: Compute, run: StepRun
-) -> Response:
+async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> Response:
     """A session's forward or backward: 415 and 406 before reading the body, then ``run``
     with the codecs of the request's and the answer's media types; ``ETag`` the step."""
     media_in = request_media_type(request, TENSOR_TYPES)
     media_out = protocol.negotiate(request.headers.get("accept"), TENSOR_TYPES, media_in)
-    body = await _read(request, settings, media_in)
+    body = await _read(request, compute.settings, media_in)
     result = await run(
         partial(protocol.decode_tensor, body, media_in),
         partial(protocol.encode_tensor, media_type=media_out),
@@ -132,19 +130,19 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
 
 @router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
 async def forward(
-    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
+    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
     run = partial(compute.forward, session_id, owner)
-    return await _stepped_tensor(request, settings, compute, run)
+    return await _stepped_tensor(request, compute, run)
 
 
 @router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
 async def backward(
-    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
+    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
     condition = protocol.parse_if_match(request.headers.get("if-match"))
     run = partial(compute.backward, session_id, owner, condition=condition)
-    return await _stepped_tensor(request, settings, compute, run)
+    return await _stepped_tensor(request, compute, run)
 
 
 @router.post(
@@ -154,11 +152,11 @@ async def backward(
     response_class=Response,
     **openapi.GRADIENT,
 )
-async def gradient(request: Request, compute: ComputeDep, settings: SettingsDep) -> Response:
+async def gradient(request: Request, compute: ComputeDep) -> Response:
     media_in = request_media_type(request, NAMED_TYPES)
     media_out = protocol.negotiate(request.headers.get("accept"), NAMED_TYPES, media_in)
     spec_fields = protocol.spec_from_query(request.query_params.multi_items())
-    body = await _read(request, settings, media_in)
+    body = await _read(request, compute.settings, media_in)
     payload = await compute.gradient(
         spec_fields,
         partial(protocol.decode_named, body, media_in),

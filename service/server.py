@@ -22,10 +22,13 @@ The HTTP protocol is uvicorn's httptools protocol with three additions that uvic
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import importlib.util
 import logging
+import logging.handlers
+import queue
 import signal
 import socket
 import time
@@ -291,11 +294,24 @@ class _Server(uvicorn.Server):
 
 
 def configure_logging(settings: Settings) -> None:
-    """The ``service`` and uvicorn loggers at ``settings.log_level``, one line per record."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """The ``service`` and uvicorn loggers at ``settings.log_level``, one line per record.
+
+    Records go through a queue to a thread that formats their time and writes them to stderr
+    (:class:`logging.handlers.QueueListener`, stopped and drained at exit): the event loop
+    never blocks on the stream, which a slow terminal or a full pipe would make it do once per
+    request at ``info``. Done once per process (uvicorn's worker factory calls it again).
+    """
+    root = logging.getLogger()
+    root.setLevel(settings.log_level.upper())
+    if root.handlers:
+        return
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, stream)
+    listener.start()
+    atexit.register(listener.stop)
+    root.addHandler(logging.handlers.QueueHandler(records))
 
 
 def _worker_app(settings: Settings, store: SessionStore | None) -> Any:
