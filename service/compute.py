@@ -54,6 +54,7 @@ __all__ = [
     "EngineCalls",
     "Stepped",
     "new_session_id",
+    "parse_spec",
     "session_info",
     "spec_of",
 ]
@@ -253,14 +254,17 @@ class Compute:
 
     async def gradient(
         self,
-        spec_fields: Mapping[str, Any],
+        spec_fields: Mapping[str, Any] | PoolSpec,
         decode: Callable[[], Mapping[str, np.ndarray]],
         encode: Callable[[dict[str, np.ndarray]], T],
         *,
         inline: bool = False,
     ) -> T:
-        """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``)."""
-        spec = parse_spec(spec_fields)
+        """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``).
+
+        ``spec_fields``: the spec's fields, or a spec a caller already validated (and cached).
+        """
+        spec = spec_fields if isinstance(spec_fields, PoolSpec) else parse_spec(spec_fields)
         options = self._options(inline)
 
         def work() -> T:
