@@ -42,6 +42,7 @@ from service.settings import Settings
 from service.stores import SessionStore
 
 __all__ = [
+    "CORK_MAX_BYTES",
     "BoundedHttpToolsProtocol",
     "CorkedTransport",
     "ServerConfig",
@@ -74,6 +75,11 @@ class ServerConfig(uvicorn.Config):
         self.max_connections = max_connections
 
 
+#: Writes larger than this are not held (:class:`CorkedTransport`): one system call more is
+#: nothing next to copying them, and they leave as soon as they are written, as before.
+CORK_MAX_BYTES = 64 * 1024
+
+
 class CorkedTransport:
     """A transport whose writes made in one turn of the event loop leave in one system call.
 
@@ -83,7 +89,8 @@ class CorkedTransport:
     loop turn (one ``call_soon``) and then written together (``writelines``, a gathered write
     without joining the bytes). Nothing waits longer than that turn: an app that awaits between
     head and body sends its head alone, as before. ``close`` writes what is held first.
-    Everything else is the wrapped transport's.
+    Writes over :data:`CORK_MAX_BYTES` are not held. Everything else is the wrapped
+    transport's.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -92,6 +99,11 @@ class CorkedTransport:
         self.held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
+        if len(data) > CORK_MAX_BYTES:
+            # A large write gains nothing from company: what is held leaves first, then it.
+            self.flush()
+            self.transport.write(data)
+            return
         if not self.held:
             self.loop.call_soon(self.flush)
         self.held.append(data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.server import CorkedTransport
+from service.server import CORK_MAX_BYTES, CorkedTransport
 
 
 class RecordingTransport:
@@ -64,6 +64,21 @@ def test_a_write_in_a_later_turn_is_written_on_its_own() -> None:
         return recording.calls
 
     assert asyncio.run(main()) == [("write", b"head"), ("write", b"more")]
+
+
+def test_a_large_write_is_not_held_and_follows_what_is() -> None:
+    large = b"x" * (CORK_MAX_BYTES + 1)
+
+    async def main() -> list[tuple[str, Any]]:
+        transport, recording = corked()
+        transport.write(b"head")
+        transport.write(large)
+        calls = list(recording.calls)  # at once, not at the end of the turn
+        await next_turn()
+        assert recording.calls == calls
+        return calls
+
+    assert asyncio.run(main()) == [("write", b"head"), ("write", large)]
 
 
 def test_close_writes_what_is_held_first() -> None:
