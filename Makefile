@@ -2,6 +2,7 @@
 #   make serve   the server on the embedded in-memory store (http://127.0.0.1:8000)
 #   make test    lint, type-check and run every test (installs the Debian programs it drives)
 #   make bench   the benchmarks: engine vs PyTorch and the seed's loop; HTTP vs engine + echo
+#                and the load test (32 clients, every answer checked)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -53,6 +54,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.v2
 	$(BIN)/python -m bench.store
+	$(BIN)/python -m bench.load
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

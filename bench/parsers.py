@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from bench.engine import timings
-from bench.service import _server
+from bench.server import serve
 from poolgrad import protocol
 
 BATCH = 50
@@ -90,12 +90,13 @@ def main() -> None:
         return
     quiet = {"POOLGRAD_LOG_LEVEL": "warning"}
     with (
-        _server([sys.executable, "-m", "service"], quiet) as bounded_url,
-        _server([sys.executable, "-m", "bench.parsers", "--serve-h11"], quiet) as h11_url,
+        serve([sys.executable, "-m", "service"], quiet) as bounded_server,
+        serve([sys.executable, "-m", "bench.parsers", "--serve-h11"], quiet) as h11_server,
         httpx.Client(timeout=60.0) as bounded_http,
         httpx.Client(timeout=60.0) as h11_http,
     ):
-        bounded, h11 = cases(bounded_http, bounded_url), cases(h11_http, h11_url)
+        bounded = cases(bounded_http, bounded_server.base_url)
+        h11 = cases(h11_http, h11_server.base_url)
         print(f"{'case':>20} {'httptools ms':>13} {'h11 ms':>8} {'h11/httptools':>14}  best of")
         for name in bounded:
             (median_b, best_b), (median_h, best_h) = timings(

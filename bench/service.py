@@ -53,6 +53,7 @@ import httpx
 import numpy as np
 
 import engine
+from bench.server import free_port, serve
 from poolgrad import protocol
 
 SUITE: list[tuple[int, int, int, int]] = [(1, 8, 8, 1), (64, 32, 32, 32), (8, 112, 112, 64)]
@@ -66,7 +67,6 @@ WARMUP_ROUNDS = 5
 CONCURRENCY = (1, 4, 16)
 #: Throughput is measured in this many short windows per server, interleaved.
 WINDOWS = 5
-STARTUP_SECONDS = 30.0
 NPY = {"Content-Type": protocol.MEDIA_NPY}
 SPEC = engine.PoolSpec(mode="max", pool_size=(2, 2))
 QUERY = "?" + "&".join(f"{k}={v}" for k, v in protocol.spec_to_query(SPEC.to_dict()).items())
@@ -122,10 +122,8 @@ class Connection:
         self.sock.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Kept under its old name for the benchmarks that import it (bench.store, bench.v2, ...).
+_free_port = free_port
 
 
 @contextmanager
@@ -146,29 +144,8 @@ def _started(
 ) -> Iterator[tuple[str, int]]:
     """Run ``command`` in ``cwd`` (it must serve ``health`` on $POOLGRAD_PORT, or on ``port``);
     yield its base URL and process id."""
-    port = port if port is not None else _free_port()
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env={**os.environ, "POOLGRAD_HOST": "127.0.0.1", "POOLGRAD_PORT": str(port), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(command)} did not start (exit {process.poll()})")
-            try:
-                if httpx.get(f"{base_url}{health}", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield base_url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with serve(command, env, cwd=cwd, port=port, health=health) as server:
+        yield server.base_url, server.pid
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 
 from engine import compiled
 from poolgrad._version import __version__
+from service import openapi
 from service.compute import Compute
 from service.errors import StoreUnavailable
 from service.metrics import Metrics
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.include_router(router)
     app.include_router(v2_router)
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.openapi = openapi.with_head(app.openapi)  # type: ignore[method-assign]
     return app
 
 

@@ -34,7 +34,8 @@ import numpy as np
 from engine import PoolSpec, PoolState, backward, forward
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
 from engine.options import EngineOptions
-from poolgrad.protocol import MEDIA_JSON, IfMatch, ProtocolError, SessionInfo
+from poolgrad.protocol import MEDIA_JSON, IfMatch, ProtocolError, SessionInfo, quote
+from poolgrad.protocol.spec import FIELD_NAMES
 from service.errors import (
     InternalError,
     InvalidSpec,
@@ -79,6 +80,9 @@ INLINE_MAX_BYTES = 256 * 1024
 INLINE_MAX_JSON_BYTES = 32 * 1024
 #: Distinct specs whose validated :class:`PoolSpec` is kept (sessions share a handful).
 SPEC_CACHE_SIZE = 256
+
+#: Keys of a session-creation body: the spec's fields and the session's TTL.
+_SESSION_FIELDS = frozenset({*FIELD_NAMES, "ttl_seconds"})
 
 
 def new_session_id() -> str:
@@ -164,6 +168,35 @@ class Compute:
 
     # ----------------------------------------------------------------- sessions
 
+    async def session_fields(
+        self, decode: Callable[[], Any], *, inline: bool = False
+    ) -> dict[str, Any]:
+        """The session-creation fields ``decode`` parses (a request body, up to the JSON body
+        limit), parsed and checked as tensor bodies are: in a worker thread, or on the event
+        loop when ``inline`` (:meth:`runs_inline`, a small body). A JSON object of spec fields
+        and ``ttl_seconds``, each valid; :class:`InvalidSpec` naming the first bad key or value,
+        quoted within bounds."""
+
+        def work() -> dict[str, Any]:
+            fields = decode()
+            if not isinstance(fields, dict):
+                raise InvalidSpec(
+                    "the session body must be a JSON object of spec fields, "
+                    f"got {type(fields).__name__}"
+                )
+            unknown = sorted(set(fields) - _SESSION_FIELDS)
+            if unknown:
+                raise InvalidSpec(
+                    f"unknown session field(s) {quote(unknown)} ({len(unknown)} in all); "
+                    f"known: {', '.join(sorted(_SESSION_FIELDS))}"
+                )
+            spec_fields = dict(fields)
+            self._ttl(spec_fields.pop("ttl_seconds", None))
+            parse_spec(spec_fields)
+            return fields
+
+        return await self._run(work, inline)
+
     async def create_session(
         self, fields: Mapping[str, Any], owner: str, *, session_id: str | None = None
     ) -> SessionInfo:
@@ -234,13 +267,13 @@ class Compute:
         cached = record.state
         if cached is None:
             raise NoForward(
-                f"session {session_id!r} has no cached forward state (step {record.step}): "
-                "run forward first"
+                f"session {quote(session_id)} has no cached forward state "
+                f"(step {record.step}): run forward first"
             )
         if condition is not None and not condition.matches(record.step):
             raise StaleStep(
-                f"If-Match {condition.raw!r} does not name step {record.step}, the step "
-                f"session {session_id!r} caches now"
+                f"If-Match {quote(condition.raw)} does not name step {record.step}, the step "
+                f"session {quote(session_id)} caches now"
             )
 
         options = self._options(inline)
@@ -272,7 +305,7 @@ class Compute:
             unknown = sorted(set(tensors) - set(NAMED_INPUTS))
             if unknown:
                 raise InvalidTensor(
-                    f"unknown tensor name(s) {unknown}: send 'X' and optionally 'dA'"
+                    f"unknown tensor name(s) {quote(unknown)}: send 'X' and optionally 'dA'"
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
@@ -297,7 +330,9 @@ class Compute:
             or not math.isfinite(value)
             or not 0 < value <= limit
         ):
-            raise InvalidSpec(f"ttl_seconds must be a number > 0 and <= {limit:g}, got {value!r}")
+            raise InvalidSpec(
+                f"ttl_seconds must be a number > 0 and <= {limit:g}, got {quote(value)}"
+            )
         return value
 
     def _options(self, inline: bool) -> EngineOptions:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from starlette.requests import Request
 
-from poolgrad.protocol import DIGITS, require_media_type
+from poolgrad.protocol import DIGITS, quote, require_media_type
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 __all__ = ["BodyRead", "must_close", "read_body", "request_media_type"]
@@ -54,7 +54,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
     declared = request.headers.get("content-length")
     if declared is not None:
         if DIGITS.fullmatch(declared) is None:
-            raise BadRequest(f"Content-Length {declared!r} is not a byte count")
+            raise BadRequest(f"Content-Length {quote(declared)} is not a byte count")
         if int(declared) > limit:
             raise PayloadTooLarge(
                 f"Content-Length {int(declared)} exceeds the limit of {limit} bytes{hint}"

@@ -4,6 +4,16 @@ Pure ASGI (no ``BaseHTTPMiddleware``), so bodies stream through untouched in bot
 It is the outermost layer of our own, so everything below it, routing included, is timed,
 counted and logged, and an unexpected exception becomes a 500 problem that names the request
 id but none of the internals (the traceback goes to the log).
+
+Three more things every route gets from here, so no route can forget them:
+
+* a client that disconnects before its body has arrived is no error of ours: it is counted and
+  logged as ``499`` (nginx's "client closed request"), without a traceback, and nothing is sent;
+* every value a client chose (method, path, session id) goes into a log line through
+  :func:`printable`, so no request can break a line or forge one;
+* ``HEAD`` works on every GET route, its own and those added later: the app below sees a GET
+  (``request.state.method`` keeps ``HEAD``), and the answer keeps the GET's headers,
+  ``Content-Length`` included, without its body (RFC 9110, 9.3.2).
 """
 
 from __future__ import annotations
@@ -13,17 +23,21 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from poolgrad import protocol
 from service.metrics import Metrics
 from service.problems import error_content
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
     "KNOWN_METHODS",
     "OTHER_METHOD",
     "UNMATCHED_ROUTE",
     "RequestMiddleware",
+    "printable",
     "route_template",
     "valid_request_id",
 ]
@@ -42,6 +56,27 @@ KNOWN_METHODS = frozenset(
 OTHER_METHOD = "other"
 #: The metrics label of a path that no route matches.
 UNMATCHED_ROUTE = "unmatched"
+
+#: The status logged and counted for a request whose client left before sending its body (no
+#: answer is sent: there is no one to read it).
+CLIENT_CLOSED_REQUEST = 499
+
+#: Most characters of one client-chosen value in a log line.
+LOG_VALUE_CHARS = 200
+
+
+def printable(value: str) -> str:
+    """``value`` made safe for one log line: cut to :data:`LOG_VALUE_CHARS` characters, then
+    every character that is not printable (``\\n``, ``\\r``, ``\\x85``, ``\\u2028`` and every
+    other line break or control character) and the backslash itself written as its Python
+    escape, so the log shows exactly what came and never breaks the line."""
+    text = protocol.shorten(value, LOG_VALUE_CHARS)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(
+        char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode()
+        for char in text
+    )
 
 
 def valid_request_id(value: str) -> bool:
@@ -65,13 +100,20 @@ class RequestMiddleware:
         # to match the request against the app's routes afterwards.
         root_path = scope.get("root_path", "")
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["method"] = method = scope["method"]
+        if method == "HEAD":
+            scope["method"] = "GET"  # until the answer starts; metrics and log say HEAD
         status = 500
         response_started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
+                # The server reads the request's method from this scope to frame the answer:
+                # HEAD again from here on, so it expects no body.
+                scope["method"] = method
                 status = message["status"]
                 response_started = True
                 headers = [
@@ -81,17 +123,25 @@ class RequestMiddleware:
                 ]
                 headers.append((_REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and method == "HEAD":
+                message = {**message, "body": b""}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Raised while reading the body: the client is gone, so there is no one to answer.
+            status = CLIENT_CLOSED_REQUEST
         except Exception:
-            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            logger.exception(
+                "unhandled error in %s %s", printable(method), printable(scope["path"])
+            )
             if response_started:
                 raise
             status = 500
             await _send_internal_error(send_with_id, scope["path"], request_id)
         finally:
+            scope["method"] = method
             self._record(scope, root_path, status, time.perf_counter() - started, request_id)
 
     def _record(
@@ -103,6 +153,8 @@ class RequestMiddleware:
         self.metrics.observe_request(method_label, route, status, seconds)
         state: dict[str, Any] = scope.get("state") or {}
         session_id = (scope.get("path_params") or {}).get("session_id") or state.get("session_id")
+        # Route templates and request ids are ours or checked; method and session id are not.
+        method, session_id = printable(method), session_id and printable(session_id)
         logger.info(
             "%s %s %d %.1fms session=%s request_id=%s",
             method,

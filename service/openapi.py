@@ -7,7 +7,7 @@ The spec model and the query-parameter docs are derived from the protocol's sche
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from fastapi import Response
@@ -42,6 +42,7 @@ __all__ = [
     "SessionModel",
     "SpecFields",
     "metrics_route",
+    "with_head",
 ]
 
 
@@ -139,8 +140,8 @@ def _named_content(names: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _body(content: Mapping[str, Any], description: str) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "description": description, "content": content}}
+def _body(content: Mapping[str, Any], description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"requestBody": {"required": required, "description": description, "content": content}}
 
 
 def _errors(
@@ -174,6 +175,7 @@ CREATE_SESSION: Final[dict[str, Any]] = {
     "openapi_extra": _body(
         {MEDIA_JSON: {"schema": SessionCreate.model_json_schema()}},
         "Spec fields at top level plus optional ttl_seconds; an empty body takes every default.",
+        required=False,
     ),
     "responses": {
         201: {"headers": {"Location": {"description": "URL of the new session."}}},
@@ -279,11 +281,45 @@ READYZ: Final[dict[str, Any]] = {
 }
 
 
+def with_head(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """``build`` (an app's ``openapi``) with a ``head`` operation beside every ``get``: the
+    request middleware answers HEAD on every GET route, with the GET's status and headers and
+    no body, so each HEAD operation is its GET's without response content."""
+
+    def openapi() -> dict[str, Any]:
+        document = build()  # FastAPI caches it: the HEAD operations are added once
+        for item in document["paths"].values():
+            get = item.get("get")
+            if get is not None and "head" not in item:
+                item["head"] = _head_of(get)
+        return document
+
+    return openapi
+
+
+def _head_of(get: Mapping[str, Any]) -> dict[str, Any]:
+    head = {
+        **get,
+        "summary": f"{get.get('summary', '')} (headers only)".strip(),
+        "responses": {
+            status: {key: value for key, value in response.items() if key != "content"}
+            for status, response in get["responses"].items()
+        },
+    }
+    if "operationId" in get:
+        head["operationId"] = get["operationId"].removesuffix("_get") + "_head"
+    return head
+
+
 def metrics_route(content_type: str) -> dict[str, Any]:
-    """The ``/metrics`` route's description for the exposition's ``content_type``."""
+    """The ``/metrics`` route's description for the exposition's ``content_type`` (401 when
+    ``POOLGRAD_METRICS_REQUIRE_KEY`` puts it behind the API keys)."""
     return {
         "summary": "Prometheus metrics",
-        "responses": {200: {"content": {content_type: {"schema": {"type": "string"}}}}},
+        "responses": {
+            200: {"content": {content_type: {"schema": {"type": "string"}}}},
+            **_errors(*_AUTH),
+        },
     }
 
 
@@ -393,11 +429,19 @@ V2_SERVER_METADATA: Final[dict[str, Any]] = {
     "response_model": ServerMetadata,
 }
 
-V2_LIVE: Final[dict[str, Any]] = {"summary": "Liveness: 200 while the process serves"}
+#: The health routes answer 200 with no body (KServe v2), and say so.
+_NO_BODY: Final[dict[int | str, dict[str, Any]]] = {200: {"description": "No body."}}
+_EMPTY_200: Final[dict[str, Any]] = {"response_class": Response, "responses": _NO_BODY}
+
+V2_LIVE: Final[dict[str, Any]] = {
+    "summary": "Liveness: 200 while the process serves",
+    **_EMPTY_200,
+}
 
 V2_READY: Final[dict[str, Any]] = {
     "summary": "Readiness: 200 while the session store answers",
-    "responses": _v2_errors(*_STORE),
+    **_EMPTY_200,
+    "responses": {**_NO_BODY, **_v2_errors(*_STORE)},
 }
 
 V2_MODEL_METADATA: Final[dict[str, Any]] = {
@@ -408,7 +452,8 @@ V2_MODEL_METADATA: Final[dict[str, Any]] = {
 
 V2_MODEL_READY: Final[dict[str, Any]] = {
     "summary": "Model readiness: 200 while the session store answers",
-    "responses": _v2_errors("not_found", *_STORE),
+    **_EMPTY_200,
+    "responses": {**_NO_BODY, **_v2_errors("not_found", *_STORE)},
 }
 
 V2_INFER: Final[dict[str, Any]] = {

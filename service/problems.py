@@ -3,6 +3,10 @@ that route every failure to it: our :class:`~service.errors.ServiceError` tree, 
 :class:`~poolgrad.protocol.ProtocolError` (by its code), FastAPI's request validation errors,
 and Starlette's own 404/405. Under the Open Inference Protocol's root (``/v2``) the same
 errors are rendered as that protocol's ``{"error": detail}``.
+
+Every ``detail`` is cut to ``max_error_detail_chars`` here (messages quote each client value
+with :func:`poolgrad.protocol.quote`, bounded already): no body, header or path can come back
+at full size in its own refusal.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import Scope
 
 from poolgrad import protocol
@@ -21,6 +26,7 @@ from service.errors import BadRequest, ServiceError
 from service.httpio import must_close
 
 __all__ = [
+    "allowed_methods",
     "error_content",
     "install_handlers",
     "problem_body",
@@ -29,6 +35,9 @@ __all__ = [
 
 #: Statuses with a ``Retry-After``: the condition is expected to pass.
 _RETRYABLE = frozenset({429, 503})
+
+#: Methods a 405's ``Allow`` may list; HEAD follows GET (the request middleware serves it).
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 #: Catalogue codes for the errors Starlette raises itself.
 _STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -68,6 +77,8 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
 
     def render(request: Request, code: str, detail: str, headers: dict[str, str]) -> Response:
         status = protocol.PROBLEMS[code].status
+        # The one bound on what an error answer quotes, whoever wrote the message.
+        detail = protocol.shorten(detail, request.app.state.settings.max_error_detail_chars)
         if status in _RETRYABLE:
             headers = {"Retry-After": str(retry_after_seconds), **headers}
         if must_close(request):
@@ -93,10 +104,29 @@ def install_handlers(app: FastAPI, *, retry_after_seconds: int) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STARLETTE_CODES.get(exc.status_code, BadRequest.code)
-        detail = f"{request.method} {request.url.path}: {exc.detail}"
-        return render(request, code, detail, dict(exc.headers or {}))
+        # The method as sent: the request middleware routes a HEAD as the GET it mirrors.
+        method = getattr(request.state, "method", request.method)
+        detail = f"{method} {protocol.quote(request.url.path)}: {exc.detail}"
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return render(request, code, detail, headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of ``app`` serves at ``scope``'s path, HEAD wherever GET is.
+
+    Starlette's 405 names only the methods of the first route whose path matched, and FastAPI
+    makes one route per operation: ``/v1/sessions/{id}`` would say ``Allow: GET`` and hide
+    ``DELETE``. Each method is matched here as the router would match it."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.routes)
+    ]
+    return ["HEAD", *allowed] if "GET" in allowed else allowed
 
 
 def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{location}: {error.get('msg')} (got {error.get('input')!r})"
+    return f"{location}: {error.get('msg')} (got {protocol.quote(error.get('input'))})"

@@ -18,7 +18,7 @@ from poolgrad import protocol
 from service import openapi
 from service.compute import SPEC_CACHE_SIZE, Compute, Stepped, parse_spec
 from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
-from service.errors import BadRequest, InvalidSpec
+from service.errors import BadRequest
 from service.httpio import read_body, request_media_type
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.settings import Settings
@@ -86,23 +86,23 @@ def _parsed_query_spec(query: bytes) -> PoolSpec:
     return parse_spec(protocol.spec_from_query(QueryParams(query).multi_items()))
 
 
-async def _spec_body(request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """The session-creation body: a JSON object, or nothing at all for every default."""
+async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
+    """The session-creation body, unparsed: JSON, or nothing at all for every default."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
         request_media_type(request, (protocol.MEDIA_JSON,))
     body = await _read(request, settings, protocol.MEDIA_JSON)
     if content_type is None and body:
         request_media_type(request, (protocol.MEDIA_JSON,))
+    return body
+
+
+def _parse_spec_body(body: bytes) -> Any:
+    """The session body's JSON (``{}`` when empty); 400 ``bad_request`` when it is not JSON."""
     try:
-        fields = protocol.loads(body) if body else {}
+        return protocol.loads(body) if body else {}
     except protocol.ProtocolError as exc:
         raise BadRequest(str(exc)) from exc
-    if not isinstance(fields, dict):
-        raise InvalidSpec(
-            f"the session body must be a JSON object of spec fields, got {type(fields).__name__}"
-        )
-    return fields
 
 
 async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> Response:
@@ -127,7 +127,9 @@ async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> R
 async def create_session(
     request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
-    fields = await _spec_body(request, settings)
+    body = await _spec_body(request, settings)
+    inline = compute.runs_inline(len(body), protocol.MEDIA_JSON)
+    fields = await compute.session_fields(partial(_parse_spec_body, body), inline=inline)
     info = await compute.create_session(fields, owner)
     request.state.session_id = info.id
     payload = info.to_json()

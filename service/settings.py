@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     Set: every ``/v1`` request needs ``Authorization: Bearer <key>`` and sees only the sessions
     its key created."""
 
+    max_error_detail_chars: int = Field(default=2000, ge=100)
+    """Longest ``detail`` of an error answer, in characters; a longer one is cut and ends with
+    ``...`` and the count left out. Each client value a detail quotes is already cut to 200
+    characters (``poolgrad.protocol.QUOTE_CHARS``); this bounds the whole, whatever it quotes."""
     metrics_require_key: bool = False
     """Put ``/metrics`` behind the API keys: when set (and ``api_keys`` too), a scrape needs
     ``Authorization: Bearer <key>`` with any of the keys, else 401. Off: ``/metrics`` is open like

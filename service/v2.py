@@ -37,7 +37,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from poolgrad import protocol
 from poolgrad._version import __version__
-from poolgrad.protocol import ProtocolError, inference, spec_from_query
+from poolgrad.protocol import ProtocolError, inference, quote, spec_from_query
 from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
 from service import openapi
 from service.compute import NAMED_INPUTS
@@ -83,7 +83,7 @@ async def get_mode(model_name: str) -> str:
     mode = MODELS.get(model_name)
     if mode is None:
         raise ModelNotFound(
-            f"model {model_name!r} is not served here; the models are {', '.join(MODELS)}"
+            f"model {quote(model_name)} is not served here; the models are {', '.join(MODELS)}"
         )
     return mode
 
@@ -91,7 +91,8 @@ async def get_mode(model_name: str) -> str:
 async def check_version(model_version: str) -> None:
     if model_version != MODEL_VERSION:
         raise ModelNotFound(
-            f"model version {model_version!r} is not served; the one version is {MODEL_VERSION!r}"
+            f"model version {quote(model_version)} is not served; "
+            f"the one version is {MODEL_VERSION!r}"
         )
 
 
@@ -169,7 +170,7 @@ async def infer(
     parameters = parsed.model_parameters()
     if any(name == "mode" for name, _ in parameters):
         raise InvalidSpec(
-            f"parameters.mode cannot be set: the model {model_name!r} is mode {mode!r} "
+            f"parameters.mode cannot be set: the model {quote(model_name)} is mode {quote(mode)} "
             f"(models: {', '.join(MODELS)})"
         )
     spec_fields = {"mode": mode, **spec_from_query(parameters, source="request parameter")}
@@ -227,7 +228,7 @@ async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int 
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
+            f"Content-Encoding {quote(encoding)} is not supported; send the body uncompressed"
         )
     header_length = inference.parse_header_length(request.headers.get(inference.HEADER_LENGTH))
     json_limit = min(settings.max_body_bytes, settings.max_json_body_bytes)
@@ -273,7 +274,7 @@ def _wanted_outputs(parsed: InferRequest) -> list[str]:
     for output in parsed.outputs:
         if output.name not in produced:
             raise BadRequest(
-                f"output {output.name!r} is not produced by this request: inputs "
+                f"output {quote(output.name)} is not produced by this request: inputs "
                 f"{sorted(parsed.inputs)} give {produced}"
             )
     return [output.name for output in parsed.outputs]
@@ -313,7 +314,7 @@ async def _in_sequence(
     if not sequence.start and len(spec_fields) > 1:
         raise InvalidSpec(
             f"spec parameters {sorted(set(spec_fields) - {'mode'})} can only come with "
-            f"sequence_start: sequence {sequence.id!r} keeps the spec it started with"
+            f"sequence_start: sequence {quote(sequence.id)} keeps the spec it started with"
         )
     if sequence.start:
         await compute.create_session(spec_fields, owner, session_id=session_id)
@@ -333,8 +334,8 @@ async def _in_sequence(
         if sequence.start:
             raise
         raise SessionNotFound(
-            f"sequence {sequence.id!r} of model {model_name!r} is unknown or has ended: start "
-            "it with parameters.sequence_start"
+            f"sequence {quote(sequence.id)} of model {quote(model_name)} is unknown or has "
+            "ended: start it with parameters.sequence_start"
         ) from exc
     except (ServiceError, ProtocolError):
         if sequence.start:

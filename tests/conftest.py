@@ -107,3 +107,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server as a store URL: the tests parametrized over stores by name
+    (tests/service/test_races_live.py) take ``<store>_url``."""
+    return redis_server.url

@@ -4,8 +4,10 @@ It stands alone: the server imports this subpackage and nothing else of :mod:`po
 it never loads httpx or the SDK's client. One module per fact:
 
 =================  ==========================================================================
-``errors``         :class:`ProtocolError`, the one error type, ``code`` = the problem code
+``errors``         :class:`ProtocolError`, the one error type, ``code`` = the problem code;
+                   :func:`quote`, how every message quotes a client's value (bounded)
 ``tensors``        tensor codecs: ``.npy``, JSON, safetensors, named tensors
+``npyheader``      the strict parser of a ``.npy`` header dict (never NumPy's ``literal_eval``)
 ``media``          media types, ``Content-Type`` checks, ``Accept`` negotiation
 ``problems``       the problem catalogue (status, code, title of every error)
 ``spec``           the layer spec's schema (fields, defaults, choices) and query-string codec
@@ -26,6 +28,8 @@ from poolgrad.protocol.errors import (
     NotAcceptable,
     ProtocolError,
     UnsupportedMediaType,
+    quote,
+    shorten,
 )
 from poolgrad.protocol.etags import DIGITS, IfMatch, format_etag, parse_etag, parse_if_match
 from poolgrad.protocol.jsonio import dumps, loads
@@ -99,7 +103,9 @@ __all__ = [
     "negotiate",
     "parse_etag",
     "parse_if_match",
+    "quote",
     "require_media_type",
+    "shorten",
     "spec_from_query",
     "spec_to_query",
     "tensor_from_obj",

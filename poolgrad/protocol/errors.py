@@ -10,20 +10,47 @@ and the SDK reports it without a table of its own::
     ├── InvalidSpec            422 invalid_spec      a spec query string that does not parse
     ├── UnsupportedMediaType   415 unsupported_media_type
     └── NotAcceptable          406 not_acceptable
+
+Messages quote the client's values with :func:`quote`, never a bare ``!r``: a value is cut to
+:data:`QUOTE_CHARS` characters, so a multi-megabyte body cannot come back in its own refusal.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
+    "QUOTE_CHARS",
     "InvalidSpec",
     "InvalidTensor",
     "MalformedTensor",
     "NotAcceptable",
     "ProtocolError",
     "UnsupportedMediaType",
+    "quote",
+    "shorten",
 ]
+
+#: Most characters of one client value an error message quotes (its ``repr``); the rest is
+#: replaced by ``...`` and the count of characters left out.
+QUOTE_CHARS: Final = 200
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` itself when it has at most ``limit`` characters, else its first ``limit``
+    followed by ``...`` and how many characters were left out (so the reader knows the size)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """A client's ``value`` for an error message: its ``repr``, shortened to ``limit``
+    characters (:func:`shorten`). Strings and bytes are cut before ``repr`` runs, so quoting
+    a huge one costs no more than the quote."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value) - limit} more characters)"
+    return shorten(repr(value), limit)
 
 
 class ProtocolError(ValueError):

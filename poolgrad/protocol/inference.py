@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, ProtocolError
+from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, ProtocolError, quote
 from poolgrad.protocol.etags import DIGITS
 from poolgrad.protocol.jsonio import dumps, kind, loads
 from poolgrad.protocol.tensors import (
@@ -172,7 +172,7 @@ class InferInput:
             flat = np.frombuffer(self.source, dtype=dtype.newbyteorder("<"), count=count)
             return flat.reshape(self.shape)
         obj = {"dtype": dtype.name, "shape": list(self.shape), "data": self.source}
-        return tensor_from_obj(obj, name=f"input {self.name!r}")
+        return tensor_from_obj(obj, name=f"input {quote(self.name)}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class InferRequest:
         end = _flag(self.parameters, "sequence_end")
         if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
             raise BadInferenceRequest(
-                f"parameters.sequence_id must be a uint64 or a string, got {sequence_id!r}"
+                f"parameters.sequence_id must be a uint64 or a string, got {quote(sequence_id)}"
             )
         if isinstance(sequence_id, int) and not 0 <= sequence_id < 2**64:
             raise BadInferenceRequest(f"parameters.sequence_id {sequence_id} is not a uint64")
@@ -209,7 +209,7 @@ class InferRequest:
             if start or end:
                 flag = "sequence_start" if start else "sequence_end"
                 raise BadInferenceRequest(
-                    f"parameters.{flag} is true but sequence_id is {sequence_id!r}: a "
+                    f"parameters.{flag} is true but sequence_id is {quote(sequence_id)}: a "
                     "sequence needs a non-zero uint64 or a non-empty string id"
                 )
             return None
@@ -228,7 +228,7 @@ class InferRequest:
                 items.append((name, str(value)))
             else:
                 raise BadInferenceRequest(
-                    f"parameters.{name} must be a string, an int or a bool, got {value!r}"
+                    f"parameters.{name} must be a string, an int or a bool, got {quote(value)}"
                 )
         return items
 
@@ -246,7 +246,7 @@ def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
     if DIGITS.fullmatch(value.strip()) is None:
-        raise BadInferenceRequest(f"{HEADER_LENGTH} {value!r} is not a byte count")
+        raise BadInferenceRequest(f"{HEADER_LENGTH} {quote(value)} is not a byte count")
     return int(value)
 
 
@@ -285,7 +285,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         )
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise MalformedTensor(f"id must be a string, got {request_id!r}")
+        raise MalformedTensor(f"id must be a string, got {quote(request_id)}")
     parameters = _parameters(obj.get("parameters"), "parameters")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -295,7 +295,9 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     for index, raw in enumerate(raw_inputs):
         tensor = _input(raw, index, tail, offset, header_length is not None)
         if tensor.name in inputs:
-            raise MalformedTensor(f"inputs[{index}]: input {tensor.name!r} is given more than once")
+            raise MalformedTensor(
+                f"inputs[{index}]: input {quote(tensor.name)} is given more than once"
+            )
         inputs[tensor.name] = tensor
         if isinstance(tensor.source, memoryview):
             offset += len(tensor.source)
@@ -318,11 +320,12 @@ def _input(
         raise MalformedTensor(f"{where} has unknown field(s) {unknown}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise MalformedTensor(f"{where}.name must be a non-empty string, got {name!r}")
-    where = f"input {name!r}"
+        raise MalformedTensor(f"{where}.name must be a non-empty string, got {quote(name)}")
+    where = f"input {quote(name)}"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidTensor(f"{where} has datatype {datatype!r}; send FP16, FP32 or FP64")
+    # A JSON list or object is unhashable: test the type before looking it up.
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidTensor(f"{where} has datatype {quote(datatype)}; send FP16, FP32 or FP64")
     dtype = np.dtype(DATATYPES[datatype])
     raw_shape = raw.get("shape")
     if (
@@ -332,7 +335,7 @@ def _input(
     ):
         raise MalformedTensor(
             f"{where}.shape must be a list of at most {MAX_NDIM} non-negative ints, "
-            f"got {raw_shape!r}"
+            f"got {quote(raw_shape)}"
         )
     shape = _checked_shape(raw_shape, dtype, where)
     parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
@@ -355,7 +358,7 @@ def _input(
         raise MalformedTensor(f"{where} has both data and parameters.binary_data_size; send one")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise MalformedTensor(
-            f"{where}.parameters.binary_data_size must be a byte count, got {size!r}"
+            f"{where}.parameters.binary_data_size must be a byte count, got {quote(size)}"
         )
     if not has_header_length:
         raise MalformedTensor(
@@ -385,25 +388,25 @@ def _outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not set(item) <= _OUTPUT_FIELDS:
             raise BadInferenceRequest(
-                f"outputs[{index}] must be an object with name and parameters: {item!r}"
+                f"outputs[{index}] must be an object with name and parameters: {quote(item)}"
             )
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise BadInferenceRequest(
-                f"outputs[{index}].name must be a non-empty string, got {name!r}"
+                f"outputs[{index}].name must be a non-empty string, got {quote(name)}"
             )
         if any(output.name == name for output in outputs):
-            raise BadInferenceRequest(f"output {name!r} is requested more than once")
-        parameters = _parameters(item.get("parameters"), f"output {name!r} parameters")
+            raise BadInferenceRequest(f"output {quote(name)} is requested more than once")
+        parameters = _parameters(item.get("parameters"), f"output {quote(name)} parameters")
         extra = sorted(set(parameters) - {"binary_data"})
         if extra:
             raise BadInferenceRequest(
-                f"output {name!r} has parameter(s) {extra}: only binary_data is supported"
+                f"output {quote(name)} has parameter(s) {extra}: only binary_data is supported"
             )
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise BadInferenceRequest(
-                f"output {name!r} parameters.binary_data must be a bool, got {binary!r}"
+                f"output {quote(name)} parameters.binary_data must be a bool, got {quote(binary)}"
             )
         outputs.append(RequestedOutput(name, binary))
     return tuple(outputs)
@@ -420,7 +423,7 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 def _flag(parameters: Mapping[str, Any], name: str) -> bool:
     value = parameters.get(name, False)
     if not isinstance(value, bool):
-        raise BadInferenceRequest(f"parameters.{name} must be true or false, got {value!r}")
+        raise BadInferenceRequest(f"parameters.{name} must be true or false, got {quote(value)}")
     return value
 
 
@@ -450,7 +453,7 @@ def _walk(
         raise MalformedTensor(f"{here} is a list, nested deeper than shape {list(shape)}")
     if not isinstance(node, list):
         raise MalformedTensor(
-            f"{here} is {node!r} where shape {list(shape)} needs a list of {shape[depth]}"
+            f"{here} is {quote(node)} where shape {list(shape)} needs a list of {shape[depth]}"
         )
     if len(node) != shape[depth]:
         raise MalformedTensor(

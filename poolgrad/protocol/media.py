@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-from poolgrad.protocol.errors import NotAcceptable, UnsupportedMediaType
+from poolgrad.protocol.errors import NotAcceptable, UnsupportedMediaType, quote
 
 __all__ = [
     "MEDIA_JSON",
@@ -41,7 +41,7 @@ def require_media_type(content_type: str | None, accepted: Sequence[str]) -> str
     media_type = media_type_of(content_type)
     if media_type not in accepted:
         raise UnsupportedMediaType(
-            f"Content-Type {content_type!r} is not supported here; "
+            f"Content-Type {quote(content_type)} is not supported here; "
             f"send one of {', '.join(accepted)}"
         )
     return media_type
@@ -63,7 +63,7 @@ def negotiate(accept: str | None, offered: Sequence[str], default: str) -> str:
         if best is None or rank > best:
             best, chosen = rank, media_type
     if best is None:
-        raise NotAcceptable(f"Accept {accept!r} allows none of {', '.join(offered)}")
+        raise NotAcceptable(f"Accept {quote(accept)} allows none of {', '.join(offered)}")
     return chosen
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from poolgrad.protocol.errors import ProtocolError
+from poolgrad.protocol.errors import ProtocolError, quote
 from poolgrad.protocol.jsonio import kind
 
 __all__ = ["CREATED_FIELDS", "SessionInfo"]
@@ -41,7 +41,7 @@ class SessionInfo:
         or 0); :class:`ProtocolError` when it is not a session at all."""
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             raise ProtocolError(
-                f"a session answer must be a JSON object with an id, got {kind(body)} {body!r}"
+                f"a session answer must be a JSON object with an id, got {kind(body)} {quote(body)}"
             )
         ttl = body.get("ttl_seconds")
         return cls(

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from poolgrad.protocol.errors import InvalidSpec
+from poolgrad.protocol.errors import InvalidSpec, quote
 
 __all__ = [
     "DEFAULTS",
@@ -118,10 +118,10 @@ def spec_from_query(
         field = _BY_NAME.get(name)
         if field is None:
             raise InvalidSpec(
-                f"unknown {source} {name!r}; spec fields are {', '.join(FIELD_NAMES)}"
+                f"unknown {source} {quote(name)}; spec fields are {', '.join(FIELD_NAMES)}"
             )
         if name in fields:
-            raise InvalidSpec(f"{source} {name!r} is given more than once")
+            raise InvalidSpec(f"{source} {quote(name)} is given more than once")
         fields[name] = _query_value(field, value)
     return fields
 
@@ -140,7 +140,7 @@ def _query_value(field: SpecField, value: str) -> Any:
         return [_query_pair(value, pair) for pair in value.split(",")]
     if field.kind == "bool":
         if value not in ("true", "false"):
-            raise InvalidSpec(f"{name} must be true or false, got {value!r}")
+            raise InvalidSpec(f"{name} must be true or false, got {quote(value)}")
         return value == "true"
     return value
 
@@ -150,7 +150,8 @@ def _query_int(name: str, text: str, value: str) -> int:
         return int(text)
     except ValueError:
         raise InvalidSpec(
-            f"{name} must be an int or comma-separated ints, got {value!r} (item {text!r})"
+            f"{name} must be an int or comma-separated ints, got {quote(value)} "
+            f"(item {quote(text)})"
         ) from None
 
 
@@ -162,7 +163,7 @@ def _query_pair(value: str, pair: str) -> list[int]:
     except ValueError:
         pass
     raise InvalidSpec(
-        f"padding {value!r} must be valid, same or before:after pairs, got pair {pair!r}"
+        f"padding {quote(value)} must be valid, same or before:after pairs, got pair {quote(pair)}"
     )
 
 

@@ -6,8 +6,9 @@ here, under the same checks as ``.npy``; orjson is used for JSON when installed)
 
 Formats (media types in :mod:`poolgrad.protocol.media`):
 
-* ``application/x-npy``: one NumPy ``.npy`` file. The header is parsed with
-  NumPy's own reader under a size limit, object and structured dtypes are refused,
+* ``application/x-npy``: one NumPy ``.npy`` file (format 1.0, 2.0 or 3.0). The header is
+  parsed by our own strict parser (:mod:`poolgrad.protocol.npyheader`, never NumPy's
+  ``literal_eval``) under a size limit, object and structured dtypes are refused,
   and the header's shape times the item size must equal the body's remaining
   length *before* anything is allocated. Never unpickled, never memory-mapped.
 * ``application/json``: ``{"dtype": "float32", "shape": [..], "data": [..]}``,
@@ -36,7 +37,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, UnsupportedMediaType
+from poolgrad.protocol.errors import InvalidTensor, MalformedTensor, UnsupportedMediaType, quote
 from poolgrad.protocol.jsonio import dumps, kind, loads
 from poolgrad.protocol.media import (
     MEDIA_JSON,
@@ -45,6 +46,7 @@ from poolgrad.protocol.media import (
     NAMED_MEDIA_TYPES,
     TENSOR_MEDIA_TYPES,
 )
+from poolgrad.protocol.npyheader import parse_npy_header
 
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
@@ -155,22 +157,14 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
         raise MalformedTensor(
             f".npy body of {len(body)} bytes is truncated: its header ends at byte {data_start}"
         )
-    stream = io.BytesIO(body[:data_start])
+    header = bytes(body[data_start - header_len : data_start])
     try:
-        np.lib.format.read_magic(stream)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                stream, max_header_size=max_header_bytes
-            )
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                stream, max_header_size=max_header_bytes
-            )
-    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
-        raise MalformedTensor(f".npy header is malformed: {exc}") from exc
+        # Versions 1 and 2 are latin-1 (every byte decodes), version 3 is UTF-8.
+        text = header.decode("utf-8" if major == 3 else "latin-1")
+    except UnicodeDecodeError as exc:
+        raise MalformedTensor(f".npy 3.0 header is not UTF-8: {exc}") from exc
+    shape, fortran, dtype = parse_npy_header(text)
     _check_plain_dtype(dtype)
-    if any(dim < 0 for dim in shape):
-        raise MalformedTensor(f".npy header has a negative dimension in shape {shape}")
     shape = _checked_shape(shape, dtype, ".npy header")
     count = math.prod(shape)
     expected = count * dtype.itemsize
@@ -247,13 +241,15 @@ def tensor_from_obj(obj: Any, *, name: str = "tensor") -> np.ndarray:
     dtype_name = obj.get("dtype", "float32")
     if dtype_name not in JSON_NAMES:
         raise InvalidTensor(
-            f"{name}.dtype {dtype_name!r} is not supported; use float16, float32 or float64"
+            f"{name}.dtype {quote(dtype_name)} is not supported; use float16, float32 or float64"
         )
     shape = obj.get("shape")
     if not isinstance(shape, list) or not all(
         isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
     ):
-        raise MalformedTensor(f"{name}.shape must be a list of non-negative ints, got {shape!r}")
+        raise MalformedTensor(
+            f"{name}.shape must be a list of non-negative ints, got {quote(shape)}"
+        )
     dtype = np.dtype(dtype_name)
     checked = _checked_shape(shape, dtype, name)
     data = obj.get("data")
@@ -307,14 +303,18 @@ def _flat_array(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
     if dtype.kind != "b":
         boolean = next((i for i, v in enumerate(data) if v is True or v is False), None)
         if boolean is not None:
-            raise MalformedTensor(f"{name}.data[{boolean}] = {data[boolean]!r} is not a number")
+            raise MalformedTensor(
+                f"{name}.data[{boolean}] = {quote(data[boolean])} is not a number"
+            )
     if inferred.dtype.kind not in "biuf":
         return _slow_flat(data, dtype, name)
     with np.errstate(invalid="ignore", over="ignore"):
         flat = inferred.astype(dtype)
     if dtype.kind in "biu" and not np.array_equal(flat, inferred):
         index = int(np.flatnonzero(flat != inferred)[0])
-        raise MalformedTensor(f"{name}.data[{index}] = {data[index]!r} does not fit dtype {dtype}")
+        raise MalformedTensor(
+            f"{name}.data[{index}] = {quote(data[index])} does not fit dtype {dtype}"
+        )
     if dtype.kind == "f":
         _check_no_overflow(inferred, flat, data, name)
     return flat
@@ -327,7 +327,7 @@ def _check_no_overflow(wide: np.ndarray, narrow: np.ndarray, data: list[Any], na
     if overflowed.any():
         index = int(np.flatnonzero(overflowed)[0])
         raise MalformedTensor(
-            f"{name}.data[{index}] = {data[index]!r} overflows dtype {narrow.dtype} "
+            f"{name}.data[{index}] = {quote(data[index])} overflows dtype {narrow.dtype} "
             f"(largest finite value {np.finfo(narrow.dtype).max})"
         )
 
@@ -346,7 +346,7 @@ def _slow_flat(data: list[Any], dtype: np.dtype[Any], name: str) -> np.ndarray:
             except OverflowError:
                 pass
         raise MalformedTensor(
-            f"{name}.data[{index}] = {value!r} is not a number of dtype {dtype}"
+            f"{name}.data[{index}] = {quote(value)} is not a number of dtype {dtype}"
             ' (non-finite floats are "NaN", "Infinity", "-Infinity")'
         )
     if dtype.kind != "f":
@@ -381,7 +381,9 @@ def encode_safetensors(tensors: Mapping[str, npt.ArrayLike]) -> bytes:
         arr = np.asarray(value)
         code = _SAFETENSORS_CODES.get(arr.dtype.name)
         if code is None:
-            raise MalformedTensor(f"tensor {name!r} of dtype {arr.dtype} cannot go in safetensors")
+            raise MalformedTensor(
+                f"tensor {quote(name)} of dtype {arr.dtype} cannot go in safetensors"
+            )
         # A view when already little-endian and C-ordered: join below is the one copy.
         raw = _raw_bytes(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")))
         header[name] = {"dtype": code, "shape": list(arr.shape),
@@ -420,19 +422,21 @@ def decode_safetensors(
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise MalformedTensor(
-                f"safetensors entry {name!r} must hold dtype, shape, data_offsets"
+                f"safetensors entry {quote(name)} must hold dtype, shape, data_offsets"
             )
         code = entry["dtype"]
         dtype_name = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
         if dtype_name is None:
             raise InvalidTensor(
-                f"safetensors tensor {name!r} has unsupported dtype {entry['dtype']!r}"
+                f"safetensors tensor {quote(name)} has unsupported dtype {quote(entry['dtype'])}"
             )
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise MalformedTensor(f"safetensors tensor {name!r} has a bad shape {shape!r}")
+            raise MalformedTensor(
+                f"safetensors tensor {quote(name)} has a bad shape {quote(shape)}"
+            )
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -440,15 +444,15 @@ def decode_safetensors(
             or not 0 <= offsets[0] <= offsets[1] <= len(buffer)
         ):
             raise MalformedTensor(
-                f"safetensors tensor {name!r} has offsets {offsets!r} outside its "
+                f"safetensors tensor {quote(name)} has offsets {quote(offsets)} outside its "
                 f"{len(buffer)}-byte buffer"
             )
         dtype = np.dtype(dtype_name).newbyteorder("<")
-        checked = _checked_shape(shape, dtype, f"safetensors tensor {name!r}")
+        checked = _checked_shape(shape, dtype, f"safetensors tensor {quote(name)}")
         count = math.prod(checked)
         if offsets[1] - offsets[0] != count * dtype.itemsize:
             raise MalformedTensor(
-                f"safetensors tensor {name!r}: shape {shape} of {dtype_name} needs "
+                f"safetensors tensor {quote(name)}: shape {shape} of {dtype_name} needs "
                 f"{count * dtype.itemsize} bytes, offsets span {offsets[1] - offsets[0]}"
             )
         flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offsets[0])
@@ -513,7 +517,7 @@ def decode_tensor(body: bytes, media_type: str) -> np.ndarray:
         return decode_npy(body)
     if media_type == MEDIA_JSON:
         return decode_json_tensor(body)
-    raise UnsupportedMediaType(f"no tensor decoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no tensor decoder for media type {quote(media_type)}")
 
 
 def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
@@ -522,7 +526,7 @@ def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
         return encode_npy(array)
     if media_type == MEDIA_JSON:
         return encode_json_tensor(array)
-    raise UnsupportedMediaType(f"no tensor encoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no tensor encoder for media type {quote(media_type)}")
 
 
 def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
@@ -538,7 +542,7 @@ def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
                 f"named tensors must be a JSON object of tensors, got {kind(obj)}"
             )
         return {name: tensor_from_obj(value, name=name) for name, value in obj.items()}
-    raise UnsupportedMediaType(f"no named-tensor decoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no named-tensor decoder for media type {quote(media_type)}")
 
 
 def encode_named(tensors: Mapping[str, npt.ArrayLike], media_type: str) -> bytes:
@@ -547,4 +551,4 @@ def encode_named(tensors: Mapping[str, npt.ArrayLike], media_type: str) -> bytes
         return encode_safetensors(tensors)
     if media_type == MEDIA_JSON:
         return dumps({name: tensor_to_obj(value) for name, value in tensors.items()})
-    raise UnsupportedMediaType(f"no named-tensor encoder for media type {media_type!r}")
+    raise UnsupportedMediaType(f"no named-tensor encoder for media type {quote(media_type)}")

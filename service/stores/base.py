@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple, NoReturn, TypeVar
 
 from engine import PoolSpec
+from poolgrad.protocol import quote
 from service.errors import (
     CapacityExceeded,
     InternalError,
@@ -175,9 +176,9 @@ class SessionStore(abc.ABC):
             if outcome != "present":
                 break
         if outcome == "present":
-            raise InternalError(f"session id {session_id!r} is already taken")
+            raise InternalError(f"session id {quote(session_id)} is already taken")
         if outcome == "full":
-            await self._refuse(f"a new session {session_id!r}")
+            await self._refuse(f"a new session {quote(session_id)}")
         return self._record(session_id, stored)
 
     async def get(self, session_id: str, owner: str, *, state: bool = True) -> SessionRecord:
@@ -187,7 +188,7 @@ class SessionStore(abc.ABC):
         key."""
         stored = await self._call(self._read(self._key(session_id), owner, state=state))
         if stored is None:
-            raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
+            raise SessionNotFound(f"session {quote(session_id)} does not exist or has expired")
         return self._record(session_id, stored)
 
     async def advance(self, session_id: str, owner: str, state: bytes, state_bytes: int) -> int:
@@ -203,9 +204,9 @@ class SessionStore(abc.ABC):
         if isinstance(result, int):
             return result
         if result == "full":
-            await self._refuse(f"session {session_id!r} with {state_bytes} state bytes")
+            await self._refuse(f"session {quote(session_id)} with {state_bytes} state bytes")
         raise SessionNotFound(
-            f"session {session_id!r} does not exist, or was deleted or expired while in use; "
+            f"session {quote(session_id)} does not exist, or was deleted or expired while in use; "
             "its new state was not kept"
         )
 
@@ -213,7 +214,7 @@ class SessionStore(abc.ABC):
         """Drop a session and its state; :class:`SessionNotFound` as for :meth:`get`. A
         refused delete does not renew the TTL."""
         if not await self._call(self._remove(self._key(session_id), owner)):
-            raise SessionNotFound(f"session {session_id!r} does not exist or has expired")
+            raise SessionNotFound(f"session {quote(session_id)} does not exist or has expired")
 
     async def reap(self) -> int:
         """Release the budget of expired sessions now; returns how many (the reaper calls
