@@ -7,10 +7,10 @@ Media types, negotiation, entity tags and the spec's query string are protocol f
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Sequence
 
-import anyio
 from starlette.requests import Request
 
 from poolgrad.protocol import DIGITS, quote, require_media_type
@@ -63,7 +63,9 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
     chunks: list[bytes] = []
     received = 0
     try:
-        with anyio.fail_after(timeout):
+        # asyncio's own deadline: anyio's cancel scope cost about 15 us per request, as much
+        # as the rest of reading a small body (the server runs on asyncio only).
+        async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > limit:

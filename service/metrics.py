@@ -83,6 +83,24 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StoreCounters(store))
+        # (method, route, status) -> its counter and histogram children. ``labels()`` takes a
+        # lock and validates on every call; the label values are a bounded set (see
+        # service.middleware), so the children are looked up once each.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and observe its duration, by bounded labels."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._request_children[key] = children
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     async def render(self) -> bytes:
         """The Prometheus text exposition, with the session gauges read from the store now."""

@@ -150,8 +150,7 @@ class RequestMiddleware:
         method = scope["method"]
         route = route_template(scope, root_path)
         method_label = method if method in KNOWN_METHODS else OTHER_METHOD
-        self.metrics.requests.labels(method_label, route, str(status)).inc()
-        self.metrics.latency.labels(method_label, route).observe(seconds)
+        self.metrics.observe_request(method_label, route, status, seconds)
         state: dict[str, Any] = scope.get("state") or {}
         session_id = (scope.get("path_params") or {}).get("session_id") or state.get("session_id")
         # Route templates and request ids are ours or checked; method and session id are not.

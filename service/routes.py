@@ -6,15 +6,17 @@ the wire formats in :mod:`poolgrad.protocol`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.datastructures import QueryParams
 
+from engine import PoolSpec
 from poolgrad import protocol
 from service import openapi
-from service.compute import Compute, Stepped
+from service.compute import SPEC_CACHE_SIZE, Compute, Stepped, parse_spec
 from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
 from service.errors import BadRequest
 from service.httpio import read_body, request_media_type
@@ -27,6 +29,10 @@ TENSOR_TYPES = protocol.TENSOR_MEDIA_TYPES
 NAMED_TYPES = protocol.NAMED_MEDIA_TYPES
 
 router = APIRouter()
+
+#: Query strings longer than this are parsed every time rather than kept (a valid spec's is
+#: under 200 bytes).
+QUERY_CACHE_MAX_BYTES = 1024
 
 
 class StepRun(Protocol):
@@ -65,6 +71,21 @@ async def _read(request: Request, settings: Settings, media_type: str) -> bytes:
     )
 
 
+def _query_spec(query: bytes) -> PoolSpec:
+    """The validated spec of a ``/v1/gradient`` query string: :class:`InvalidSpec` naming the
+    offending parameter or field. Parsed once per distinct query string of up to
+    :data:`QUERY_CACHE_MAX_BYTES` (clients repeat theirs; parsing and validating cost a small
+    request some 15 us); refusals are not cached."""
+    if len(query) > QUERY_CACHE_MAX_BYTES:
+        return _parsed_query_spec.__wrapped__(query)
+    return _parsed_query_spec(query)
+
+
+@lru_cache(maxsize=SPEC_CACHE_SIZE)
+def _parsed_query_spec(query: bytes) -> PoolSpec:
+    return parse_spec(protocol.spec_from_query(QueryParams(query).multi_items()))
+
+
 async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
     """The session-creation body, unparsed: JSON, or nothing at all for every default."""
     content_type = request.headers.get("content-type")
@@ -84,14 +105,12 @@ def _parse_spec_body(body: bytes) -> Any:
         raise BadRequest(str(exc)) from exc
 
 
-async def _stepped_tensor(
-    request: Request, settings: Settings, compute: Compute, run: StepRun
-) -> Response:
+async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> Response:
     """A session's forward or backward: 415 and 406 before reading the body, then ``run``
     with the codecs of the request's and the answer's media types; ``ETag`` the step."""
     media_in = request_media_type(request, TENSOR_TYPES)
     media_out = protocol.negotiate(request.headers.get("accept"), TENSOR_TYPES, media_in)
-    body = await _read(request, settings, media_in)
+    body = await _read(request, compute.settings, media_in)
     result = await run(
         partial(protocol.decode_tensor, body, media_in),
         partial(protocol.encode_tensor, media_type=media_out),
@@ -134,19 +153,19 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
 
 @router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
 async def forward(
-    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
+    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
     run = partial(compute.forward, session_id, owner)
-    return await _stepped_tensor(request, settings, compute, run)
+    return await _stepped_tensor(request, compute, run)
 
 
 @router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
 async def backward(
-    session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
+    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
     condition = protocol.parse_if_match(request.headers.get("if-match"))
     run = partial(compute.backward, session_id, owner, condition=condition)
-    return await _stepped_tensor(request, settings, compute, run)
+    return await _stepped_tensor(request, compute, run)
 
 
 @router.post(
@@ -156,13 +175,13 @@ async def backward(
     response_class=Response,
     **openapi.GRADIENT,
 )
-async def gradient(request: Request, compute: ComputeDep, settings: SettingsDep) -> Response:
+async def gradient(request: Request, compute: ComputeDep) -> Response:
     media_in = request_media_type(request, NAMED_TYPES)
     media_out = protocol.negotiate(request.headers.get("accept"), NAMED_TYPES, media_in)
-    spec_fields = protocol.spec_from_query(request.query_params.multi_items())
-    body = await _read(request, settings, media_in)
+    spec = _query_spec(request.scope["query_string"])
+    body = await _read(request, compute.settings, media_in)
     payload = await compute.gradient(
-        spec_fields,
+        spec,
         partial(protocol.decode_named, body, media_in),
         partial(protocol.encode_named, media_type=media_out),
         inline=compute.runs_inline(len(body), media_in),

@@ -211,11 +211,13 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     app: FastAPI, client: httpx.AsyncClient, media_type: str, shape: tuple[int, ...], inline: bool
 ) -> None:
     threads: list[int] = []
+    engine_threads: list[int] = []
 
     def recording_forward(
-        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+        X: np.ndarray, spec: PoolSpec, *, options: EngineOptions
     ) -> tuple[np.ndarray, PoolState]:
         threads.append(threading.get_ident())
+        engine_threads.append(options.threads)
         return forward(X, spec, options=options)
 
     app.state.compute.engine = EngineCalls(forward=recording_forward)
@@ -232,3 +234,5 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
         protocol.decode_tensor(response.content, media_type), expected(X)[0]
     )
     assert (threads == [threading.get_ident()]) is inline
+    # Work on the loop is small: the engine does not split it over threads either.
+    assert engine_threads == [1 if inline else app.state.compute.engine_options.threads]

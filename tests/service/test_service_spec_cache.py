@@ -9,7 +9,10 @@ import pytest
 
 from engine import PoolSpec
 from engine.errors import SpecError
+from poolgrad.protocol import InvalidSpec as InvalidQuerySpec
+from service import routes
 from service.compute import spec_of
+from service.errors import InvalidSpec
 
 
 def test_equal_specs_share_one_validated_spec() -> None:
@@ -41,3 +44,23 @@ def test_refusals_are_not_cached_and_odd_values_still_reach_the_engine() -> None
             spec_of({"mode": "median"})
     with pytest.raises(SpecError):
         spec_of({"pool_size": {"a": 1}})  # unhashable: validated by from_dict, uncached
+
+
+def test_a_gradient_query_string_is_parsed_once() -> None:
+    query = b"mode=avg&pool_size=3,3&strides=1,1&padding=1:1,0:1"
+    first = routes._query_spec(query)
+    assert routes._query_spec(query) is first
+    assert first == PoolSpec(mode="avg", pool_size=(3, 3), strides=(1, 1), padding=((1, 1), (0, 1)))
+    # Past the bound it is parsed each time, to the same spec, and not kept.
+    kept = routes._parsed_query_spec.cache_info().currsize
+    long_query = b"mode=avg&pool_size=" + b"0" * routes.QUERY_CACHE_MAX_BYTES + b"3,3"
+    assert routes._query_spec(long_query) == PoolSpec(mode="avg", pool_size=(3, 3))
+    assert routes._parsed_query_spec.cache_info().currsize == kept
+
+
+def test_a_refused_gradient_query_string_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(InvalidSpec, match="'median'"):
+            routes._query_spec(b"mode=median")
+        with pytest.raises(InvalidQuerySpec, match="unknown query parameter 'size'"):
+            routes._query_spec(b"size=2")
