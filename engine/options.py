@@ -55,7 +55,8 @@ class EngineOptions:
         Which kernel set runs (module docstring).
     piece_bytes : int
         Bytes of X per batch piece (:mod:`engine.parallel`): each piece's working set stays in
-        a core's L2 cache.
+        a core's L2 cache. With the default, the compiled kernels (which keep their working
+        set in cache row by row) cut a call into one piece per thread instead.
     parallel_min_elements : int
         Below this many input elements a call stays on the calling thread.
     disjoint_path : bool

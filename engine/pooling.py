@@ -489,12 +489,8 @@ class _Run:
             report.backward_path = ""
 
     def kernel_for(self, chunk: Chunk, compiled_kernel: _K, numpy_kernel: _K) -> _K:
-        """The kernel for one chunk: compiled when chosen and within its memory bound
-        (:func:`engine.compiled.fits`), else NumPy (the same bits); the report says which ran."""
-        use_compiled = self.kernels == "compiled" and compiled.fits(chunk.plan)
-        if self.report is not None and not use_compiled:
-            self.report.kernels = "numpy"
-        return compiled_kernel if use_compiled else numpy_kernel
+        """The kernel for one chunk of the call's kernel set (the same bits either way)."""
+        return compiled_kernel if self.kernels == "compiled" else numpy_kernel
 
     def chunks(self, work: Callable[[Chunk], None], plan: Plan, itemsize: int) -> None:
         """Split the call and run ``work`` on every chunk, quietly."""
@@ -505,7 +501,11 @@ class _Run:
             with np.errstate(invalid="ignore", over="ignore"):
                 work(chunk)
 
-        chunks = split(self.spec, plan, itemsize, self.options)
+        options = self.options
+        if self.kernels == "compiled" and options.piece_bytes == DEFAULT_OPTIONS.piece_bytes:
+            # The default piece is NumPy's cache size; the compiled kernels stream row by row.
+            options = dataclasses.replace(options, piece_bytes=compiled.PIECE_BYTES)
+        chunks = split(self.spec, plan, itemsize, options)
         threads = run_chunks(quiet, chunks, self.options)
         if self.report is not None:
             self.report.chunks = len(chunks)
