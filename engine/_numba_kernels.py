@@ -135,7 +135,11 @@ def _mark_row(
                 hits[: shift + lo * channels] = 0
                 hits[shift + hi * channels :] = 0
                 w0 = lo * stride_w + kw - before_w
-                if channels > 1:
+                if stride_w == 1:
+                    at, span = lo * channels, (hi - lo) * channels
+                    xs = x.reshape(x.size)[w0 * channels :]
+                    flag(xs, best[at:], hits[shift + at :], taken[at:], span)
+                elif channels > 1:
                     for ow in range(lo, hi):
                         at = ow * channels
                         xs = x[w0 + (ow - lo) * stride_w]
@@ -180,7 +184,11 @@ def forward(
                             if lo == hi:
                                 continue
                             w0 = lo * stride_w + kw - before_w
-                            if channels > 1:
+                            if stride_w == 1:
+                                at, span = lo * channels, (hi - lo) * channels
+                                xs = x.reshape(x.size)[w0 * channels :]
+                                _better(xs, best[at:], span, is_max)
+                            elif channels > 1:
                                 for ow in range(lo, hi):
                                     at = ow * channels
                                     xs = x[w0 + (ow - lo) * stride_w]
@@ -298,7 +306,18 @@ def backward_gather(
                                 mask_words[i] = _UNPACK[plane[first_byte + i], 0]
                             assign = firsts[0, kt] and firsts[1, kh] and firsts[2, kw]
                             w0 = lo * stride_w + kw - before_w
-                            if channels > 1:
+                            if stride_w == 1:
+                                at, span = shift + lo * channels, (hi - lo) * channels
+                                ts = totals.reshape(totals.size)[w0 * channels :]
+                                _gather(
+                                    g.reshape(g.size)[lo * channels :],
+                                    masks[at:],
+                                    ts,
+                                    span,
+                                    assign,
+                                    zero,
+                                )
+                            elif channels > 1:
                                 for ow in range(lo, hi):
                                     at = shift + ow * channels
                                     ts = totals[w0 + (ow - lo) * stride_w]
