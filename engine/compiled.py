@@ -61,9 +61,26 @@ def available() -> bool:
     return True
 
 
-def kernel_set(choice: KernelChoice) -> Literal["numpy", "compiled"]:
+def kernel_set(
+    choice: KernelChoice,
+    spec: PoolSpec | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Literal["numpy", "compiled"]:
     """Resolve an :class:`~engine.options.EngineOptions` ``kernels`` choice: the only place
     the kernel set is decided.
+
+    For one call (``spec`` and ``input_shape`` given):
+
+    - ``avg`` runs on NumPy (there are no compiled avg kernels);
+    - ``"numpy"`` and ``"compiled"`` are taken as they are;
+    - ``"auto"`` is ``"compiled"`` when Numba imports and X is ``channels_last`` with more than
+      one channel, ``"numpy"`` otherwise: single-channel rows (and ``channels_first``, which
+      the kernels run as single-channel images) make the compiled forward read along ``w``
+      with a stride, slower than NumPy's (``python -m bench.engine``), while with channels
+      the compiled kernels are the faster ones on every shape of the suite.
+
+    Without a call, the set the process may run (what the service warms up): ``"compiled"``
+    for ``"compiled"``, and for ``"auto"`` when Numba imports.
 
     Raises
     ------
@@ -72,13 +89,20 @@ def kernel_set(choice: KernelChoice) -> Literal["numpy", "compiled"]:
     """
     if choice == "numpy":
         return "numpy"
-    if available():
+    if not available():
+        if choice == "compiled":
+            raise KernelsUnavailable(
+                "kernels='compiled' needs Numba: install poolgrad[fast], or choose 'numpy' or "
+                "'auto'"
+            )
+        return "numpy"
+    if spec is None or input_shape is None:
         return "compiled"
-    if choice == "compiled":
-        raise KernelsUnavailable(
-            "kernels='compiled' needs Numba: install poolgrad[fast], or choose 'numpy' or 'auto'"
-        )
-    return "numpy"
+    if spec.mode == "avg":
+        return "numpy"
+    if choice == "auto" and (spec.layout != "channels_last" or input_shape[-1] == 1):
+        return "numpy"
+    return "compiled"
 
 
 #: Bytes of X per batch piece when the compiled kernels run: they keep their working set in

@@ -91,7 +91,7 @@ def forward(
     """
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
-    run = _Run(options, report, spec)
+    run = _Run(options, report, spec, plan.input_shape)
     A = np.empty(plan.output_shape, dtype=X.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         if spec.mode == "avg":
@@ -147,7 +147,7 @@ def backward(
     with np.errstate(invalid="ignore", over="ignore"):
         dA = _checked_gradient(state, dA)
         plan = make_plan(state.spec, state.input_shape)
-        run = _Run(options, report, state.spec)
+        run = _Run(options, report, state.spec, plan.input_shape)
         if state.spec.mode == "avg":
             return _avg_backward(state, plan, dA, run)
         return _extreme_backward(state, plan, dA, run)
@@ -477,13 +477,17 @@ _K = TypeVar("_K", bound=Callable[..., object])
 class _Run:
     """One call's options, resolved kernel set and report."""
 
-    def __init__(self, options: EngineOptions | None, report: RunReport | None, spec: PoolSpec):
+    def __init__(
+        self,
+        options: EngineOptions | None,
+        report: RunReport | None,
+        spec: PoolSpec,
+        input_shape: tuple[int, ...],
+    ):
         self.options = options if options is not None else DEFAULT_OPTIONS
         self.report = report
         self.spec = spec
-        # The compiled kernels cover max and min; avg runs on NumPy whatever the choice.
-        chosen = compiled.kernel_set(self.options.kernels)
-        self.kernels = chosen if spec.mode != "avg" else "numpy"
+        self.kernels = compiled.kernel_set(self.options.kernels, spec, input_shape)
         if report is not None:
             report.kernels = self.kernels
             report.backward_path = ""
