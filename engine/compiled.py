@@ -233,12 +233,9 @@ def _phase_firsts(spec: PoolSpec, plan: Plan) -> np.ndarray:
     """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
     its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
     phase path writes first, the others adding to it."""
-    _, reach = _geometry(spec, plan)
-    geometry = np.array(
-        [(1, 1)] * (3 - spec.ndim) + list(zip(spec.pool_size, spec.strides, strict=True))
-    )
+    geometry, reach = _geometry(spec, plan)
     firsts = np.zeros(reach.shape[:2], dtype=np.bool_)
-    for dim, (pool, stride) in enumerate(geometry):
+    for dim, (pool, stride, _, _) in enumerate(geometry):
         seen: set[int] = set()
         for offset in range(pool):
             lands = reach[dim, offset, 0] < reach[dim, offset, 1]
@@ -270,7 +267,7 @@ def _kernels() -> SimpleNamespace:
     def compile_(signatures: list[Any]) -> Callable[[Callable[..., None]], Any]:
         def build(function: Callable[..., None]) -> Any:
             # boundscheck off (the default, said aloud): the loops stay within the geometry
-            # checked above. fastmath off: bit-exactness with NumPy is the contract.
+            # the plan checked. fastmath off: bit-exactness with NumPy is the contract.
             def jit(cache: bool) -> Any:
                 return numba.njit(
                     signatures,
