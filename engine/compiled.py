@@ -1,18 +1,27 @@
 """Compiled (Numba) kernels for max/min pooling, and the one place the kernel set is chosen.
 
 The NumPy kernels (:mod:`engine.pooling`) make one pass over the output per window offset; the
-kernels here make one pass over the data, with the channel loop innermost (contiguous in
-``channels_last``), so they run at memory bandwidth. They are drop-in replacements for one
-chunk of :mod:`engine.parallel`'s split:
+kernels here make one pass over the data, one output row at a time, so they run near memory
+bandwidth. They are drop-in replacements for one chunk of :mod:`engine.parallel`'s split:
 
 - ``nogil=True`` functions over arrays the caller allocated: threading stays in the engine's
   own split (never Numba's parallel layer, which does not tolerate concurrent callers);
-- the same winner bit planes (:mod:`engine.state`), so states move between processes with and
-  without Numba; the same accumulation dtype and order per input element as the NumPy phase
-  path, so dX is bit-identical (NumPy stays the oracle they are tested against);
-- every spatial rank is run as 3-D (missing dims of size 1) and every layout as channels_last
-  (a channels_first chunk is copied into that order first), so each kernel has one compiled
-  signature per dtype, compiled (or loaded from Numba's on-disk cache) by :func:`warm_up`.
+- the same winner bit planes (:mod:`engine.state`), written and read in place, so states move
+  between processes with and without Numba; the same accumulation dtype and order per input
+  element as the NumPy phase path, so dX is bit-identical (NumPy stays the oracle they are
+  tested against);
+- every chunk is run as a C-contiguous 5-D ``(n, t, h, w, c)`` array whose C order is the
+  order of the winner bits: missing spatial dims have size 1, and a ``channels_first`` chunk
+  ``(m, d, *spatial)`` is ``m * d`` single-channel images ``(m * d, *spatial, 1)`` (a view, no
+  transposition). So each kernel has one compiled signature per dtype, compiled (or loaded
+  from Numba's on-disk cache) by :func:`warm_up`.
+
+Loop order: per output row ``(b, ot, oh)`` (``out_w * c`` outputs, contiguous in memory and in
+the bit planes), per window offset, the innermost loop runs along contiguous memory: over
+channels when ``c > 1``, along the last spatial dim when ``c == 1``. Winner flags of one row and
+one offset go to a byte scratch, packed 8 at a time by one multiplication; backward unpacks a
+row of one plane through a byte -> 8-byte table. Scratch is a few bytes per output of one row,
+whatever the window; nothing is unpacked per chunk.
 
 float16 is compared in float32 (exact) and accumulated in float32, as NumPy does.
 avg runs on NumPy whatever the choice.
@@ -21,7 +30,6 @@ avg runs on NumPy whatever the choice.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -35,11 +43,9 @@ from engine.spec import PoolSpec
 from engine.upstream import accumulate_dtype, split_shares, winner_counts
 
 __all__ = [
-    "UNPACKED_BYTES",
     "available",
     "extreme_backward_chunk",
     "extreme_forward_chunk",
-    "fits",
     "kernel_set",
     "warm_up",
 ]
@@ -55,9 +61,26 @@ def available() -> bool:
     return True
 
 
-def kernel_set(choice: KernelChoice) -> Literal["numpy", "compiled"]:
+def kernel_set(
+    choice: KernelChoice,
+    spec: PoolSpec | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Literal["numpy", "compiled"]:
     """Resolve an :class:`~engine.options.EngineOptions` ``kernels`` choice: the only place
     the kernel set is decided.
+
+    For one call (``spec`` and ``input_shape`` given):
+
+    - ``avg`` runs on NumPy (there are no compiled avg kernels);
+    - ``"numpy"`` and ``"compiled"`` are taken as they are;
+    - ``"auto"`` is ``"compiled"`` when Numba imports and X is ``channels_last`` with more than
+      one channel, ``"numpy"`` otherwise: single-channel rows (and ``channels_first``, which
+      the kernels run as single-channel images) make the compiled forward read along ``w``
+      with a stride, slower than NumPy's (``python -m bench.engine``), while with channels
+      the compiled kernels are the faster ones on every shape of the suite.
+
+    Without a call, the set the process may run (what the service warms up): ``"compiled"``
+    for ``"compiled"``, and for ``"auto"`` when Numba imports.
 
     Raises
     ------
@@ -66,24 +89,25 @@ def kernel_set(choice: KernelChoice) -> Literal["numpy", "compiled"]:
     """
     if choice == "numpy":
         return "numpy"
-    if available():
+    if not available():
+        if choice == "compiled":
+            raise KernelsUnavailable(
+                "kernels='compiled' needs Numba: install poolgrad[fast], or choose 'numpy' or "
+                "'auto'"
+            )
+        return "numpy"
+    if spec is None or input_shape is None:
         return "compiled"
-    if choice == "compiled":
-        raise KernelsUnavailable(
-            "kernels='compiled' needs Numba: install poolgrad[fast], or choose 'numpy' or 'auto'"
-        )
-    return "numpy"
+    if spec.mode == "avg":
+        return "numpy"
+    if choice == "auto" and (spec.layout != "channels_last" or input_shape[-1] == 1):
+        return "numpy"
+    return "compiled"
 
 
-#: Most bytes of unpacked winner planes (one byte per window element of every output) the
-#: compiled kernels may hold for one chunk; a chunk above it runs on the NumPy kernels, which
-#: unpack one plane at a time (same bits, bounded memory).
-UNPACKED_BYTES = 32 << 20
-
-
-def fits(plan: Plan) -> bool:
-    """True when the compiled kernels may run this chunk within :data:`UNPACKED_BYTES`."""
-    return plan.window_size * math.prod(plan.output_shape) <= UNPACKED_BYTES
+#: Bytes of X per batch piece when the compiled kernels run: they keep their working set in
+#: cache row by row, so a call is cut only into one run per thread (fewer Python steps).
+PIECE_BYTES = 1 << 62
 
 
 def warm_up() -> None:
@@ -100,24 +124,14 @@ def extreme_forward_chunk(
 ) -> None:
     """max/min forward of one chunk: fills ``A`` and sets the winner bits of ``winners``
     (zeroed by the caller), exactly as :func:`engine.pooling._extreme_forward_chunk`.
-    Cost: one pass over X per window that covers it, plus one over A."""
+    Cost: one pass over X (rows a window overlaps are read again from cache), one over A and
+    one over the bit planes."""
     compute = np.float64 if X.dtype == np.float64 else np.float32
     x = _canonical(X, spec, compute)
     a, write_back = _output(A, spec, compute, zero=False)
-    # One uint8 0/1 per (window offset, output) of this chunk (an L2-sized piece), packed by
-    # NumPy's SIMD packbits: far cheaper than setting bits one by one in the kernel.
-    hits = np.zeros((plan.window_size, A.size), dtype=np.uint8)
-    _kernels().forward(
-        x,
-        a,
-        hits,
-        _geometry(spec, plan),
-        _bit_strides(plan.output_shape, spec),
-        spec.mode == "max",
-        spec.ties == "first",
-    )
+    geometry, reach = _geometry(spec, plan)
+    _kernels().forward(x, a, winners, geometry, reach, spec.mode == "max", spec.ties == "first")
     write_back()
-    winners[...] = np.packbits(hits, axis=1)
 
 
 def extreme_backward_chunk(
@@ -133,15 +147,13 @@ def extreme_backward_chunk(
     or ``"compiled-gather"``). ``merged_phase_write`` is a NumPy-path choice, moot here.
 
     Disjoint windows: each winner's gradient is copied (as bits) to its input element, once.
-    Overlapping windows: each input element gathers its windows' contributions in row-major
+    Overlapping windows: each input row gathers its windows' contributions in row-major
     window-offset order in the accumulation dtype, starting, like NumPy's phase buffers, from
     its stride phase's first offset where that offset reaches it and from +0.0 elsewhere.
     """
     kernels = _kernels()
-    geometry = _geometry(spec, plan)
-    bit_strides = _bit_strides(plan.output_shape, spec)
+    geometry, reach = _geometry(spec, plan)
     accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
-    masks = np.unpackbits(winners, axis=1, count=dA.size)
     if spec.ties == "split":
         gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
     else:
@@ -151,12 +163,12 @@ def extreme_backward_chunk(
         bits = np.dtype(f"i{dX.itemsize}")
         g = _canonical(gradient.view(bits), spec, bits)
         target, write_back = _output(dX.view(bits), spec, bits, zero=not plan.exact_cover)
-        kernels.backward_disjoint(g, masks, target, geometry, bit_strides)
+        kernels.backward_disjoint(g, winners, target, geometry, reach)
         write_back()
         return "compiled-disjoint"
     g = _canonical(gradient, spec, accumulate)
     target, write_back = _output(dX, spec, accumulate, zero=False)
-    kernels.backward_gather(g, masks, target, geometry, _first_members(spec, plan), bit_strides)
+    kernels.backward_gather(g, winners, target, geometry, reach, _phase_firsts(spec, plan))
     write_back()
     return "compiled-gather"
 
@@ -164,226 +176,73 @@ def extreme_backward_chunk(
 # -- array plumbing ----------------------------------------------------------------------------
 
 
-def _to_5d(array: np.ndarray, spec: PoolSpec) -> np.ndarray:
-    """A view ``(n, t, h, w, c)`` of a chunk in either layout (missing spatial dims size 1)."""
-    last = array if spec.layout == "channels_last" else np.moveaxis(array, 1, -1)
-    return last.reshape(last.shape[0], *(1,) * (3 - spec.ndim), *last.shape[1:])
+def _shape_5d(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
+    """``(n, t, h, w, c)`` of a chunk: missing spatial dims of size 1; a channels_first chunk
+    as ``m * d`` single-channel images, whose C order is the chunk's own."""
+    pad = (1,) * (3 - spec.ndim)
+    if spec.layout == "channels_last":
+        return (shape[0], *pad, *shape[1:])
+    return (shape[0] * shape[1], *pad, *shape[2:], 1)
 
 
 def _canonical(array: np.ndarray, spec: PoolSpec, dtype: Any) -> np.ndarray:
     """The chunk as a C-contiguous 5-D array of ``dtype``: a view when it already is one."""
-    return np.ascontiguousarray(_to_5d(array, spec), dtype=dtype)
+    return np.ascontiguousarray(array, dtype=dtype).reshape(_shape_5d(array.shape, spec))
 
 
 def _output(
     array: np.ndarray, spec: PoolSpec, dtype: Any, *, zero: bool
 ) -> tuple[np.ndarray, Callable[[], None]]:
     """A C-contiguous 5-D array for a kernel to write, and the call that moves it into
-    ``array``: the view itself when possible (nothing to move), else a scratch array."""
-    view = _to_5d(array, spec)
-    if view.flags.c_contiguous and view.dtype == dtype:
-        return view, lambda: None
-    scratch = (np.zeros if zero else np.empty)(view.shape, dtype=dtype)
-    return scratch, lambda: np.copyto(view, scratch, casting="unsafe")
+    ``array``: a view of ``array`` when possible (nothing to move), else a scratch array
+    (zeroed if ``zero``, as the caller zeroed ``array``)."""
+    shape = _shape_5d(array.shape, spec)
+    if array.flags.c_contiguous and array.dtype == dtype:
+        return array.reshape(shape), lambda: None
+    scratch = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+    return scratch, lambda: np.copyto(array, scratch.reshape(array.shape), casting="unsafe")
 
 
-def _geometry(spec: PoolSpec, plan: Plan) -> np.ndarray:
-    """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size."""
-    rows = [(1, 1, 0, 1)] * (3 - spec.ndim)
+def _geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size;
+    and int64 ``(3, max pool, 2)``: per dim and window offset, the outputs ``[lo, hi)`` whose
+    window puts that offset on a real element (``lo == hi`` for none)."""
+    rows = [(1, 1, 0, 1, 1)] * (3 - spec.ndim)
     for dim, axis in enumerate(plan.spatial_axes):
         rows.append(
-            (spec.pool_size[dim], spec.strides[dim], plan.padding[dim][0], plan.output_shape[axis])
+            (
+                spec.pool_size[dim],
+                spec.strides[dim],
+                plan.padding[dim][0],
+                plan.output_shape[axis],
+                plan.input_shape[axis],
+            )
         )
-    return np.array(rows, dtype=np.int64)
+    geometry = np.array(rows, dtype=np.int64)
+    reach = np.zeros((3, int(geometry[:, 0].max()), 2), dtype=np.int64)
+    for dim, (pool, stride, before, out, size) in enumerate(rows):
+        offsets = np.arange(pool)
+        lo = np.maximum(0, -((offsets - before) // stride))
+        hi = np.minimum(out, (size - 1 + before - offsets) // stride + 1)
+        reach[dim, :pool, 0] = lo
+        reach[dim, :pool, 1] = np.maximum(lo, hi)
+    return np.ascontiguousarray(geometry[:, :4]), reach
 
 
-def _bit_strides(output_shape: tuple[int, ...], spec: PoolSpec) -> np.ndarray:
-    """int64 ``(5,)``: the step of the flat (C-order) output index per ``(n, t, h, w, c)``
-    axis of the 5-D view: the winner bit of an output is its flat index in the chunk."""
-    strides = [math.prod(output_shape[axis + 1 :]) for axis in range(len(output_shape))]
-    if spec.layout == "channels_first":
-        strides.append(strides.pop(1))
-    return np.array([strides[0], *(0,) * (3 - spec.ndim), *strides[1:]], dtype=np.int64)
-
-
-def _first_members(spec: PoolSpec, plan: Plan) -> np.ndarray:
-    """int64 ``(3, max stride)``: per dim and stride residue ``r``, the smallest window offset
-    ``o = r (mod stride)`` that lands on a real element (-1 if none): the offset of a stride
-    phase that NumPy's phase path writes first, the others adding to it."""
-    geometry = _geometry(spec, plan)
-    sizes = [1] * (3 - spec.ndim) + [plan.input_shape[axis] for axis in plan.spatial_axes]
-    first = np.full((3, int(geometry[:, 1].max())), -1, dtype=np.int64)
-    for dim, ((pool, stride, before, out), size) in enumerate(zip(geometry, sizes, strict=True)):
+def _phase_firsts(spec: PoolSpec, plan: Plan) -> np.ndarray:
+    """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
+    its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
+    phase path writes first, the others adding to it."""
+    geometry, reach = _geometry(spec, plan)
+    firsts = np.zeros(reach.shape[:2], dtype=np.bool_)
+    for dim, (pool, stride, _, _) in enumerate(geometry):
+        seen: set[int] = set()
         for offset in range(pool):
-            start = max(0, -(-(before - offset) // stride))
-            stop = min(out, (size - 1 + before - offset) // stride + 1)
-            if stop > start and first[dim, offset % stride] < 0:
-                first[dim, offset % stride] = offset
-    return first
-
-
-# -- the Numba functions -------------------------------------------------------------------------
-
-
-def _forward(
-    X: Any,
-    A: Any,
-    hits: Any,
-    geometry: Any,
-    bit_strides: Any,
-    is_max: bool,
-    first_only: bool,
-) -> None:  # pragma: no cover - compiled
-    n, size_t, size_h, size_w, channels = X.shape
-    pool_t, stride_t, before_t, out_t = geometry[0]
-    pool_h, stride_h, before_h, out_h = geometry[1]
-    pool_w, stride_w, before_w, out_w = geometry[2]
-    best = np.empty(channels, dtype=X.dtype)
-    taken = np.empty(channels, dtype=np.bool_)
-    step_c = bit_strides[4]
-    for b in range(n):
-        for ot in range(out_t):
-            # The window offsets that land on real elements: no bounds test per element.
-            t0 = ot * stride_t - before_t
-            kt_lo, kt_hi = max(0, -t0), min(pool_t, size_t - t0)
-            for oh in range(out_h):
-                h0 = oh * stride_h - before_h
-                kh_lo, kh_hi = max(0, -h0), min(pool_h, size_h - h0)
-                for ow in range(out_w):
-                    w0 = ow * stride_w - before_w
-                    kw_lo, kw_hi = max(0, -w0), min(pool_w, size_w - w0)
-                    for c in range(channels):
-                        best[c] = X[b, t0 + kt_lo, h0 + kh_lo, w0 + kw_lo, c]
-                    for kt in range(kt_lo, kt_hi):
-                        for kh in range(kh_lo, kh_hi):
-                            for kw in range(kw_lo, kw_hi):
-                                # NaN sticks, as with np.maximum / np.minimum.
-                                if is_max:
-                                    for c in range(channels):
-                                        v, kept = X[b, t0 + kt, h0 + kh, w0 + kw, c], best[c]
-                                        best[c] = v if (v > kept) | (v != v) else kept
-                                else:
-                                    for c in range(channels):
-                                        v, kept = X[b, t0 + kt, h0 + kh, w0 + kw, c], best[c]
-                                        best[c] = v if (v < kept) | (v != v) else kept
-                    base = (
-                        b * bit_strides[0]
-                        + ot * bit_strides[1]
-                        + oh * bit_strides[2]
-                        + ow * bit_strides[3]
-                    )
-                    for c in range(channels):
-                        A[b, ot, oh, ow, c] = best[c]
-                        taken[c] = False
-                    for kt in range(kt_lo, kt_hi):
-                        for kh in range(kh_lo, kh_hi):
-                            for kw in range(kw_lo, kw_hi):
-                                k = (kt * pool_h + kh) * pool_w + kw
-                                # NaN equals nothing: a NaN window has no winners.
-                                if first_only:
-                                    for c in range(channels):
-                                        v = X[b, t0 + kt, h0 + kh, w0 + kw, c]
-                                        if v == best[c] and not taken[c]:
-                                            hits[k, base + c * step_c] = 1
-                                            taken[c] = True
-                                else:
-                                    for c in range(channels):
-                                        v = X[b, t0 + kt, h0 + kh, w0 + kw, c]
-                                        hits[k, base + c * step_c] = v == best[c]
-
-
-def _backward_disjoint(
-    G: Any, masks: Any, dX: Any, geometry: Any, bit_strides: Any
-) -> None:  # pragma: no cover - compiled
-    n, out_t, out_h, out_w, channels = G.shape
-    size_t, size_h, size_w = dX.shape[1], dX.shape[2], dX.shape[3]
-    pool_t, stride_t, before_t, _ = geometry[0]
-    pool_h, stride_h, before_h, _ = geometry[1]
-    pool_w, stride_w, before_w, _ = geometry[2]
-    zero = np.zeros(1, dtype=G.dtype)[0]
-    step_c = bit_strides[4]
-    for b in range(n):
-        for ot in range(out_t):
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    base = (
-                        b * bit_strides[0]
-                        + ot * bit_strides[1]
-                        + oh * bit_strides[2]
-                        + ow * bit_strides[3]
-                    )
-                    for kt in range(pool_t):
-                        t = ot * stride_t + kt - before_t
-                        if t < 0 or t >= size_t:
-                            continue
-                        for kh in range(pool_h):
-                            h = oh * stride_h + kh - before_h
-                            if h < 0 or h >= size_h:
-                                continue
-                            for kw in range(pool_w):
-                                w = ow * stride_w + kw - before_w
-                                if w < 0 or w >= size_w:
-                                    continue
-                                k = (kt * pool_h + kh) * pool_w + kw
-                                for c in range(channels):
-                                    # zero - 1 sets every bit: a branch-free select.
-                                    keep = zero - masks[k, base + c * step_c]
-                                    dX[b, t, h, w, c] = G[b, ot, oh, ow, c] & keep
-
-
-def _backward_gather(
-    G: Any, masks: Any, dX: Any, geometry: Any, first_members: Any, bit_strides: Any
-) -> None:  # pragma: no cover - compiled
-    n, size_t, size_h, size_w, channels = dX.shape
-    pool_t, stride_t, before_t, out_t = geometry[0]
-    pool_h, stride_h, before_h, out_h = geometry[1]
-    pool_w, stride_w, before_w, out_w = geometry[2]
-    total = np.empty(channels, dtype=G.dtype)
-    zero = np.zeros(1, dtype=G.dtype)[0]
-    step_c = bit_strides[4]
-    for b in range(n):
-        for t in range(size_t):
-            first_t = first_members[0, (t + before_t) % stride_t]
-            for h in range(size_h):
-                first_h = first_members[1, (h + before_h) % stride_h]
-                for w in range(size_w):
-                    first_w = first_members[2, (w + before_w) % stride_w]
-                    for c in range(channels):
-                        total[c] = zero
-                    # Offsets of this element's stride phase, in row-major window order.
-                    for kt in range((t + before_t) % stride_t, pool_t, stride_t):
-                        ot = (t + before_t - kt) // stride_t
-                        if ot < 0 or ot >= out_t:
-                            continue
-                        for kh in range((h + before_h) % stride_h, pool_h, stride_h):
-                            oh = (h + before_h - kh) // stride_h
-                            if oh < 0 or oh >= out_h:
-                                continue
-                            for kw in range((w + before_w) % stride_w, pool_w, stride_w):
-                                ow = (w + before_w - kw) // stride_w
-                                if ow < 0 or ow >= out_w:
-                                    continue
-                                k = (kt * pool_h + kh) * pool_w + kw
-                                assign = kt == first_t and kh == first_h and kw == first_w
-                                base = (
-                                    b * bit_strides[0]
-                                    + ot * bit_strides[1]
-                                    + oh * bit_strides[2]
-                                    + ow * bit_strides[3]
-                                )
-                                # The phase's first offset assigns (keeping a -0.0), as
-                                # NumPy's phase buffer does; the rest add.
-                                if assign:
-                                    for c in range(channels):
-                                        won = masks[k, base + c * step_c]
-                                        total[c] = G[b, ot, oh, ow, c] if won else zero
-                                else:
-                                    for c in range(channels):
-                                        won = masks[k, base + c * step_c]
-                                        value = G[b, ot, oh, ow, c] if won else zero
-                                        total[c] = total[c] + value
-                    for c in range(channels):
-                        dX[b, t, h, w, c] = total[c]
+            lands = reach[dim, offset, 0] < reach[dim, offset, 1]
+            if lands and offset % stride not in seen:
+                seen.add(offset % stride)
+                firsts[dim, offset] = True
+    return firsts
 
 
 @functools.cache
@@ -394,24 +253,39 @@ def _kernels() -> SimpleNamespace:
         raise KernelsUnavailable("the compiled kernels need Numba: install poolgrad[fast]")
     import numba
 
+    from engine import _numba_kernels as kernels
+
     def array(dtype: Any, ndim: int, contiguous: bool = True, readonly: bool = False) -> Any:
         return numba.types.Array(dtype, ndim, "C" if contiguous else "A", readonly=readonly)
 
-    # Unpacked 0/1 planes: forward fills new ones, backward reads those of a state.
-    u8 = array(numba.uint8, 2)
-    i64_2d, i64_1d = array(numba.int64, 2), array(numba.int64, 1)
+    # A chunk's columns of the state's bit planes: forward ORs bits in, backward reads them.
+    planes = array(numba.uint8, 2, contiguous=False)
+    planes_in = array(numba.uint8, 2, contiguous=False, readonly=True)
+    i64_2d, i64_3d, b_2d = array(numba.int64, 2), array(numba.int64, 3), array(numba.boolean, 2)
     floats, ints = (numba.float32, numba.float64), (numba.int16, numba.int32, numba.int64)
 
     def compile_(signatures: list[Any]) -> Callable[[Callable[..., None]], Any]:
         def build(function: Callable[..., None]) -> Any:
+            # boundscheck off (the default, said aloud): the loops stay within the geometry
+            # the plan checked. fastmath off: bit-exactness with NumPy is the contract.
+            def jit(cache: bool) -> Any:
+                return numba.njit(
+                    signatures,
+                    cache=cache,
+                    nogil=True,
+                    boundscheck=False,
+                    fastmath=False,
+                    error_model="numpy",
+                )(function)
+
             try:
-                return numba.njit(signatures, nogil=True, cache=True)(function)
+                return jit(cache=True)
             except RuntimeError as exc:
                 # No writable cache location (a read-only install without NUMBA_CACHE_DIR):
                 # compile for this process only rather than fail to start.
                 if "cannot cache" not in str(exc):
                     raise
-                return numba.njit(signatures, nogil=True)(function)
+                return jit(cache=False)
 
         return build
 
@@ -420,24 +294,27 @@ def _kernels() -> SimpleNamespace:
             numba.void(
                 array(f, 5, readonly=True),
                 array(f, 5),
-                u8,
+                planes,
                 i64_2d,
-                i64_1d,
+                i64_3d,
                 numba.boolean,
                 numba.boolean,
             )
             for f in floats
         ]
-    )(_forward)
+    )(kernels.forward)
     backward_disjoint = compile_(
-        [numba.void(array(i, 5, readonly=True), u8, array(i, 5), i64_2d, i64_1d) for i in ints]
-    )(_backward_disjoint)
+        [
+            numba.void(array(i, 5, readonly=True), planes_in, array(i, 5), i64_2d, i64_3d)
+            for i in ints
+        ]
+    )(kernels.backward_disjoint)
     backward_gather = compile_(
         [
-            numba.void(array(f, 5, readonly=True), u8, array(f, 5), i64_2d, i64_2d, i64_1d)
+            numba.void(array(f, 5, readonly=True), planes_in, array(f, 5), i64_2d, i64_3d, b_2d)
             for f in floats
         ]
-    )(_backward_gather)
+    )(kernels.backward_gather)
     return SimpleNamespace(
         forward=forward, backward_disjoint=backward_disjoint, backward_gather=backward_gather
     )

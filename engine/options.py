@@ -14,7 +14,9 @@ Kernels
     they do not cover run on NumPy. Needs the ``fast`` extra; a
     :class:`~engine.errors.KernelsUnavailable` otherwise.
 ``"auto"`` (default)
-    ``"compiled"`` when Numba imports, else ``"numpy"``.
+    ``"compiled"`` when Numba imports and X is ``channels_last`` with more than one channel,
+    else ``"numpy"`` (single-channel inputs run faster on NumPy); decided per call by
+    :func:`engine.compiled.kernel_set` and reported in :class:`RunReport`.
 
 Both kernel sets give bit-identical A (up to the sign of a zero max/min, which NumPy's own
 ``maximum`` leaves unspecified), states and dX.
@@ -55,7 +57,8 @@ class EngineOptions:
         Which kernel set runs (module docstring).
     piece_bytes : int
         Bytes of X per batch piece (:mod:`engine.parallel`): each piece's working set stays in
-        a core's L2 cache.
+        a core's L2 cache. With the default, the compiled kernels (which keep their working
+        set in cache row by row) cut a call into one piece per thread instead.
     parallel_min_elements : int
         Below this many input elements a call stays on the calling thread.
     disjoint_path : bool

@@ -91,7 +91,7 @@ def forward(
     """
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
-    run = _Run(options, report, spec)
+    run = _Run(options, report, spec, plan.input_shape)
     A = np.empty(plan.output_shape, dtype=X.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         if spec.mode == "avg":
@@ -147,7 +147,7 @@ def backward(
     with np.errstate(invalid="ignore", over="ignore"):
         dA = _checked_gradient(state, dA)
         plan = make_plan(state.spec, state.input_shape)
-        run = _Run(options, report, state.spec)
+        run = _Run(options, report, state.spec, plan.input_shape)
         if state.spec.mode == "avg":
             return _avg_backward(state, plan, dA, run)
         return _extreme_backward(state, plan, dA, run)
@@ -477,24 +477,24 @@ _K = TypeVar("_K", bound=Callable[..., object])
 class _Run:
     """One call's options, resolved kernel set and report."""
 
-    def __init__(self, options: EngineOptions | None, report: RunReport | None, spec: PoolSpec):
+    def __init__(
+        self,
+        options: EngineOptions | None,
+        report: RunReport | None,
+        spec: PoolSpec,
+        input_shape: tuple[int, ...],
+    ):
         self.options = options if options is not None else DEFAULT_OPTIONS
         self.report = report
         self.spec = spec
-        # The compiled kernels cover max and min; avg runs on NumPy whatever the choice.
-        chosen = compiled.kernel_set(self.options.kernels)
-        self.kernels = chosen if spec.mode != "avg" else "numpy"
+        self.kernels = compiled.kernel_set(self.options.kernels, spec, input_shape)
         if report is not None:
             report.kernels = self.kernels
             report.backward_path = ""
 
     def kernel_for(self, chunk: Chunk, compiled_kernel: _K, numpy_kernel: _K) -> _K:
-        """The kernel for one chunk: compiled when chosen and within its memory bound
-        (:func:`engine.compiled.fits`), else NumPy (the same bits); the report says which ran."""
-        use_compiled = self.kernels == "compiled" and compiled.fits(chunk.plan)
-        if self.report is not None and not use_compiled:
-            self.report.kernels = "numpy"
-        return compiled_kernel if use_compiled else numpy_kernel
+        """The kernel for one chunk of the call's kernel set (the same bits either way)."""
+        return compiled_kernel if self.kernels == "compiled" else numpy_kernel
 
     def chunks(self, work: Callable[[Chunk], None], plan: Plan, itemsize: int) -> None:
         """Split the call and run ``work`` on every chunk, quietly."""
@@ -505,7 +505,11 @@ class _Run:
             with np.errstate(invalid="ignore", over="ignore"):
                 work(chunk)
 
-        chunks = split(self.spec, plan, itemsize, self.options)
+        options = self.options
+        if self.kernels == "compiled" and options.piece_bytes == DEFAULT_OPTIONS.piece_bytes:
+            # The default piece is NumPy's cache size; the compiled kernels stream row by row.
+            options = dataclasses.replace(options, piece_bytes=compiled.PIECE_BYTES)
+        chunks = split(self.spec, plan, itemsize, options)
         threads = run_chunks(quiet, chunks, self.options)
         if self.report is not None:
             self.report.chunks = len(chunks)

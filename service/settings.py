@@ -141,7 +141,9 @@ class Settings(BaseSettings):
 
     engine_kernels: KernelChoice = "auto"
     """The engine's kernels for max/min: ``numpy`` (pure NumPy), ``compiled`` (Numba, the
-    ``fast`` extra; compiled at start-up), or ``auto`` (compiled when Numba is installed).
+    ``fast`` extra; compiled at start-up), or ``auto`` (compiled when Numba is installed, per
+    call for ``channels_last`` inputs with more than one channel; NumPy for the others, where
+    it is faster: ``engine.compiled.kernel_set``).
     Results are bit-identical; the choice is reported by ``/readyz`` and logged at start-up."""
 
     @field_validator("api_keys", mode="before")

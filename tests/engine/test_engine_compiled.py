@@ -118,7 +118,25 @@ def test_auto_falls_back_to_numpy_without_numba_and_compiled_says_what_is_missin
     ]
 
 
-def test_auto_chooses_the_compiled_kernels_when_numba_imports() -> None:
+@pytest.mark.parametrize(
+    ("shape", "layout", "mode", "kernels"),
+    [
+        ((1, 4, 4, 3), "channels_last", "max", "compiled"),
+        ((1, 4, 4, 3), "channels_last", "min", "compiled"),
+        ((1, 4, 4, 1), "channels_last", "max", "numpy"),  # single channel: NumPy is faster
+        ((1, 3, 4, 4), "channels_first", "max", "numpy"),  # run as single-channel images
+        ((1, 4, 4, 3), "channels_last", "avg", "numpy"),  # no compiled avg kernels
+    ],
+)
+def test_auto_routes_each_call_by_its_layout_and_channels(
+    shape: tuple[int, ...], layout: str, mode: str, kernels: str
+) -> None:
+    spec = PoolSpec(mode=mode, layout=layout)  # type: ignore[arg-type]
     report = RunReport()
-    forward(np.ones((1, 4, 4, 1)), PoolSpec(), report=report)
-    assert report.kernels == "compiled"
+    A, state = forward(np.ones(shape), spec, report=report)
+    assert report.kernels == kernels
+    backward(state, np.ones_like(A), report=report)
+    assert report.kernels == kernels
+    # An explicit choice is taken as it is (max/min).
+    forward(np.ones(shape), spec, options=COMPILED, report=report)
+    assert report.kernels == ("numpy" if mode == "avg" else "compiled")

@@ -26,7 +26,9 @@ from engine import EngineOptions, PoolSpec, backward, compiled, forward
 spec = PoolSpec(mode=sys.argv[1], ties=sys.argv[2], **json.loads(sys.argv[3]))
 X = np.random.default_rng(0).standard_normal(json.loads(sys.argv[4])).astype(np.float32)
 options = EngineOptions(kernels=sys.argv[5])
-compiled.kernel_set(options.kernels)  # Numba's import is the process's, not the call's
+# Numba's import and its kernels' loading are the process's, not the call's.
+if compiled.kernel_set(options.kernels) == "compiled":
+    compiled.warm_up()
 tracemalloc.start()
 A, state = forward(X, spec, options=options)
 forward_peak = tracemalloc.get_traced_memory()[1]
