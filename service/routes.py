@@ -15,7 +15,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from poolgrad import protocol
 from service import openapi
 from service.compute import Compute, Stepped
-from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
+from service.deps import (
+    HOLDS_BODY,
+    ComputeDep,
+    MetricsDep,
+    OwnerDep,
+    SettingsDep,
+    StoreDep,
+    get_owner,
+)
 from service.errors import BadRequest
 from service.httpio import read_body, request_media_type
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -104,7 +112,13 @@ async def _stepped_tensor(
 # ---------------------------------------------------------------------------- routes
 
 
-@router.post("/v1/sessions", status_code=201, tags=["sessions"], **openapi.CREATE_SESSION)
+@router.post(
+    "/v1/sessions",
+    status_code=201,
+    tags=["sessions"],
+    dependencies=HOLDS_BODY,
+    **openapi.CREATE_SESSION,
+)
 async def create_session(
     request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
@@ -132,7 +146,7 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
     return Response(status_code=204)
 
 
-@router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
+@router.post("/v1/sessions/{session_id}/forward", dependencies=HOLDS_BODY, **openapi.FORWARD)
 async def forward(
     session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
@@ -140,7 +154,7 @@ async def forward(
     return await _stepped_tensor(request, settings, compute, run)
 
 
-@router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
+@router.post("/v1/sessions/{session_id}/backward", dependencies=HOLDS_BODY, **openapi.BACKWARD)
 async def backward(
     session_id: str, request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
@@ -152,7 +166,7 @@ async def backward(
 @router.post(
     "/v1/gradient",
     tags=["gradient"],
-    dependencies=[Depends(get_owner)],
+    dependencies=[Depends(get_owner), *HOLDS_BODY],
     response_class=Response,
     **openapi.GRADIENT,
 )

@@ -16,6 +16,7 @@ from service_helpers import NPY, X1, assert_problem, client_for, expected, new_s
 
 from engine import EngineOptions, PoolSpec, PoolState, forward
 from poolgrad import protocol
+from poolgrad.protocol import inference
 from service.compute import EngineCalls
 from service.stores import Limits, MemoryStore, Usage
 
@@ -231,4 +232,46 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     np.testing.assert_array_equal(
         protocol.decode_tensor(response.content, media_type), expected(X)[0]
     )
+    assert (threads == [threading.get_ident()]) is inline
+
+
+@pytest.mark.parametrize(
+    ("binary", "shape", "sequence", "inline"),
+    [
+        (True, (2, 4, 4, 3), False, True),
+        (True, (4, 32, 32, 32), False, False),  # 512 KiB: over INLINE_MAX_BYTES
+        (False, (2, 4, 4, 3), True, True),
+        (False, (1, 32, 32, 8), True, False),  # ~100 KiB of JSON: over its bound
+    ],
+)
+async def test_v2_computes_small_work_on_the_loop_and_large_work_in_a_worker_thread(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    binary: bool,
+    shape: tuple[int, ...],
+    sequence: bool,
+    inline: bool,
+) -> None:
+    """/v2 takes the rule of /v1 (``Compute.runs_inline``), stateless and in a sequence."""
+    threads: list[int] = []
+
+    def recording_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
+        threads.append(threading.get_ident())
+        return forward(X, spec, options=options)
+
+    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    X = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    tensor: dict[str, object] = {"name": "X", "shape": list(shape), "datatype": "FP32"}
+    parameters = {"sequence_id": 5, "sequence_start": True} if sequence else {}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": X.nbytes}
+        header = protocol.dumps({"inputs": [tensor], "parameters": parameters})
+        body, headers = header + X.tobytes(), {inference.HEADER_LENGTH: str(len(header))}
+    else:
+        tensor["data"] = X.ravel().tolist()
+        body, headers = protocol.dumps({"inputs": [tensor], "parameters": parameters}), {}
+    response = await client.post("/v2/models/maxpool/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
     assert (threads == [threading.get_ident()]) is inline
