@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_helpers import NPY, expected, npy
+from service_helpers import NPY, address_of, expected, npy, read_response, read_until_closed
 
 from poolgrad import protocol
 
@@ -24,10 +24,6 @@ BODY = npy(X)
 #: Two whole uploads fit, and half of a third.
 BUDGET = 2 * len(BODY) + len(BODY) // 2
 CHUNK = 16 * 1024
-
-
-def address_of(server: Any) -> tuple[str, int]:
-    return ("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
 
 
 def reserved(http: httpx.Client) -> int:
@@ -43,17 +39,6 @@ def until_reserved(http: httpx.Client, nbytes: int, bound: float = 15.0) -> None
     while (now := reserved(http)) != nbytes:
         assert time.monotonic() < deadline, f"{now} bytes reserved, expected {nbytes}"
         time.sleep(0.02)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    sock.settimeout(15)
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        chunks.append(b"<reset>")
-    return b"".join(chunks)
 
 
 def head(path: str, length: int | None) -> bytes:
@@ -90,6 +75,18 @@ def http(budgeted: Any) -> Iterator[httpx.Client]:
         until_reserved(client, 0)  # every test leaves nothing held
 
 
+def hold_uploads(server: Any, http: httpx.Client, path: str, begun: bytes) -> list[socket.socket]:
+    """Two uploads of :data:`BODY` to ``path``, declared whole and left at ``begun``: they hold
+    two bodies of the budget (waited for) until they finish or their sockets close."""
+    held = []
+    for number in (1, 2):
+        sock = socket.create_connection(address_of(server))
+        held.append(sock)
+        sock.sendall(head(path, len(BODY)) + begun)
+        until_reserved(http, number * len(BODY))
+    return held
+
+
 def new_session(http: httpx.Client) -> str:
     return str(http.post("/v1/sessions", json={}).json()["id"])
 
@@ -98,11 +95,8 @@ def test_uploads_past_the_budget_are_refused_before_they_are_read(
     budgeted: Any, http: httpx.Client
 ) -> None:
     path = f"/v1/sessions/{new_session(http)}/forward"
-    held = [socket.create_connection(address_of(budgeted)) for _ in range(2)]
+    held = hold_uploads(budgeted, http, path, BODY[:1000])
     try:
-        for number, sock in enumerate(held, start=1):
-            sock.sendall(head(path, len(BODY)) + BODY[:1000])  # declared, barely begun
-            until_reserved(http, number * len(BODY))
         for _ in range(4):
             with socket.create_connection(address_of(budgeted)) as newcomer:
                 newcomer.sendall(head(path, len(BODY)) + BODY[:1000])
@@ -124,18 +118,6 @@ def test_uploads_past_the_budget_are_refused_before_they_are_read(
             sock.close()
 
 
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response with a ``Content-Length`` (the connection stays open)."""
-    sock.settimeout(15)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    length = int(data.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-    while len(data.split(b"\r\n\r\n", 1)[1]) < length:
-        data += sock.recv(65536)
-    return data
-
-
 def send_chunked(sock: socket.socket, body: bytes) -> None:
     """``body`` in chunks of :data:`CHUNK`, a little apart; stops where the server closed."""
     try:
@@ -152,11 +134,8 @@ def test_a_chunked_upload_is_refused_once_its_chunks_pass_the_budget(
     budgeted: Any, http: httpx.Client
 ) -> None:
     path = f"/v1/sessions/{new_session(http)}/forward"
-    held = [socket.create_connection(address_of(budgeted)) for _ in range(2)]
+    held = hold_uploads(budgeted, http, path, b"")
     try:
-        for number, sock in enumerate(held, start=1):
-            sock.sendall(head(path, len(BODY)))
-            until_reserved(http, number * len(BODY))
         with socket.create_connection(address_of(budgeted)) as chunked:
             chunked.sendall(head(path, None))
             send_chunked(chunked, BODY)

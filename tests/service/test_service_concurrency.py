@@ -199,6 +199,20 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
     assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)
 
 
+def record_forward_threads(app: FastAPI) -> list[int]:
+    """The app's engine forward, recording the thread of each call in the list returned."""
+    threads: list[int] = []
+
+    def recording_forward(
+        X: np.ndarray, spec: PoolSpec, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
+        threads.append(threading.get_ident())
+        return forward(X, spec, options=options)
+
+    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    return threads
+
+
 @pytest.mark.parametrize(
     ("media_type", "shape", "inline"),
     [
@@ -211,15 +225,7 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
 async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     app: FastAPI, client: httpx.AsyncClient, media_type: str, shape: tuple[int, ...], inline: bool
 ) -> None:
-    threads: list[int] = []
-
-    def recording_forward(
-        X: np.ndarray, spec: PoolSpec, options: EngineOptions
-    ) -> tuple[np.ndarray, PoolState]:
-        threads.append(threading.get_ident())
-        return forward(X, spec, options=options)
-
-    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    threads = record_forward_threads(app)
     session_id = await new_session(client)
     X = distinct_input(3)[:1].repeat(shape[0], 0) if shape == X1.shape else None
     X = np.random.default_rng(0).standard_normal(shape).astype(np.float32) if X is None else X
@@ -253,15 +259,7 @@ async def test_v2_computes_small_work_on_the_loop_and_large_work_in_a_worker_thr
     inline: bool,
 ) -> None:
     """/v2 takes the rule of /v1 (``Compute.runs_inline``), stateless and in a sequence."""
-    threads: list[int] = []
-
-    def recording_forward(
-        X: np.ndarray, spec: PoolSpec, options: EngineOptions
-    ) -> tuple[np.ndarray, PoolState]:
-        threads.append(threading.get_ident())
-        return forward(X, spec, options=options)
-
-    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    threads = record_forward_threads(app)
     X = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     tensor: dict[str, object] = {"name": "X", "shape": list(shape), "datatype": "FP32"}
     parameters = {"sequence_id": 5, "sequence_start": True} if sequence else {}
