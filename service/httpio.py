@@ -72,7 +72,7 @@ class _Reservation:
 
 async def hold_bodies(request: Request) -> AsyncIterator[None]:
     """The dependency of every route that reads a body (:func:`read_body` fails without
-    without it): its reservation is released when the request ends, however it ends (an
+    it): its reservation is released when the request ends, however it ends (an
     answer, a refusal, a client gone, a cancellation)."""
     reservation = _Reservation(request.app.state.body_budget)
     request.state.body_reservation = reservation
