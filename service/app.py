@@ -22,6 +22,7 @@ from poolgrad._version import __version__
 from service import openapi
 from service.compute import Compute
 from service.errors import StoreUnavailable
+from service.httpio import BodyBudget
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.problems import install_handlers
@@ -69,7 +70,8 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     """
     settings = settings if settings is not None else Settings()
     store = store if store is not None else store_of(settings)
-    metrics = Metrics(store)
+    body_budget = BodyBudget(settings.max_inflight_body_bytes)
+    metrics = Metrics(store, body_budget)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
+    app.state.body_budget = body_budget
     app.state.compute = Compute(store, settings, metrics)
     app.state.engine_kernels = warm_engine(settings)
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)

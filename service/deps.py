@@ -18,11 +18,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.compute import Compute
 from service.errors import Unauthorized
+from service.httpio import hold_bodies
 from service.metrics import Metrics
 from service.settings import Settings
 from service.stores import SessionStore
 
-__all__ = ["ComputeDep", "MetricsDep", "OwnerDep", "SettingsDep", "StoreDep", "owner_of"]
+__all__ = [
+    "HOLDS_BODY",
+    "ComputeDep",
+    "MetricsDep",
+    "OwnerDep",
+    "SettingsDep",
+    "StoreDep",
+    "owner_of",
+]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -100,3 +109,7 @@ async def get_metrics(
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+#: The dependencies of every route that reads a body: the bytes it holds of the process's body
+#: budget are released when the request ends (:func:`service.httpio.hold_bodies`).
+HOLDS_BODY = [Depends(hold_bodies)]

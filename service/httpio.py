@@ -1,5 +1,6 @@
-"""HTTP plumbing the routes share: bounded body reading and the one record of how far a
-request's body was read, which alone decides whether a refusal closes the connection.
+"""HTTP plumbing the routes share: bounded body reading, the process-wide budget of body bytes
+held at once, and the one record of how far a request's body was read, which alone decides
+whether a refusal closes the connection.
 
 Media types, negotiation, entity tags and the spec's query string are protocol facts
 (:mod:`poolgrad.protocol`); their errors carry their problem code and render as they are.
@@ -9,14 +10,76 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.requests import Request
 
 from poolgrad.protocol import DIGITS, quote, require_media_type
-from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from service.errors import BadRequest, CapacityExceeded, PayloadTooLarge, RequestTimeout
 
-__all__ = ["BodyRead", "must_close", "read_body", "request_media_type"]
+__all__ = [
+    "BodyBudget",
+    "BodyRead",
+    "hold_bodies",
+    "must_close",
+    "read_body",
+    "request_media_type",
+]
+
+
+class BodyBudget:
+    """The request-body bytes one server process holds at once, bounded by ``limit``
+    (``POOLGRAD_MAX_INFLIGHT_BODY_BYTES``): a body is held from its first byte until its request
+    ends, waiting for a compute thread included. Without it the bound would be
+    ``max_connections x max_body_bytes`` (SECURITY.md). One per app; only the event loop
+    touches it, so it needs no lock; ``/metrics`` shows ``reserved``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reserved = 0
+
+    def reserve(self, nbytes: int, request_bytes: int) -> None:
+        """Reserve ``nbytes`` more for a request that then holds ``request_bytes`` in all, or
+        :class:`CapacityExceeded` (429, ``Retry-After``) naming the budget, nothing reserved."""
+        if self.reserved + nbytes > self.limit:
+            raise CapacityExceeded(
+                f"a request body of {request_bytes} bytes does not fit the in-flight body budget "
+                f"of {self.limit} bytes ({self.reserved} held by other requests); retry later"
+            )
+        self.reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.reserved -= nbytes
+
+
+class _Reservation:
+    """The body bytes one request holds of the budget (``request.state.body_reservation``)."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.nbytes = 0
+
+    def cover(self, nbytes: int) -> None:
+        """Hold at least ``nbytes`` in all (the declared length, or the bytes received)."""
+        if nbytes > self.nbytes:
+            self.budget.reserve(nbytes - self.nbytes, nbytes)
+            self.nbytes = nbytes
+
+    def release(self) -> None:
+        self.budget.release(self.nbytes)
+        self.nbytes = 0
+
+
+async def hold_bodies(request: Request) -> AsyncIterator[None]:
+    """The dependency of every route that reads a body (:func:`read_body` fails without
+    it): its reservation is released when the request ends, however it ends (an
+    answer, a refusal, a client gone, a cancellation)."""
+    reservation = _Reservation(request.app.state.body_budget)
+    request.state.body_reservation = reservation
+    try:
+        yield
+    finally:
+        reservation.release()
 
 
 class BodyRead(enum.Enum):
@@ -50,7 +113,13 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
     (chunked, or a client that lies) bytes are counted as they arrive and reading stops at the
     first chunk past the limit, so at most ``limit`` plus one chunk is ever buffered. The whole
     body must arrive within ``timeout`` seconds (408). ``hint`` ends the 413's detail.
+
+    The bytes are reserved from the process's :class:`BodyBudget` (the route depends on
+    :func:`hold_bodies`, which releases them when the request ends): a declared length before
+    a byte is read, a chunked body as its chunks arrive; 429 ``capacity_exceeded`` when the
+    budget is full, so the answer closes the connection (:func:`must_close`).
     """
+    reservation: _Reservation = request.state.body_reservation
     declared = request.headers.get("content-length")
     if declared is not None:
         if DIGITS.fullmatch(declared) is None:
@@ -59,6 +128,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
             raise PayloadTooLarge(
                 f"Content-Length {int(declared)} exceeds the limit of {limit} bytes{hint}"
             )
+        reservation.cover(int(declared))
     _set(request, BodyRead.STARTED)
     chunks: list[bytes] = []
     received = 0
@@ -73,6 +143,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
                         f"body exceeds the limit of {limit} bytes ({received} bytes received "
                         f"so far){hint}"
                     )
+                reservation.cover(received)
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise RequestTimeout(

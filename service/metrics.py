@@ -12,10 +12,11 @@ import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.errors import StoreUnavailable
+from service.httpio import BodyBudget
 from service.stores import SessionStore
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -46,10 +47,24 @@ class _StoreCounters(Collector):
         )
 
 
+class _BodyBudgetGauge(Collector):
+    """The request-body bytes this process holds now (:class:`BodyBudget`), read at scrape."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "poolgrad_body_bytes_reserved",
+            "Request-body bytes reserved by requests in flight (POOLGRAD_MAX_INFLIGHT_BODY_BYTES).",
+            value=self._budget.reserved,
+        )
+
+
 class Metrics:
     """The collectors of one app, registered in its own :class:`CollectorRegistry`."""
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, body_budget: BodyBudget | None = None) -> None:
         self.store = store
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -87,6 +102,9 @@ class Metrics:
         # lock and validates on every call; the label values are a bounded set (see
         # service.middleware), so the children are looked up once each.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+        if body_budget is not None:
+            self.registry.register(_BodyBudgetGauge(body_budget))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and observe its duration, by bounded labels."""

@@ -150,7 +150,7 @@ def _errors(
     """OpenAPI responses for the problem codes a route can answer with, grouped by status
     (as problems, unless another body is named: the Open Inference Protocol's)."""
     by_status: dict[int, list[str]] = {}
-    for code in codes:
+    for code in dict.fromkeys(codes):  # once each, however many groups name it
         by_status.setdefault(PROBLEMS[code].status, []).append(code)
     return {
         status: {
@@ -163,7 +163,7 @@ def _errors(
 
 _AUTH = ("unauthorized",)
 _STORE = ("store_unavailable",)
-_BODY = ("payload_too_large", "request_timeout")
+_BODY = ("payload_too_large", "request_timeout", "capacity_exceeded")
 _SESSION = (*_AUTH, "session_not_found", *_STORE)
 _TENSOR_IO = ("malformed_tensor", "unsupported_media_type", "not_acceptable", *_BODY)
 

@@ -17,7 +17,15 @@ from engine import PoolSpec
 from poolgrad import protocol
 from service import openapi
 from service.compute import SPEC_CACHE_SIZE, Compute, Stepped, parse_spec
-from service.deps import ComputeDep, MetricsDep, OwnerDep, SettingsDep, StoreDep, get_owner
+from service.deps import (
+    HOLDS_BODY,
+    ComputeDep,
+    MetricsDep,
+    OwnerDep,
+    SettingsDep,
+    StoreDep,
+    get_owner,
+)
 from service.errors import BadRequest
 from service.httpio import read_body, request_media_type
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -123,7 +131,13 @@ async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> R
 # ---------------------------------------------------------------------------- routes
 
 
-@router.post("/v1/sessions", status_code=201, tags=["sessions"], **openapi.CREATE_SESSION)
+@router.post(
+    "/v1/sessions",
+    status_code=201,
+    tags=["sessions"],
+    dependencies=HOLDS_BODY,
+    **openapi.CREATE_SESSION,
+)
 async def create_session(
     request: Request, compute: ComputeDep, settings: SettingsDep, owner: OwnerDep
 ) -> Response:
@@ -151,7 +165,7 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
     return Response(status_code=204)
 
 
-@router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
+@router.post("/v1/sessions/{session_id}/forward", dependencies=HOLDS_BODY, **openapi.FORWARD)
 async def forward(
     session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
@@ -159,7 +173,7 @@ async def forward(
     return await _stepped_tensor(request, compute, run)
 
 
-@router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
+@router.post("/v1/sessions/{session_id}/backward", dependencies=HOLDS_BODY, **openapi.BACKWARD)
 async def backward(
     session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
 ) -> Response:
@@ -171,7 +185,7 @@ async def backward(
 @router.post(
     "/v1/gradient",
     tags=["gradient"],
-    dependencies=[Depends(get_owner)],
+    dependencies=[Depends(get_owner), *HOLDS_BODY],
     response_class=Response,
     **openapi.GRADIENT,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine import compiled
@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     """Largest JSON request body, in bytes (also bounded by ``max_body_bytes``). Parsing JSON
     builds a Python object per number, some 10 to 30 times the body's size in memory, so JSON
     gets a smaller limit than binary bodies; large tensors belong in ``.npy`` or safetensors."""
+
+    max_inflight_body_bytes: int = Field(default=256 * MIB, ge=1)
+    """Most request-body bytes held at once by the whole process, at least ``max_body_bytes``:
+    bodies being received or waiting for a compute thread. A body is reserved from its declared
+    ``Content-Length`` before a byte is read (chunked bodies as their bytes arrive) and released
+    when its request ends; one that does not fit is a 429 ``capacity_exceeded`` with
+    ``Retry-After``, and its connection closes. Bounds what bodies can cost whatever
+    ``max_connections`` is."""
 
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Time allowed to receive a whole request body; slower bodies get a 408, so a client that
@@ -177,6 +185,16 @@ class Settings(BaseSettings):
         if value == "compiled" and not compiled.available():
             raise ValueError("compiled kernels need Numba: install poolgrad[fast], or use auto")
         return value
+
+    @model_validator(mode="after")
+    def _largest_body_fits(self) -> Settings:
+        """A budget under the body limit would refuse the largest allowed bodies forever."""
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes}): raise it, or lower max_body_bytes"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -40,8 +40,8 @@ from poolgrad._version import __version__
 from poolgrad.protocol import ProtocolError, inference, quote, spec_from_query
 from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
 from service import openapi
-from service.compute import NAMED_INPUTS
-from service.deps import ComputeDep, OwnerDep, SettingsDep, StoreDep
+from service.compute import NAMED_INPUTS, Compute
+from service.deps import HOLDS_BODY, ComputeDep, OwnerDep, SettingsDep, StoreDep
 from service.errors import (
     BadRequest,
     InvalidSpec,
@@ -60,8 +60,6 @@ __all__ = ["MODELS", "MODEL_VERSION", "router", "sequence_session_id"]
 MODELS = {"maxpool": "max", "minpool": "min", "avgpool": "avg"}
 #: The one version of every model.
 MODEL_VERSION = "1"
-#: JSON up to this size is parsed on the event loop (well under a millisecond); larger in a thread.
-INLINE_JSON_BYTES = 64 * 1024
 #: The output each input gives.
 OUTPUT_OF = {"X": "A", "dA": "dX"}
 _FLOAT_DATATYPES = [name for name, dtype in inference.DATATYPES.items() if "float" in dtype]
@@ -111,8 +109,7 @@ def _model_route(method: str, suffix: str, **kwargs: Any) -> Callable[[Any], Any
             f"/v2/models/{{model_name}}/versions/{{model_version}}{suffix}",
             endpoint,
             methods=[method],
-            dependencies=[Depends(check_version)],
-            **kwargs,
+            **{**kwargs, "dependencies": [Depends(check_version), *kwargs.get("dependencies", ())]},
         )
         return endpoint
 
@@ -155,7 +152,9 @@ async def model_ready(_mode: ModeDep, store: StoreDep) -> Response:
     return Response(status_code=200)
 
 
-@_model_route("POST", "/infer", response_class=Response, **openapi.V2_INFER)
+@_model_route(
+    "POST", "/infer", response_class=Response, dependencies=HOLDS_BODY, **openapi.V2_INFER
+)
 async def infer(
     model_name: str,
     mode: ModeDep,
@@ -165,7 +164,10 @@ async def infer(
     owner: OwnerDep,
 ) -> Response:
     body, header_length = await _infer_body(request, settings)
-    parsed = await _parse(body, header_length)
+    parsed = await _parse(compute, body, header_length)
+    # The rule of /v1 (Compute.runs_inline): small requests are computed on the event loop.
+    media_type = protocol.MEDIA_JSON if header_length is None else inference.BINARY_MEDIA_TYPE
+    inline = compute.runs_inline(len(body), media_type)
     sequence = parsed.sequence()
     parameters = parsed.model_parameters()
     if any(name == "mode" for name, _ in parameters):
@@ -176,12 +178,12 @@ async def infer(
     spec_fields = {"mode": mode, **spec_from_query(parameters, source="request parameter")}
     wanted = _wanted_outputs(parsed)
     if sequence is None:
-        encoded = await _stateless(compute, parsed, spec_fields, wanted)
+        encoded = await _stateless(compute, parsed, spec_fields, wanted, inline)
     else:
         session_id = sequence_session_id(owner, model_name, sequence.id)
         request.state.session_id = session_id
         encoded = await _in_sequence(
-            compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted
+            compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted, inline
         )
     payload, json_length = inference.response_body(
         model_name, MODEL_VERSION, parsed.id, [encoded[name] for name in wanted]
@@ -251,12 +253,13 @@ async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int 
     return body, header_length
 
 
-async def _parse(body: bytes, header_length: int | None) -> InferRequest:
-    """The checked request. A JSON part over :data:`INLINE_JSON_BYTES` is parsed in a worker
-    thread, so the event loop never waits on megabytes of JSON (binary tensors cost nothing to
+async def _parse(compute: Compute, body: bytes, header_length: int | None) -> InferRequest:
+    """The checked request. A JSON part too large to parse on the event loop
+    (:meth:`Compute.runs_inline`, the bound of ``/v1``'s JSON bodies) is parsed in a worker
+    thread, so the loop never waits on megabytes of JSON (binary tensors cost nothing to
     parse: they are sliced, not read)."""
     json_bytes = len(body) if header_length is None else header_length
-    if json_bytes <= INLINE_JSON_BYTES:
+    if compute.runs_inline(json_bytes, protocol.MEDIA_JSON):
         return inference.parse_request(body, header_length)
     return await anyio.to_thread.run_sync(inference.parse_request, body, header_length)
 
@@ -285,7 +288,11 @@ def _encoder(parsed: InferRequest, name: str) -> Callable[[np.ndarray], EncodedO
 
 
 async def _stateless(
-    compute: ComputeDep, parsed: InferRequest, spec_fields: Mapping[str, Any], wanted: list[str]
+    compute: ComputeDep,
+    parsed: InferRequest,
+    spec_fields: Mapping[str, Any],
+    wanted: list[str],
+    inline: bool,
 ) -> dict[str, EncodedOutput]:
     if "X" not in parsed.inputs:
         raise InvalidTensor(
@@ -297,7 +304,7 @@ async def _stateless(
     def encode(results: dict[str, np.ndarray]) -> dict[str, EncodedOutput]:
         return {name: encoders[name](results[name]) for name in wanted}
 
-    return await compute.gradient(spec_fields, parsed.decode_inputs, encode)
+    return await compute.gradient(spec_fields, parsed.decode_inputs, encode, inline=inline)
 
 
 async def _in_sequence(
@@ -309,6 +316,7 @@ async def _in_sequence(
     model_name: str,
     spec_fields: Mapping[str, Any],
     wanted: list[str],
+    inline: bool,
 ) -> dict[str, EncodedOutput]:
     """Run the request's inputs in its sequence; start and end as its flags say."""
     if not sequence.start and len(spec_fields) > 1:
@@ -322,12 +330,16 @@ async def _in_sequence(
     try:
         if "X" in parsed.inputs:
             stepped = await compute.forward(
-                session_id, owner, parsed.inputs["X"].decode, _encoder(parsed, "A")
+                session_id, owner, parsed.inputs["X"].decode, _encoder(parsed, "A"), inline=inline
             )
             encoded["A"] = stepped.payload
         if "dA" in parsed.inputs:
             stepped = await compute.backward(
-                session_id, owner, parsed.inputs["dA"].decode, _encoder(parsed, "dX")
+                session_id,
+                owner,
+                parsed.inputs["dA"].decode,
+                _encoder(parsed, "dX"),
+                inline=inline,
             )
             encoded["dX"] = stepped.payload
     except SessionNotFound as exc:

@@ -35,9 +35,12 @@ def binary(name: str) -> str:
 class RedisServer:
     """One ``redis-server`` process: no persistence, loopback only, ``noeviction`` (the
     setting the Redis store needs). :meth:`stop` and :meth:`start` keep the port, so a stopped
-    and restarted server is the same URL to its clients, and it comes back empty."""
+    and restarted server is the same URL to its clients, and it comes back empty; with
+    ``persistent`` it keeps an append-only file in ``directory``, synced on every write, and
+    comes back with every write it acknowledged, even after :meth:`kill`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
+        self.persistent = persistent
         self.port = free_port()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -47,11 +50,13 @@ class RedisServer:
 
     def start(self) -> None:
         log = (self.directory / "redis.log").open("ab")
+        append_only = ("yes", "--appendfsync", "always") if self.persistent else ("no",)
         self.process = subprocess.Popen(
             [
                 binary("redis-server"),
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+                *("--save", "", "--dir", str(self.directory)),
+                *("--appendonly", *append_only),
                 *("--maxmemory-policy", "noeviction"),
                 *("--unixsocket", str(self.socket), "--unixsocketperm", "700"),
             ],
@@ -74,6 +79,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save; what it acknowledged is only what it synced."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -115,3 +116,36 @@ class Refusal(NamedTuple):
 
     def check(self, response: httpx.Response) -> None:
         assert_problem(response, self.status, self.code, *self.named)
+
+
+# ------------------------------------------------- raw sockets against a live server
+
+
+def address_of(server: Any) -> tuple[str, int]:
+    return ("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
+
+
+def read_until_closed(sock: socket.socket, wait_seconds: float = 15.0) -> bytes:
+    """Everything the server sends until it closes; ``<reset>`` appended on a reset. Raises
+    ``TimeoutError`` if the server keeps the connection open for ``wait_seconds``."""
+    sock.settimeout(wait_seconds)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        chunks.append(b"<reset>")
+    return b"".join(chunks)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a ``Content-Length`` (the server writes head and body apart)."""
+    sock.settimeout(15)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body

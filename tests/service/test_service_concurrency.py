@@ -16,6 +16,7 @@ from service_helpers import NPY, X1, assert_problem, client_for, expected, new_s
 
 from engine import EngineOptions, PoolSpec, PoolState, forward
 from poolgrad import protocol
+from poolgrad.protocol import inference
 from service.compute import EngineCalls
 from service.stores import Limits, MemoryStore, Usage
 
@@ -198,6 +199,23 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
     assert await app.state.store.usage() == Usage(sessions=0, state_bytes=0)
 
 
+def record_forward_threads(app: FastAPI) -> tuple[list[int], list[int]]:
+    """The app's engine forward, recording the thread of each call and the engine threads it
+    was allowed, in the two lists returned."""
+    threads: list[int] = []
+    engine_threads: list[int] = []
+
+    def recording_forward(
+        X: np.ndarray, spec: PoolSpec, *, options: EngineOptions
+    ) -> tuple[np.ndarray, PoolState]:
+        threads.append(threading.get_ident())
+        engine_threads.append(options.threads)
+        return forward(X, spec, options=options)
+
+    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    return threads, engine_threads
+
+
 @pytest.mark.parametrize(
     ("media_type", "shape", "inline"),
     [
@@ -210,17 +228,7 @@ async def test_delete_during_a_forward_is_final(client: httpx.AsyncClient, app: 
 async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     app: FastAPI, client: httpx.AsyncClient, media_type: str, shape: tuple[int, ...], inline: bool
 ) -> None:
-    threads: list[int] = []
-    engine_threads: list[int] = []
-
-    def recording_forward(
-        X: np.ndarray, spec: PoolSpec, *, options: EngineOptions
-    ) -> tuple[np.ndarray, PoolState]:
-        threads.append(threading.get_ident())
-        engine_threads.append(options.threads)
-        return forward(X, spec, options=options)
-
-    app.state.compute.engine = EngineCalls(forward=recording_forward)
+    threads, engine_threads = record_forward_threads(app)
     session_id = await new_session(client)
     X = distinct_input(3)[:1].repeat(shape[0], 0) if shape == X1.shape else None
     X = np.random.default_rng(0).standard_normal(shape).astype(np.float32) if X is None else X
@@ -236,3 +244,37 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     assert (threads == [threading.get_ident()]) is inline
     # Work on the loop is small: the engine does not split it over threads either.
     assert engine_threads == [1 if inline else app.state.compute.engine_options.threads]
+
+
+@pytest.mark.parametrize(
+    ("binary", "shape", "sequence", "inline"),
+    [
+        (True, (2, 4, 4, 3), False, True),
+        (True, (4, 32, 32, 32), False, False),  # 512 KiB: over INLINE_MAX_BYTES
+        (False, (2, 4, 4, 3), True, True),
+        (False, (1, 32, 32, 8), True, False),  # ~100 KiB of JSON: over its bound
+    ],
+)
+async def test_v2_computes_small_work_on_the_loop_and_large_work_in_a_worker_thread(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    binary: bool,
+    shape: tuple[int, ...],
+    sequence: bool,
+    inline: bool,
+) -> None:
+    """/v2 takes the rule of /v1 (``Compute.runs_inline``), stateless and in a sequence."""
+    threads, _ = record_forward_threads(app)
+    X = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    tensor: dict[str, object] = {"name": "X", "shape": list(shape), "datatype": "FP32"}
+    parameters = {"sequence_id": 5, "sequence_start": True} if sequence else {}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": X.nbytes}
+        header = protocol.dumps({"inputs": [tensor], "parameters": parameters})
+        body, headers = header + X.tobytes(), {inference.HEADER_LENGTH: str(len(header))}
+    else:
+        tensor["data"] = X.ravel().tolist()
+        body, headers = protocol.dumps({"inputs": [tensor], "parameters": parameters}), {}
+    response = await client.post("/v2/models/maxpool/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert (threads == [threading.get_ident()]) is inline

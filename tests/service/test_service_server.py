@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from service_helpers import NPY, npy
+from service_helpers import NPY, address_of, npy, read_response, read_until_closed
 
 import engine
 from poolgrad import protocol
@@ -31,36 +31,6 @@ from service.server import BoundedHttpToolsProtocol, server_config
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER_BOUND = 4096
 HEADER_TIMEOUT = 0.5
-
-
-def address_of(server: Any) -> tuple[str, int]:
-    return ("127.0.0.1", int(server.base_url.rsplit(":", 1)[1]))
-
-
-def read_until_closed(sock: socket.socket, wait_seconds: float = 15.0) -> bytes:
-    """Everything the server sends until it closes; ``<reset>`` appended on a reset. Raises
-    ``TimeoutError`` if the server keeps the connection open for ``wait_seconds``."""
-    sock.settimeout(wait_seconds)
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        chunks.append(b"<reset>")
-    return b"".join(chunks)
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response with a ``Content-Length`` (the server writes head and body apart)."""
-    sock.settimeout(15)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return data
 
 
 def forward_checked(http: httpx.Client, X: np.ndarray, content: Iterator[bytes]) -> str:

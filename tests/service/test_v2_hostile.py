@@ -16,7 +16,6 @@ from fastapi import FastAPI
 from service_helpers import DA1, X1, assert_state_intact, client_for, expected
 
 from poolgrad.protocol import inference
-from service import v2
 from service.v2 import sequence_session_id
 
 INFER = "/v2/models/maxpool/infer"
@@ -249,18 +248,18 @@ async def refused(
     [case[1:] for case in HOSTILE],
     ids=[case[0] for case in HOSTILE],
 )
-@pytest.mark.parametrize("inline_json_bytes", [v2.INLINE_JSON_BYTES, 0], ids=["loop", "thread"])
+@pytest.mark.parametrize("on_loop", [True, False], ids=["loop", "thread"])
 async def test_hostile_bodies_are_refused_and_nothing_is_stored(
     app: FastAPI,
     client: httpx.AsyncClient,
-    monkeypatch: pytest.MonkeyPatch,
     make: Callable[[], tuple[bytes, dict[str, str]]],
     status: int,
     named: str,
-    inline_json_bytes: int,
+    on_loop: bool,
 ) -> None:
     """Parsed on the event loop or, as large JSON is, in a worker thread: the same answers."""
-    monkeypatch.setattr(v2, "INLINE_JSON_BYTES", inline_json_bytes)
+    if not on_loop:
+        app.state.compute.inline_max_bytes = 0
     await refused(client, make(), status, named)
     usage = await app.state.store.usage()
     assert (usage.sessions, usage.state_bytes) == (0, 0)
