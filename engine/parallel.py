@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from engine.geometry import Plan, make_plan, plan_bytes
 from engine.memo import WeighedMemo, deep_bytes
 from engine.options import EngineOptions
@@ -70,21 +72,48 @@ def _executor_for(threads: int) -> ThreadPoolExecutor:
         return executor
 
 
-def split(spec: PoolSpec, plan: Plan, itemsize: int, options: EngineOptions) -> list[Chunk]:
+def split(
+    spec: PoolSpec,
+    plan: Plan,
+    itemsize: int,
+    options: EngineOptions,
+    piece_bytes: int | None = None,
+) -> list[Chunk]:
     """Chunks covering the whole call (X of ``itemsize`` bytes per element), in order; a single
-    chunk when splitting would not pay. Memoized on everything it depends on; a single chunk
-    carries ``plan`` itself."""
+    chunk when splitting would not pay. ``piece_bytes`` overrides ``options.piece_bytes``.
+    Memoized on everything it depends on; a single chunk carries ``plan`` itself.
+
+    A call on one thread whose X fits in one piece is one chunk: that is decided before the
+    memo, whose key (a spec and a shape to hash) and lookup would cost a tiny call more than
+    its kernels' Python steps."""
+    piece_bytes = options.piece_bytes if piece_bytes is None else piece_bytes
+    elements = math.prod(plan.input_shape)
+    one_thread = options.threads == 1 or elements < options.parallel_min_elements
+    if one_thread and (plan.input_shape[0] == 1 or elements * itemsize <= piece_bytes):
+        return [_whole(spec, plan)]
     chunks = _split(
         spec,
         plan.input_shape,
         itemsize,
         options.threads,
-        options.piece_bytes,
+        piece_bytes,
         options.parallel_min_elements,
     )
     if len(chunks) == 1:
         return [dataclasses.replace(chunks[0], plan=plan)]
     return list(chunks)
+
+
+def _whole(spec: PoolSpec, plan: Plan) -> Chunk:
+    """The call as one chunk."""
+    return Chunk(
+        input_index=(slice(None),) * len(plan.input_shape),
+        output_index=(slice(None),) * len(plan.output_shape),
+        spec=spec,
+        plan=plan,
+        byte_start=0,
+        byte_stop=-(-math.prod(plan.output_shape) // 8),
+    )
 
 
 #: Bytes that memoized splits (chunks and the sub-plans they keep alive) may hold in all.
@@ -128,14 +157,7 @@ def _compute_split(
     piece_bytes: int,
     parallel_min_elements: int,
 ) -> list[Chunk]:
-    whole = Chunk(
-        input_index=(slice(None),) * len(plan.input_shape),
-        output_index=(slice(None),) * len(plan.output_shape),
-        spec=spec,
-        plan=plan,
-        byte_start=0,
-        byte_stop=-(-math.prod(plan.output_shape) // 8),
-    )
+    whole = _whole(spec, plan)
     elements = math.prod(plan.input_shape)
     threads = thread_setting if elements >= parallel_min_elements else 1
     if plan.input_shape[0] > 1:
@@ -243,7 +265,9 @@ def run_chunks(
 ) -> int:
     """Run ``work`` on every chunk in order, in one contiguous run per thread (the calling
     thread takes the first run); all on the calling thread below
-    ``options.parallel_min_elements`` input elements in all. Returns the threads used."""
+    ``options.parallel_min_elements`` input elements in all. Worker threads run under the
+    calling thread's NumPy error state (``np.errstate`` is per thread). Returns the threads
+    used."""
     elements = sum(math.prod(chunk.plan.input_shape) for chunk in chunks)
     threads = min(options.threads, len(chunks)) if elements >= options.parallel_min_elements else 1
     if threads == 1:
@@ -257,8 +281,14 @@ def run_chunks(
         for chunk in run:
             work(chunk)
 
+    error_state = np.geterr()
+
+    def worker_run(run: Sequence[Chunk]) -> None:
+        with np.errstate(**error_state):
+            work_run(run)
+
     executor = _executor_for(options.threads)
-    futures = [executor.submit(work_run, run) for run in runs[1:]]
+    futures = [executor.submit(worker_run, run) for run in runs[1:]]
     work_run(runs[0])
     for future in futures:
         future.result()

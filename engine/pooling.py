@@ -497,20 +497,15 @@ class _Run:
         return compiled_kernel if self.kernels == "compiled" else numpy_kernel
 
     def chunks(self, work: Callable[[Chunk], None], plan: Plan, itemsize: int) -> None:
-        """Split the call and run ``work`` on every chunk, quietly."""
-
-        # inf - inf, float16 overflow and the like are data here (NaN / inf in the result,
-        # handled by the NaN rules), not warnings. errstate is per thread: each chunk sets its own.
-        def quiet(chunk: Chunk) -> None:
-            with np.errstate(invalid="ignore", over="ignore"):
-                work(chunk)
-
-        options = self.options
-        if self.kernels == "compiled" and options.piece_bytes == DEFAULT_OPTIONS.piece_bytes:
+        """Split the call and run ``work`` on every chunk, under the caller's error state
+        (:func:`forward` and :func:`backward` silence what is data here: inf - inf, float16
+        overflow and the like give NaN / inf in the result, handled by the NaN rules)."""
+        piece_bytes = None
+        if self.kernels == "compiled" and self.options.piece_bytes == DEFAULT_OPTIONS.piece_bytes:
             # The default piece is NumPy's cache size; the compiled kernels stream row by row.
-            options = dataclasses.replace(options, piece_bytes=compiled.PIECE_BYTES)
-        chunks = split(self.spec, plan, itemsize, options)
-        threads = run_chunks(quiet, chunks, self.options)
+            piece_bytes = compiled.PIECE_BYTES
+        chunks = split(self.spec, plan, itemsize, self.options, piece_bytes)
+        threads = run_chunks(work, chunks, self.options)
         if self.report is not None:
             self.report.chunks = len(chunks)
             self.report.threads = threads

@@ -191,6 +191,16 @@ class PoolSpec:
         }
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
+        # Every memo key of a call holds the spec: hash its eight fields once, not per lookup.
+        object.__setattr__(self, "_hash", hash(tuple(normalized.values())))
+
+    def __hash__(self) -> int:
+        return cast(int, self.__dict__["_hash"])
+
+    def __reduce__(self) -> tuple[type[PoolSpec], tuple[object, ...]]:
+        # Rebuilt through __init__, so a copy or an unpickled spec hashes in its own process
+        # (str hashes differ between processes).
+        return PoolSpec, tuple(getattr(self, f.name) for f in fields(self))
 
     @property
     def ndim(self) -> int:

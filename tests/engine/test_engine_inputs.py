@@ -4,6 +4,7 @@ nothing the caller passes is written; threaded chunks equal the single-threaded 
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -184,6 +185,33 @@ def test_chunks_partition_the_input(shape: tuple[int, ...], kwargs: dict[str, ob
         cover[chunk.input_index] += 1
     assert cover.min() == 1
     assert cover.max() == 1
+
+
+def test_worker_threads_run_under_the_callers_error_state() -> None:
+    # forward/backward silence inf - inf once, on the calling thread; chunks on worker threads
+    # must see the same state (np.errstate is per thread), or they would warn.
+    shape = (4, 8, 8, 2)
+    spec = PoolSpec()
+    options = EngineOptions(threads=2, piece_bytes=512, parallel_min_elements=1)
+    chunks = engine.parallel.split(spec, make_plan(spec, shape), 4, options)
+    caller = threading.get_ident()
+
+    def work(chunk: engine.parallel.Chunk) -> None:
+        if threading.get_ident() != caller:
+            np.add(np.full(2, np.inf), np.full(2, -np.inf))
+
+    assert len(chunks) > 1
+    with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+        engine.parallel.run_chunks(work, chunks, options)
+
+
+def test_one_thread_one_piece_is_one_chunk_of_the_call_plan() -> None:
+    spec = PoolSpec(pool_size=3, strides=1)
+    plan = make_plan(spec, (2, 9, 9, 3))
+    for options in (EngineOptions(threads=1), EngineOptions(threads=2)):
+        (chunk,) = engine.parallel.split(spec, plan, 8, options)
+        assert chunk.plan is plan
+        assert (chunk.byte_start, chunk.byte_stop) == (0, -(-2 * 7 * 7 * 3 // 8))
 
 
 @pytest.mark.parametrize("field", ["threads", "piece_bytes", "parallel_min_elements"])
