@@ -38,6 +38,7 @@ import numpy as np
 
 from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
+from engine.memo import WeighedMemo, deep_bytes
 from engine.options import KernelChoice
 from engine.spec import PoolSpec
 from engine.upstream import accumulate_dtype, split_shares, winner_counts
@@ -203,10 +204,26 @@ def _output(
     return scratch, lambda: np.copyto(array, scratch.reshape(array.shape), casting="unsafe")
 
 
+#: Bytes that memoized kernel geometries may hold in all (a few hundred bytes each, about
+#: 48 bytes per window offset of the longest dim).
+GEOMETRY_MEMO_BYTES = 4 << 20
+
+_geometry_memo: WeighedMemo[tuple[np.ndarray, np.ndarray]] = WeighedMemo(
+    GEOMETRY_MEMO_BYTES, deep_bytes, name="kernel-geometry"
+)
+
+
 def _geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size;
     and int64 ``(3, max pool, 2)``: per dim and window offset, the outputs ``[lo, hi)`` whose
-    window puts that offset on a real element (``lo == hi`` for none)."""
+    window puts that offset on a real element (``lo == hi`` for none).
+
+    Memoized per chunk geometry, shared by threads (the kernels only read them): building them
+    cost a tiny call more than its kernels did (about 18 us of a 28 us forward)."""
+    return _geometry_memo.get((spec, plan.input_shape), lambda: _build_geometry(spec, plan))
+
+
+def _build_geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     rows = [(1, 1, 0, 1, 1)] * (3 - spec.ndim)
     for dim, axis in enumerate(plan.spatial_axes):
         rows.append(
