@@ -30,6 +30,7 @@ avg runs on NumPy whatever the choice.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -75,10 +76,12 @@ def kernel_set(
     - ``avg`` runs on NumPy (there are no compiled avg kernels);
     - ``"numpy"`` and ``"compiled"`` are taken as they are;
     - ``"auto"`` is ``"compiled"`` when Numba imports and X is ``channels_last`` with more than
-      one channel, ``"numpy"`` otherwise: single-channel rows (and ``channels_first``, which
-      the kernels run as single-channel images) make the compiled forward read along ``w``
-      with a stride, slower than NumPy's (``python -m bench.engine``), while with channels
-      the compiled kernels are the faster ones on every shape of the suite.
+      one channel or has fewer than :data:`AUTO_SMALL_ELEMENTS` elements, ``"numpy"``
+      otherwise: single-channel rows (and ``channels_first``, which the kernels run as
+      single-channel images) make the compiled forward read along ``w`` with a stride, slower
+      than NumPy's (``python -m bench.engine``) once the input is large enough for that to
+      outweigh NumPy's Python step per window offset, while with channels the compiled
+      kernels are the faster ones on every shape of the suite.
 
     Without a call, the set the process may run (what the service warms up): ``"compiled"``
     for ``"compiled"``, and for ``"auto"`` when Numba imports.
@@ -101,9 +104,18 @@ def kernel_set(
         return "compiled"
     if spec.mode == "avg":
         return "numpy"
-    if choice == "auto" and (spec.layout != "channels_last" or input_shape[-1] == 1):
+    single_channel = spec.layout != "channels_last" or input_shape[-1] == 1
+    if choice == "auto" and single_channel and math.prod(input_shape) >= AUTO_SMALL_ELEMENTS:
         return "numpy"
     return "compiled"
+
+
+#: ``"auto"`` runs single-channel inputs under this many elements on the compiled kernels too:
+#: there a call is mostly Python steps, one per window offset on NumPy, and the compiled
+#: kernels took 0.3-0.7x NumPy's time (forward + backward, one thread, (1, 8, 8, 1) to
+#: (1, 16, 16, 1) and (1, 4, 16, 16), 2x2 and 3x3 windows); from 1024 on NumPy's passes win
+#: on some shapes.
+AUTO_SMALL_ELEMENTS = 1024
 
 
 #: Bytes of X per batch piece when the compiled kernels run: they keep their working set in

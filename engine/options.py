@@ -14,8 +14,9 @@ Kernels
     they do not cover run on NumPy. Needs the ``fast`` extra; a
     :class:`~engine.errors.KernelsUnavailable` otherwise.
 ``"auto"`` (default)
-    ``"compiled"`` when Numba imports and X is ``channels_last`` with more than one channel,
-    else ``"numpy"`` (single-channel inputs run faster on NumPy); decided per call by
+    ``"compiled"`` when Numba imports and X is ``channels_last`` with more than one channel
+    or is tiny (under 1024 elements), else ``"numpy"`` (larger single-channel inputs run
+    faster on NumPy); decided per call by
     :func:`engine.compiled.kernel_set` and reported in :class:`RunReport`.
 
 Both kernel sets give bit-identical A (up to the sign of a zero max/min, which NumPy's own

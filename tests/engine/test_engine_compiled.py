@@ -123,8 +123,10 @@ def test_auto_falls_back_to_numpy_without_numba_and_compiled_says_what_is_missin
     [
         ((1, 4, 4, 3), "channels_last", "max", "compiled"),
         ((1, 4, 4, 3), "channels_last", "min", "compiled"),
-        ((1, 4, 4, 1), "channels_last", "max", "numpy"),  # single channel: NumPy is faster
-        ((1, 3, 4, 4), "channels_first", "max", "numpy"),  # run as single-channel images
+        ((1, 32, 32, 1), "channels_last", "max", "numpy"),  # single channel: NumPy is faster
+        ((1, 3, 32, 32), "channels_first", "max", "numpy"),  # run as single-channel images
+        ((1, 31, 33, 1), "channels_last", "max", "compiled"),  # ... but not on tiny inputs
+        ((1, 3, 4, 4), "channels_first", "max", "compiled"),
         ((1, 4, 4, 3), "channels_last", "avg", "numpy"),  # no compiled avg kernels
     ],
 )
