@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.engine              # full suite, float32 and float64
     .venv/bin/python -m bench.engine --quick      # float32 only, fewer rounds
     .venv/bin/python -m bench.engine --threads 1  # engine and torch on one thread
+    .venv/bin/python -m bench.engine --tiny       # per-call cost on tiny inputs, one thread
 
 For each case (channels_last input, max pooling, ties="all", random normal data) it prints the
 median wall time of one forward+backward of
@@ -12,7 +13,7 @@ median wall time of one forward+backward of
 - ``numpy``: :func:`engine.forward` + :func:`engine.backward` with ``kernels="numpy"``;
 - ``compiled``: the same with ``kernels="compiled"`` (Numba; skipped when it is not installed);
 - ``auto``: the same with the default ``kernels="auto"``, which routes each call
-  (:func:`engine.compiled.kernel_set`: NumPy for single-channel inputs);
+  (:func:`engine.compiled.kernel_set`: NumPy for single-channel inputs of 1024 elements on);
 - ``torch``: ``F.max_pool2d`` + ``autograd.grad`` on the same data, channels_last memory;
 - ``copy``: ``X.copy()``, the memory-bandwidth floor (a forward+backward reads X and writes
   dX at least once);
@@ -36,6 +37,7 @@ import math
 import os
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 
 import numpy as np
@@ -88,7 +90,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="float32 only, fewer rounds")
     parser.add_argument("--threads", type=int, default=2, help="threads for engine and torch")
+    parser.add_argument(
+        "--tiny", action="store_true", help="per-call microseconds on tiny inputs, one thread"
+    )
     args = parser.parse_args()
+    if args.tiny:
+        _tiny()
+        return
     rounds, block = (7, 3) if args.quick else (11, 5)
     dtypes = (np.float32,) if args.quick else (np.float32, np.float64)
     has_compiled = compiled.available()
@@ -190,6 +198,31 @@ def _ratios(times: list[float]) -> dict[str, float]:
         "cc/copy": compiled_s / copy_s,
         "au/copy": auto_s / copy_s,
     }
+
+
+TINY_SUITE: list[tuple[tuple[int, int, int, int], int, int]] = [
+    ((1, 8, 8, 1), 2, 2),
+    ((1, 8, 8, 1), 3, 2),
+    ((2, 4, 4, 3), 2, 2),
+    ((2, 4, 4, 3), 3, 2),
+]
+
+
+def _tiny() -> None:
+    """Best-of-7 microseconds per float32 max forward+backward on tiny inputs with
+    ``threads=1``, as the service's inline path runs them: what a call costs beyond its math."""
+    print(f"load {_load()}; microseconds per forward+backward, threads=1, best of 7 x 2000")
+    rng = np.random.default_rng(0)
+    for shape, pool, stride in TINY_SUITE:
+        X = rng.standard_normal(shape).astype(np.float32)
+        spec = engine.PoolSpec(pool_size=pool, strides=stride)
+        dA = np.ones(engine.forward(X, spec)[0].shape, np.float32)
+        cells = []
+        for kernels in ("numpy", "auto") if compiled.available() else ("numpy",):
+            run = _engine_run(X, dA, spec, engine.EngineOptions(threads=1, kernels=kernels))
+            best = min(timeit.repeat(run, number=2000, repeat=7)) / 2000
+            cells.append(f"{kernels} {best * 1e6:6.1f}")
+        print(f"{shape!s:15} {pool}x{pool}/{stride}  " + "  ".join(cells))
 
 
 def _engine_run(
