@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from poolgrad.protocol import DIGITS, quote, require_media_type
 from service.errors import BadRequest, CapacityExceeded, PayloadTooLarge, RequestTimeout
@@ -20,9 +21,9 @@ from service.errors import BadRequest, CapacityExceeded, PayloadTooLarge, Reques
 __all__ = [
     "BodyBudget",
     "BodyRead",
-    "hold_bodies",
     "must_close",
     "read_body",
+    "release_body",
     "request_media_type",
 ]
 
@@ -52,6 +53,10 @@ class BodyBudget:
         self.reserved -= nbytes
 
 
+#: The key of a request's :class:`_Reservation` in its ``request.state``.
+_RESERVATION = "body_reservation"
+
+
 class _Reservation:
     """The body bytes one request holds of the budget (``request.state.body_reservation``)."""
 
@@ -70,15 +75,22 @@ class _Reservation:
         self.nbytes = 0
 
 
-async def hold_bodies(request: Request) -> AsyncIterator[None]:
-    """The dependency of every route that reads a body (:func:`read_body` fails without
-    it): its reservation is released when the request ends, however it ends (an
-    answer, a refusal, a client gone, a cancellation)."""
-    reservation = _Reservation(request.app.state.body_budget)
-    request.state.body_reservation = reservation
-    try:
-        yield
-    finally:
+def _reservation(request: Request) -> _Reservation:
+    """The request's reservation, made at its first body read."""
+    state = request.scope.setdefault("state", {})
+    reservation: _Reservation | None = state.get(_RESERVATION)
+    if reservation is None:
+        reservation = state[_RESERVATION] = _Reservation(request.app.state.body_budget)
+    return reservation
+
+
+def release_body(scope: Scope) -> None:
+    """Give back the budget the request of ``scope`` holds. The request middleware calls it
+    when each request ends, however it ends (an answer, a refusal, a client gone, a
+    cancellation): once for every request, rather than a dependency with ``yield`` on every
+    route that reads a body, which FastAPI solves anew per request."""
+    reservation: _Reservation | None = scope.get("state", {}).get(_RESERVATION)
+    if reservation is not None:
         reservation.release()
 
 
@@ -114,12 +126,12 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
     first chunk past the limit, so at most ``limit`` plus one chunk is ever buffered. The whole
     body must arrive within ``timeout`` seconds (408). ``hint`` ends the 413's detail.
 
-    The bytes are reserved from the process's :class:`BodyBudget` (the route depends on
-    :func:`hold_bodies`, which releases them when the request ends): a declared length before
+    The bytes are reserved from the process's :class:`BodyBudget` (the request middleware
+    releases them when the request ends, :func:`release_body`): a declared length before
     a byte is read, a chunked body as its chunks arrive; 429 ``capacity_exceeded`` when the
     budget is full, so the answer closes the connection (:func:`must_close`).
     """
-    reservation: _Reservation = request.state.body_reservation
+    reservation = _reservation(request)
     declared = request.headers.get("content-length")
     if declared is not None:
         if DIGITS.fullmatch(declared) is None:

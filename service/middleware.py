@@ -5,7 +5,7 @@ It is the outermost layer of our own, so everything below it, routing included, 
 counted and logged, and an unexpected exception becomes a 500 problem that names the request
 id but none of the internals (the traceback goes to the log).
 
-Three more things every route gets from here, so no route can forget them:
+Four more things every route gets from here, so no route can forget them:
 
 * a client that disconnects before its body has arrived is no error of ours: it is counted and
   logged as ``499`` (nginx's "client closed request"), without a traceback, and nothing is sent;
@@ -13,14 +13,16 @@ Three more things every route gets from here, so no route can forget them:
   :func:`printable`, so no request can break a line or forge one;
 * ``HEAD`` works on every GET route, its own and those added later: the app below sees a GET
   (``request.state.method`` keeps ``HEAD``), and the answer keeps the GET's headers,
-  ``Content-Length`` included, without its body (RFC 9110, 9.3.2).
+  ``Content-Length`` included, without its body (RFC 9110, 9.3.2);
+* the body bytes a request holds of the process's budget are given back when it ends
+  (:func:`service.httpio.release_body`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -28,6 +30,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poolgrad import protocol
+from service.httpio import release_body
 from service.metrics import Metrics
 from service.problems import error_content
 
@@ -141,6 +144,7 @@ class RequestMiddleware:
             status = 500
             await _send_internal_error(send_with_id, scope["path"], request_id)
         finally:
+            release_body(scope)
             scope["method"] = method
             self._record(scope, root_path, status, time.perf_counter() - started, request_id)
 
@@ -181,7 +185,8 @@ def _request_id(scope: Scope) -> str:
             if valid_request_id(text):
                 return text
             break
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, the form of uuid4().hex at a third of its cost.
+    return os.urandom(16).hex()
 
 
 def route_template(scope: Scope, root_path: str) -> str:

@@ -18,12 +18,12 @@ from poolgrad import protocol
 from service import openapi
 from service.compute import SPEC_CACHE_SIZE, Compute, Stepped, parse_spec
 from service.deps import (
-    HOLDS_BODY,
     ComputeDep,
     MetricsDep,
     OwnerDep,
     SettingsDep,
     StoreDep,
+    compute_of,
     get_owner,
 )
 from service.errors import BadRequest
@@ -135,7 +135,6 @@ async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> R
     "/v1/sessions",
     status_code=201,
     tags=["sessions"],
-    dependencies=HOLDS_BODY,
     **openapi.CREATE_SESSION,
 )
 async def create_session(
@@ -165,18 +164,16 @@ async def delete_session(session_id: str, compute: ComputeDep, owner: OwnerDep) 
     return Response(status_code=204)
 
 
-@router.post("/v1/sessions/{session_id}/forward", dependencies=HOLDS_BODY, **openapi.FORWARD)
-async def forward(
-    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
-) -> Response:
+@router.post("/v1/sessions/{session_id}/forward", **openapi.FORWARD)
+async def forward(session_id: str, request: Request, owner: OwnerDep) -> Response:
+    compute = compute_of(request)
     run = partial(compute.forward, session_id, owner)
     return await _stepped_tensor(request, compute, run)
 
 
-@router.post("/v1/sessions/{session_id}/backward", dependencies=HOLDS_BODY, **openapi.BACKWARD)
-async def backward(
-    session_id: str, request: Request, compute: ComputeDep, owner: OwnerDep
-) -> Response:
+@router.post("/v1/sessions/{session_id}/backward", **openapi.BACKWARD)
+async def backward(session_id: str, request: Request, owner: OwnerDep) -> Response:
+    compute = compute_of(request)
     condition = protocol.parse_if_match(request.headers.get("if-match"))
     run = partial(compute.backward, session_id, owner, condition=condition)
     return await _stepped_tensor(request, compute, run)
@@ -185,11 +182,12 @@ async def backward(
 @router.post(
     "/v1/gradient",
     tags=["gradient"],
-    dependencies=[Depends(get_owner), *HOLDS_BODY],
+    dependencies=[Depends(get_owner)],
     response_class=Response,
     **openapi.GRADIENT,
 )
-async def gradient(request: Request, compute: ComputeDep) -> Response:
+async def gradient(request: Request) -> Response:
+    compute = compute_of(request)
     media_in = request_media_type(request, NAMED_TYPES)
     media_out = protocol.negotiate(request.headers.get("accept"), NAMED_TYPES, media_in)
     spec = _query_spec(request.scope["query_string"])

@@ -41,7 +41,7 @@ from poolgrad.protocol import ProtocolError, inference, quote, spec_from_query
 from poolgrad.protocol.inference import EncodedOutput, InferRequest, SequenceRef
 from service import openapi
 from service.compute import NAMED_INPUTS, Compute
-from service.deps import HOLDS_BODY, ComputeDep, OwnerDep, SettingsDep, StoreDep
+from service.deps import ComputeDep, OwnerDep, SettingsDep, StoreDep
 from service.errors import (
     BadRequest,
     InvalidSpec,
@@ -152,9 +152,7 @@ async def model_ready(_mode: ModeDep, store: StoreDep) -> Response:
     return Response(status_code=200)
 
 
-@_model_route(
-    "POST", "/infer", response_class=Response, dependencies=HOLDS_BODY, **openapi.V2_INFER
-)
+@_model_route("POST", "/infer", response_class=Response, **openapi.V2_INFER)
 async def infer(
     model_name: str,
     mode: ModeDep,
