@@ -78,6 +78,12 @@ INLINE_MAX_BYTES = 256 * 1024
 #: The same bound for JSON bodies, which cost some 30 times more per byte to decode and
 #: encode (5 us per KiB against 0.15): 32 KiB of JSON take about 0.2 ms.
 INLINE_MAX_JSON_BYTES = 32 * 1024
+#: Largest window (elements) that small-bodied work may still run on the event loop. A body
+#: bounds the input but not the work: one call visits (output x window) elements, so a 64 KiB
+#: X under 128 x 128 windows at stride 1 costs half a second of engine time, a stall for
+#: every connection. Under this bound an inline call visits at most 16 x
+#: ``INLINE_MAX_BYTES / 2`` (float16) elements, about 2 M: a few milliseconds.
+INLINE_MAX_WINDOW = 16
 #: Distinct specs whose validated :class:`PoolSpec` is kept (sessions share a handful).
 SPEC_CACHE_SIZE = 256
 
@@ -160,7 +166,8 @@ class Compute:
 
     def runs_inline(self, body_bytes: int, media_type: str) -> bool:
         """Whether a request of ``body_bytes`` in ``media_type`` is small enough to compute on
-        the event loop; callers pass the answer to the methods below as ``inline=``."""
+        the event loop; callers pass the answer to the methods below as ``inline=``, which
+        run on the loop only when the spec's windows are small too (:data:`INLINE_MAX_WINDOW`)."""
         limit = self.inline_max_bytes
         if media_type == MEDIA_JSON:
             limit = min(limit, INLINE_MAX_JSON_BYTES)
@@ -240,6 +247,7 @@ class Compute:
         # Only the spec is needed (and the TTL renewed): the old state is not read.
         record = await self.store.get(session_id, owner, state=False)
 
+        inline = self._inline(inline, record.spec)
         options = self._options(inline)
 
         def work() -> tuple[T, bytes, int]:
@@ -276,6 +284,7 @@ class Compute:
                 f"session {quote(session_id)} caches now"
             )
 
+        inline = self._inline(inline, record.spec)
         options = self._options(inline)
 
         def work() -> T:
@@ -298,6 +307,7 @@ class Compute:
         ``spec_fields``: the spec's fields, or a spec a caller already validated (and cached).
         """
         spec = spec_fields if isinstance(spec_fields, PoolSpec) else parse_spec(spec_fields)
+        inline = self._inline(inline, spec)
         options = self._options(inline)
 
         def work() -> T:
@@ -334,6 +344,12 @@ class Compute:
                 f"ttl_seconds must be a number > 0 and <= {limit:g}, got {quote(value)}"
             )
         return value
+
+    @staticmethod
+    def _inline(small_body: bool, spec: PoolSpec) -> bool:
+        """Whether work whose body :meth:`runs_inline` found small also has windows small
+        enough (:data:`INLINE_MAX_WINDOW`) to run on the event loop."""
+        return small_body and math.prod(spec.pool_size) <= INLINE_MAX_WINDOW
 
     def _options(self, inline: bool) -> EngineOptions:
         """The engine options of a call: one thread for inline (small) work."""

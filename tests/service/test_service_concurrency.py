@@ -12,9 +12,18 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from service_helpers import NPY, X1, assert_problem, client_for, expected, new_session, npy
+from service_helpers import (
+    NPY,
+    X1,
+    assert_problem,
+    client_for,
+    expected,
+    new_session,
+    npy,
+    run_forward,
+)
 
-from engine import EngineOptions, PoolSpec, PoolState, forward
+from engine import EngineOptions, PoolSpec, PoolState, backward, forward
 from poolgrad import protocol
 from poolgrad.protocol import inference
 from service.compute import EngineCalls
@@ -244,6 +253,54 @@ async def test_small_work_runs_on_the_loop_and_large_work_in_a_worker_thread(
     assert (threads == [threading.get_ident()]) is inline
     # Work on the loop is small: the engine does not split it over threads either.
     assert engine_threads == [1 if inline else app.state.compute.engine_options.threads]
+
+
+@pytest.mark.parametrize(
+    ("spec", "inline"),
+    [
+        ({"pool_size": [4, 4], "strides": 1}, True),  # 16 elements: INLINE_MAX_WINDOW
+        ({"pool_size": [5, 5], "strides": 1}, False),
+        ({"pool_size": [2, 9], "strides": 1, "padding": "same"}, False),
+        ({"pool_size": [17], "strides": 1}, False),
+        ({"pool_size": [2, 2, 5], "strides": 1}, False),
+    ],
+)
+async def test_small_bodies_with_large_windows_are_computed_in_a_worker_thread(
+    app: FastAPI, client: httpx.AsyncClient, spec: dict[str, object], inline: bool
+) -> None:
+    """A small body bounds the input, not the work (output x window): every route that may
+    compute on the loop sends large windows to a thread, forward, backward and stateless."""
+    calls: list[tuple[str, int]] = []
+
+    def recorded(name: str, function: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, options: EngineOptions) -> object:
+            calls.append((name, threading.get_ident()))
+            return function(*args, options=options)
+
+        return call
+
+    app.state.compute.engine = EngineCalls(
+        forward=recorded("forward", forward), backward=recorded("backward", backward)
+    )
+    ndim = len(spec["pool_size"])  # type: ignore[arg-type]
+    X = np.random.default_rng(0).standard_normal((1, *(20,) * ndim, 2)).astype(np.float32)
+    session_id = await new_session(client, **spec)
+    A = protocol.decode_npy((await run_forward(client, session_id, X)).content)
+    response = await client.post(
+        f"/v1/sessions/{session_id}/backward", content=npy(np.ones_like(A)), headers=NPY
+    )
+    assert response.status_code == 200, response.text
+    named = protocol.encode_named({"X": X, "dA": np.ones_like(A)}, protocol.MEDIA_SAFETENSORS)
+    response = await client.post(
+        "/v1/gradient",
+        params=protocol.spec_to_query(spec),
+        content=named,
+        headers={"Content-Type": protocol.MEDIA_SAFETENSORS},
+    )
+    assert response.status_code == 200, response.text
+    assert [name for name, _ in calls] == ["forward", "backward", "forward", "backward"]
+    loop = threading.get_ident()
+    assert all((thread == loop) is inline for _, thread in calls), calls
 
 
 @pytest.mark.parametrize(
