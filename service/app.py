@@ -15,23 +15,23 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from engine import compiled
 from poolgrad._version import __version__
-from service import openapi
+from service import openapi, routes, v2
 from service.compute import Compute
 from service.errors import StoreUnavailable
+from service.hotroutes import HotRoutes
 from service.httpio import BodyBudget
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.problems import install_handlers
-from service.routes import router
 from service.settings import Settings
 from service.stores import Limits, SessionStore, store_from_url
-from service.v2 import router as v2_router
 
-__all__ = ["DOCS_STATIC_URL", "create_app", "limits_of", "store_of", "warm_engine"]
+__all__ = ["DOCS_STATIC_URL", "HOT_ENDPOINTS", "create_app", "limits_of", "store_of", "warm_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ decoder, `Accept` the encoder); errors are `application/problem+json` with a sta
 
 #: Where the documentation pages' static files are served.
 DOCS_STATIC_URL = "/docs/static"
+
+#: The routers of the API, in the order they are included (the order FastAPI tries them).
+_ROUTERS = (routes.router, v2.router)
+
+#: The endpoints that carry tensors, served by :class:`~service.hotroutes.HotRoutes` rather
+#: than FastAPI's router (every route of each: v2's infer has one with a model version too).
+HOT_ENDPOINTS = (routes.gradient, routes.forward, routes.backward, v2.infer)
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -63,8 +70,15 @@ def store_of(settings: Settings) -> SessionStore:
     )
 
 
-def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    store: SessionStore | None = None,
+    *,
+    hot_routes: bool = True,
+) -> FastAPI:
     """A ready app; ``settings`` default to the environment, ``store`` to ``settings.store_url``.
+    ``hot_routes=False`` leaves the :data:`HOT_ENDPOINTS` to FastAPI's router too (the tests
+    compare the two ways; ``bench.inprocess --no-hot-routes`` times it).
 
     Raises ``ValueError`` naming the URL when ``store_url`` names no known backend.
     """
@@ -103,9 +117,22 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app.state.engine_kernels = warm_engine(settings)
     install_handlers(app, retry_after_seconds=settings.retry_after_seconds)
     documentation_routes = len(app.router.routes)
-    app.include_router(router)
-    app.include_router(v2_router)
+    for api_router in _ROUTERS:
+        app.include_router(api_router)
     _api_routes_first(app, documentation_routes)
+    if hot_routes:
+        api_routes = [route for api_router in _ROUTERS for route in api_router.routes]
+        app.add_middleware(
+            HotRoutes,
+            fastapi=app,
+            routes=[
+                route
+                for route in api_routes
+                if isinstance(route, APIRoute) and route.endpoint in HOT_ENDPOINTS
+            ],
+            earlier=api_routes,
+        )
+    # Added last, so outermost: it wraps the hot routes too.
     app.add_middleware(RequestMiddleware, metrics=metrics)
     app.openapi = openapi.with_head(app.openapi)  # type: ignore[method-assign]
     return app
