@@ -4,6 +4,8 @@ store outages (503) and unexpected failures (500 without internals)."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Callable
 
 import httpx
@@ -12,7 +14,7 @@ from fastapi import FastAPI
 from service_helpers import DA1, NPY, assert_problem, client_for, npy, primed_session
 
 from poolgrad import protocol
-from service import Settings, create_app
+from service import Settings, create_app, middleware
 from service.stores import Limits, MemoryStore, StoredSession, Usage
 
 pytestmark = pytest.mark.anyio
@@ -167,6 +169,26 @@ async def test_request_id_is_honoured_or_generated(
     returned = response.headers["x-request-id"]
     assert (returned == sent) is kept
     assert 1 <= len(returned) <= 128
+
+
+async def test_generated_request_ids_are_unique_in_a_process_and_across_a_fork(
+    client: httpx.AsyncClient,
+) -> None:
+    ids = [(await client.get("/healthz")).headers["x-request-id"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(re.fullmatch("[0-9a-f]{32}", value) for value in ids)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(writer, middleware._request_id({}).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(writer)
+    from_child = os.read(reader, 64).decode()
+    os.close(reader)
+    # Another process: another random prefix, not the next number of this one's.
+    assert from_child[:16] != ids[0][:16]
+    assert from_child not in ids
 
 
 async def test_one_log_line_per_request(
