@@ -39,7 +39,6 @@ import numpy as np
 
 from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
-from engine.memo import WeighedMemo, deep_bytes
 from engine.options import KernelChoice
 from engine.spec import PoolSpec
 from engine.upstream import accumulate_dtype, split_shares, winner_counts
@@ -216,23 +215,16 @@ def _output(
     return scratch, lambda: np.copyto(array, scratch.reshape(array.shape), casting="unsafe")
 
 
-#: Bytes that memoized kernel geometries may hold in all (a few hundred bytes each, about
-#: 48 bytes per window offset of the longest dim).
-GEOMETRY_MEMO_BYTES = 4 << 20
-
-_geometry_memo: WeighedMemo[tuple[np.ndarray, np.ndarray]] = WeighedMemo(
-    GEOMETRY_MEMO_BYTES, deep_bytes, name="kernel-geometry"
-)
-
-
 def _geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size;
     and int64 ``(3, max pool, 2)``: per dim and window offset, the outputs ``[lo, hi)`` whose
     window puts that offset on a real element (``lo == hi`` for none).
 
-    Memoized per chunk geometry, shared by threads (the kernels only read them): building them
-    cost a tiny call more than its kernels did (about 18 us of a 28 us forward)."""
-    return _geometry_memo.get((spec, plan.input_shape), lambda: _build_geometry(spec, plan))
+    Kept with the chunk's plan (:meth:`~engine.geometry.Plan.derived`: a few hundred bytes,
+    about 48 per window offset of the longest dim), shared by threads (the kernels only read
+    them): building them cost a tiny call more than its kernels did (about 18 us of a 28 us
+    forward)."""
+    return plan.derived("kernel-geometry", lambda: _build_geometry(spec, plan))
 
 
 def _build_geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +253,11 @@ def _build_geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]
 def _phase_firsts(spec: PoolSpec, plan: Plan) -> np.ndarray:
     """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
     its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
-    phase path writes first, the others adding to it."""
+    phase path writes first, the others adding to it. Kept with the plan, as the geometry."""
+    return plan.derived("kernel-phase-firsts", lambda: _build_phase_firsts(spec, plan))
+
+
+def _build_phase_firsts(spec: PoolSpec, plan: Plan) -> np.ndarray:
     geometry, reach = _geometry(spec, plan)
     firsts = np.zeros(reach.shape[:2], dtype=np.bool_)
     for dim, (pool, stride, _, _) in enumerate(geometry):

@@ -226,8 +226,8 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -
 
     def work(chunk: Chunk) -> None:
         if not run.options.disjoint_path:
-            chunk = dataclasses.replace(
-                chunk, plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
+            chunk = chunk._replace(
+                plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
             )
         kernel = run.kernel_for(chunk, compiled.extreme_backward_chunk, _extreme_backward_chunk)
         path = kernel(
