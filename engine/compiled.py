@@ -41,7 +41,7 @@ from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
 from engine.options import KernelChoice
 from engine.spec import PoolSpec
-from engine.upstream import accumulate_dtype, split_shares, winner_counts
+from engine.upstream import accumulate_dtype, bits_dtype, split_shares, winner_counts
 
 __all__ = [
     "available",
@@ -138,7 +138,7 @@ def extreme_forward_chunk(
     (zeroed by the caller), exactly as :func:`engine.pooling._extreme_forward_chunk`.
     Cost: one pass over X (rows a window overlaps are read again from cache), one over A and
     one over the bit planes."""
-    compute = np.float64 if X.dtype == np.float64 else np.float32
+    compute = _FLOAT64 if X.dtype == _FLOAT64 else _FLOAT32
     x = _canonical(X, spec, compute)
     a, write_back = _output(A, spec, compute, zero=False)
     geometry, reach = _geometry(spec, plan)
@@ -172,7 +172,7 @@ def extreme_backward_chunk(
         gradient = dA.astype(accumulate, copy=False)
     if plan.disjoint:
         # A bitwise copy: inf and NaN in dA reach winners only, float16 needs no arithmetic.
-        bits = np.dtype(f"i{dX.itemsize}")
+        bits = bits_dtype(dX.dtype)
         g = _canonical(gradient.view(bits), spec, bits)
         target, write_back = _output(dX.view(bits), spec, bits, zero=not plan.exact_cover)
         kernels.backward_disjoint(g, winners, target, geometry, reach)
@@ -197,6 +197,15 @@ def _shape_5d(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
     return (shape[0] * shape[1], *pad, *shape[2:], 1)
 
 
+#: The compute dtypes, as dtype objects: comparing a dtype with ``np.float64`` converts the
+#: type on every call.
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _in_place() -> None:
+    """What :func:`_output` returns to call when the kernel wrote ``array`` itself."""
+
+
 def _canonical(array: np.ndarray, spec: PoolSpec, dtype: Any) -> np.ndarray:
     """The chunk as a C-contiguous 5-D array of ``dtype``: a view when it already is one."""
     return np.ascontiguousarray(array, dtype=dtype).reshape(_shape_5d(array.shape, spec))
@@ -210,7 +219,7 @@ def _output(
     (zeroed if ``zero``, as the caller zeroed ``array``)."""
     shape = _shape_5d(array.shape, spec)
     if array.flags.c_contiguous and array.dtype == dtype:
-        return array.reshape(shape), lambda: None
+        return array.reshape(shape), _in_place
     scratch = (np.zeros if zero else np.empty)(shape, dtype=dtype)
     return scratch, lambda: np.copyto(array, scratch.reshape(array.shape), casting="unsafe")
 

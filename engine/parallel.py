@@ -117,7 +117,7 @@ def _split_bytes(chunks: tuple[Chunk, ...]) -> int:
     # The chunks keep their plans alive (even once the plan memo dropped them): weigh each
     # distinct plan once, in bytes, plus the chunks' own slices and specs.
     plans = {id(chunk.plan): chunk.plan for chunk in chunks}
-    shell = chunks[0]._replace(plan=None)
+    shell = chunks[0]._replace(plan=None)  # type: ignore[arg-type]
     return sum(plan_bytes(plan) for plan in plans.values()) + len(chunks) * deep_bytes(shell)
 
 

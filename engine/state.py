@@ -69,8 +69,8 @@ class PoolState:
         nan_windows: np.ndarray | None = None,
     ) -> None:
         self._spec = spec
-        self._input_shape = tuple(int(n) for n in input_shape)
-        self._output_shape = tuple(int(n) for n in output_shape)
+        self._input_shape = tuple(map(int, input_shape))
+        self._output_shape = tuple(map(int, output_shape))
         self._dtype = np.dtype(dtype)
         self._winners = _frozen(winners)
         self._nan_windows = _frozen(nan_windows)
@@ -272,7 +272,7 @@ def _frozen(array: np.ndarray | None) -> np.ndarray | None:
     if array is None:
         return None
     view = array.view()
-    view.flags.writeable = False
+    view.setflags(write=False)
     return view
 
 
