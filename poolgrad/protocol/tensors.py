@@ -417,10 +417,7 @@ def encode_safetensors(tensors: Mapping[str, npt.ArrayLike]) -> bytes:
         # the array's own buffer: a plain numeric dtype exports its bytes as they are).
         raw = np.ascontiguousarray(arr, dtype=little)
         stop = offset + raw.nbytes
-        shape = ",".join(map(str, arr.shape))
-        entries.append(
-            f'{_json_key(name)}:{{"dtype":"{code}","shape":[{shape}],"data_offsets":[{offset},{stop}]}}'
-        )
+        entries.append(f"{_entry_head(name, code, arr.shape)}{offset},{stop}]}}")
         chunks.append(raw.data)
         offset = stop
     head = f"{{{','.join(entries)}}}".encode()
@@ -428,12 +425,22 @@ def encode_safetensors(tensors: Mapping[str, npt.ArrayLike]) -> bytes:
     return b"".join([_U64.pack(len(head)), head, *chunks])
 
 
-def _json_key(name: object) -> str:
-    """``name`` as ``json.dumps`` writes a key: a str escaped to ASCII; an int, float, bool or
-    None converted as JSON converts keys (a TypeError for anything else, as from json)."""
-    if isinstance(name, str):
-        return encode_basestring_ascii(name)
-    return json.dumps({name: None}, separators=(",", ":"))[1:-6]
+#: Distinct (name, dtype, shape) whose header text is kept: a handful in any real use.
+ENTRY_CACHE_SIZE: Final = 256
+
+
+# typed: 1, 1.0 and True are equal keys but different JSON.
+@functools.lru_cache(maxsize=ENTRY_CACHE_SIZE, typed=True)
+def _entry_head(name: object, code: str, shape: tuple[int, ...]) -> str:
+    """One tensor's header entry as ``json.dumps`` writes it, up to its data offsets: the name
+    as a JSON key (a str escaped to ASCII; an int, float, bool or None converted as JSON
+    converts keys, a TypeError for anything else, as from json), dtype and shape."""
+    key = (
+        encode_basestring_ascii(name)
+        if isinstance(name, str)
+        else json.dumps({name: None}, separators=(",", ":"))[1:-6]
+    )
+    return f'{key}:{{"dtype":"{code}","shape":[{",".join(map(str, shape))}],"data_offsets":['
 
 
 def decode_safetensors(
