@@ -123,3 +123,20 @@ def test_the_compiled_kernels_take_their_geometry_from_the_plan_once() -> None:
     _, state2 = forward(X, spec, options=options)
     backward(state2, np.ones_like(A), options=options)
     assert compiled._kernel_plan(spec, plan) is kernel_plan
+
+
+def test_a_memo_keeps_an_entry_in_use_while_others_come_and_go() -> None:
+    memo: WeighedMemo[str] = WeighedMemo(12, len)
+    computed: list[str] = []
+
+    def compute(value: str) -> str:
+        computed.append(value)
+        return value
+
+    for i in range(20):
+        assert memo.get("hot", lambda: compute("hhhh")) == "hhhh"
+        assert memo.get(f"cold{i}", lambda: compute("cccc")) == "cccc"
+        assert memo.held <= 12
+    assert computed.count("hhhh") == 1  # used between every eviction: never dropped
+    assert computed.count("cccc") == 20
+    assert len(memo) == 3
