@@ -83,6 +83,14 @@ JSON_NAMES: Final = (
     "bool",
 )  # fmt: skip
 
+#: The JSON name of an array's dtype by its ``dtype.str``, either byte order (``dtype.name``
+#: is computed in Python: 1.5 us a lookup).
+_JSON_NAME_OF: Final = {
+    dtype.str: name
+    for name in JSON_NAMES
+    for dtype in (np.dtype(name), np.dtype(name).newbyteorder(">"))
+}
+
 _SAFETENSORS_DTYPES: Final[dict[str, str]] = {
     "F16": "float16", "F32": "float32", "F64": "float64",
     "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
@@ -236,12 +244,13 @@ def _check_plain_dtype(dtype: np.dtype[Any]) -> None:
 def tensor_to_obj(array: npt.ArrayLike) -> dict[str, Any]:
     """The JSON object for one tensor (``dtype``, ``shape``, flat row-major ``data``)."""
     arr = np.asarray(array)
-    if arr.dtype.name not in JSON_NAMES:
+    name = _JSON_NAME_OF.get(arr.dtype.str)
+    if name is None:
         raise InvalidTensor(f"dtype {arr.dtype} cannot be sent as JSON")
     data: list[Any] = arr.ravel(order="C").tolist()
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         data = [_finite_or_name(value) for value in data]
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": data}
+    return {"dtype": name, "shape": list(arr.shape), "data": data}
 
 
 def _finite_or_name(value: float) -> float | str:

@@ -589,3 +589,28 @@ async def test_the_server_refuses_malformed_bodies_as_the_decoder_does(
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "malformed_tensor"
     assert re.search(message, response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("array", "name"),
+    [
+        (np.arange(3, dtype=">f4"), "float32"),
+        (np.arange(3, dtype=np.longlong), "int64"),
+        (np.arange(3, dtype=">u2"), "uint16"),
+        (np.array([True, False]), "bool"),
+        (np.zeros((2, 0), np.float16), "float16"),
+    ],
+)
+def test_json_tensors_name_their_dtype_whatever_its_byte_order(
+    array: np.ndarray, name: str
+) -> None:
+    obj = protocol.tensor_to_obj(array)
+    assert obj["dtype"] == name
+    assert same(protocol.tensor_from_obj(obj), array.astype(array.dtype.newbyteorder("=")))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "<U2", "datetime64[s]", ">c16"])
+def test_json_tensors_refuse_other_dtypes_by_name(dtype: str) -> None:
+    array = np.zeros(2, dtype)
+    with pytest.raises(protocol.InvalidTensor, match=re.escape(f"dtype {array.dtype} cannot")):
+        protocol.tensor_to_obj(array)
