@@ -112,7 +112,8 @@ class WeighedMemo(Generic[V]):
         call makes several lookups, and a lock and a reordering per hit cost it more than its
         kernels' Python steps. Eviction gives a used entry a second chance (the CLOCK
         approximation of least-recently-used): the oldest entry is dropped unless it was used
-        since eviction last came round, in which case it is unmarked and goes to the back.
+        since eviction last came round, in which case it is unmarked and goes to the back; the
+        entry just added is never the one dropped.
         """
         entry = self._entries.get(key)
         if entry is not None:
@@ -126,16 +127,17 @@ class WeighedMemo(Generic[V]):
             if key not in self._entries:
                 self._entries[key] = _Entry(value, weight)
                 self._held += weight
-                self._evict()
+                self._evict(key)
         return value
 
-    def _evict(self) -> None:
-        """Drop the oldest unused entries until the budget holds (the caller holds the lock).
-        Ends: a pass unmarks every entry it moves back, so the next one drops them."""
+    def _evict(self, newest: Hashable) -> None:
+        """Drop the oldest unused entries but ``newest`` until the budget holds (the caller
+        holds the lock). Ends: a pass unmarks every entry it moves back, so the next pass drops
+        them, and ``newest`` alone fits the budget."""
         while self._held > self.budget:
             key, oldest = next(iter(self._entries.items()))
             del self._entries[key]
-            if oldest.used:
+            if oldest.used or key is newest:
                 oldest.used = False
                 self._entries[key] = oldest
             else:
