@@ -614,3 +614,37 @@ def test_json_tensors_refuse_other_dtypes_by_name(dtype: str) -> None:
     array = np.zeros(2, dtype)
     with pytest.raises(protocol.InvalidTensor, match=re.escape(f"dtype {array.dtype} cannot")):
         protocol.tensor_to_obj(array)
+
+
+def test_a_cached_npy_header_is_checked_against_each_body_s_length() -> None:
+    body = protocol.encode_npy(np.arange(4.0, dtype=np.float32))
+    assert protocol.decode_npy(body).tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(
+        protocol.MalformedTensor,
+        match=r"\.npy data is truncated: shape \(4,\) of float32 needs 16 bytes, body holds 12",
+    ):
+        protocol.decode_npy(body[:-4])
+    with pytest.raises(protocol.MalformedTensor, match="followed by extra bytes"):
+        protocol.decode_npy(body + b"\x00")
+    decoded = protocol.decode_npy(body)
+    assert decoded.base is body  # a view, no copy
+    assert not decoded.flags.writeable
+
+
+def test_npy_refusals_are_never_cached_and_long_headers_decode_alike() -> None:
+    from poolgrad.protocol import tensors
+
+    body = npy_of_shape((2,)).replace(b"'<f4'", b"'<c8'")
+    for _ in range(2):
+        with pytest.raises(protocol.InvalidTensor, match="dtype complex64 is not numeric"):
+            protocol.decode_npy(body)
+    # A header over the cached size (padded with spaces, as the format allows): parsed every
+    # time, alike.
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }" + b" " * 600 + b"\n"
+    assert len(text) > tensors.NPY_CACHE_HEADER_BYTES
+    long_header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + b"\x00" * 8
+    for _ in range(2):
+        assert protocol.decode_npy(long_header).tolist() == [0.0, 0.0]
+    for length in range(tensors.NPY_CACHE_SIZE + 10):
+        assert protocol.decode_npy(npy_of_shape((length,))).shape == (length,)
+    assert tensors._cached_npy_header.cache_info().currsize <= tensors.NPY_CACHE_SIZE
