@@ -130,17 +130,13 @@ class PoolState:
             for name, array in (("winners", self._winners), ("nan_windows", self._nan_windows))
             if array is not None
         ]
-        header = {
-            "spec": self._spec.to_dict(),
-            "input_shape": list(self._input_shape),
-            "output_shape": list(self._output_shape),
-            "dtype": _DTYPE_NAMES.get(self._dtype) or self._dtype.name,
-            "arrays": [
-                {"name": name, "dtype": "uint8", "shape": list(array.shape)}
-                for name, array in arrays
-            ],
-        }
-        header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        header_bytes = _header_bytes(
+            self._spec,
+            self._input_shape,
+            self._output_shape,
+            _DTYPE_NAMES.get(self._dtype) or self._dtype.name,
+            tuple((name, array.shape) for name, array in arrays),
+        )
         parts = [_PREFIX.pack(_MAGIC, _VERSION, len(header_bytes)), header_bytes]
         parts.extend(np.ascontiguousarray(array, dtype="<u1").tobytes() for _, array in arrays)
         body = b"".join(parts)
@@ -198,6 +194,32 @@ class PoolState:
             winners=copies.get("winners"),
             nan_windows=copies.get("nan_windows"),
         )
+
+
+#: Distinct state headers whose bytes are kept for :meth:`PoolState.to_bytes` (a session's
+#: every forward writes the same one): at most this many, a few hundred bytes each.
+HEADER_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _header_bytes(
+    spec: PoolSpec,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    dtype_name: str,
+    arrays: tuple[tuple[str, tuple[int, ...]], ...],
+) -> bytes:
+    """The JSON header of a state: its spec, shapes, dtype and array descriptors."""
+    header = {
+        "spec": spec.to_dict(),
+        "input_shape": list(input_shape),
+        "output_shape": list(output_shape),
+        "dtype": dtype_name,
+        "arrays": [
+            {"name": name, "dtype": "uint8", "shape": list(shape)} for name, shape in arrays
+        ],
+    }
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
 
 
 #: What a state header says, checked: spec, input and output shapes, dtype, and per array its
