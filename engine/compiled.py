@@ -33,16 +33,15 @@ import functools
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from engine.errors import KernelsUnavailable
 from engine.geometry import Plan
-from engine.memo import WeighedMemo, deep_bytes
 from engine.options import KernelChoice
 from engine.spec import PoolSpec
-from engine.upstream import accumulate_dtype, split_shares, winner_counts
+from engine.upstream import accumulate_dtype, bits_dtype, split_shares, winner_counts
 
 __all__ = [
     "available",
@@ -139,10 +138,11 @@ def extreme_forward_chunk(
     (zeroed by the caller), exactly as :func:`engine.pooling._extreme_forward_chunk`.
     Cost: one pass over X (rows a window overlaps are read again from cache), one over A and
     one over the bit planes."""
-    compute = np.float64 if X.dtype == np.float64 else np.float32
-    x = _canonical(X, spec, compute)
-    a, write_back = _output(A, spec, compute, zero=False)
-    geometry, reach = _geometry(spec, plan)
+    kernel_plan = _kernel_plan(spec, plan)
+    compute = _FLOAT64 if X.dtype == _FLOAT64 else _FLOAT32
+    x = _canonical(X, kernel_plan.input_5d, compute)
+    a, write_back = _output(A, kernel_plan.output_5d, compute, zero=False)
+    geometry, reach = kernel_plan.geometry, kernel_plan.reach
     _kernels().forward(x, a, winners, geometry, reach, spec.mode == "max", spec.ties == "first")
     write_back()
 
@@ -165,7 +165,8 @@ def extreme_backward_chunk(
     its stride phase's first offset where that offset reaches it and from +0.0 elsewhere.
     """
     kernels = _kernels()
-    geometry, reach = _geometry(spec, plan)
+    kernel_plan = _kernel_plan(spec, plan)
+    geometry, reach = kernel_plan.geometry, kernel_plan.reach
     accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
     if spec.ties == "split":
         gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
@@ -173,15 +174,17 @@ def extreme_backward_chunk(
         gradient = dA.astype(accumulate, copy=False)
     if plan.disjoint:
         # A bitwise copy: inf and NaN in dA reach winners only, float16 needs no arithmetic.
-        bits = np.dtype(f"i{dX.itemsize}")
-        g = _canonical(gradient.view(bits), spec, bits)
-        target, write_back = _output(dX.view(bits), spec, bits, zero=not plan.exact_cover)
+        bits = bits_dtype(dX.dtype)
+        g = _canonical(gradient.view(bits), kernel_plan.output_5d, bits)
+        target, write_back = _output(
+            dX.view(bits), kernel_plan.input_5d, bits, zero=not plan.exact_cover
+        )
         kernels.backward_disjoint(g, winners, target, geometry, reach)
         write_back()
         return "compiled-disjoint"
-    g = _canonical(gradient, spec, accumulate)
-    target, write_back = _output(dX, spec, accumulate, zero=False)
-    kernels.backward_gather(g, winners, target, geometry, reach, _phase_firsts(spec, plan))
+    g = _canonical(gradient, kernel_plan.output_5d, accumulate)
+    target, write_back = _output(dX, kernel_plan.input_5d, accumulate, zero=False)
+    kernels.backward_gather(g, winners, target, geometry, reach, kernel_plan.phase_firsts)
     write_back()
     return "compiled-gather"
 
@@ -198,41 +201,70 @@ def _shape_5d(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
     return (shape[0] * shape[1], *pad, *shape[2:], 1)
 
 
-def _canonical(array: np.ndarray, spec: PoolSpec, dtype: Any) -> np.ndarray:
-    """The chunk as a C-contiguous 5-D array of ``dtype``: a view when it already is one."""
-    return np.ascontiguousarray(array, dtype=dtype).reshape(_shape_5d(array.shape, spec))
+#: The compute dtypes, as dtype objects: comparing a dtype with ``np.float64`` converts the
+#: type on every call.
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _in_place() -> None:
+    """What :func:`_output` returns to call when the kernel wrote ``array`` itself."""
+
+
+def _canonical(array: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The chunk as a C-contiguous array of ``dtype`` and 5-D ``shape`` (its
+    :func:`_shape_5d`): a view when it already is one."""
+    return np.ascontiguousarray(array, dtype=dtype).reshape(shape)
 
 
 def _output(
-    array: np.ndarray, spec: PoolSpec, dtype: Any, *, zero: bool
+    array: np.ndarray, shape: tuple[int, ...], dtype: Any, *, zero: bool
 ) -> tuple[np.ndarray, Callable[[], None]]:
-    """A C-contiguous 5-D array for a kernel to write, and the call that moves it into
-    ``array``: a view of ``array`` when possible (nothing to move), else a scratch array
-    (zeroed if ``zero``, as the caller zeroed ``array``)."""
-    shape = _shape_5d(array.shape, spec)
+    """A C-contiguous array of 5-D ``shape`` (``array``'s :func:`_shape_5d`) for a kernel to
+    write, and the call that moves it into ``array``: a view of ``array`` when possible
+    (nothing to move), else a scratch array (zeroed if ``zero``, as the caller zeroed
+    ``array``)."""
     if array.flags.c_contiguous and array.dtype == dtype:
-        return array.reshape(shape), lambda: None
+        return array.reshape(shape), _in_place
     scratch = (np.zeros if zero else np.empty)(shape, dtype=dtype)
     return scratch, lambda: np.copyto(array, scratch.reshape(array.shape), casting="unsafe")
 
 
-#: Bytes that memoized kernel geometries may hold in all (a few hundred bytes each, about
-#: 48 bytes per window offset of the longest dim).
-GEOMETRY_MEMO_BYTES = 4 << 20
+class _KernelPlan(NamedTuple):
+    """What the kernels take of one chunk's geometry, derived from its spec and plan alone."""
 
-_geometry_memo: WeighedMemo[tuple[np.ndarray, np.ndarray]] = WeighedMemo(
-    GEOMETRY_MEMO_BYTES, deep_bytes, name="kernel-geometry"
-)
+    input_5d: tuple[int, ...]
+    """:func:`_shape_5d` of the chunk's X (and dX)."""
+    output_5d: tuple[int, ...]
+    """:func:`_shape_5d` of the chunk's A (and dA)."""
+    geometry: np.ndarray
+    """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size."""
+    reach: np.ndarray
+    """int64 ``(3, max pool, 2)``: per dim and window offset, the outputs ``[lo, hi)`` whose
+    window puts that offset on a real element (``lo == hi`` for none)."""
+    phase_firsts: np.ndarray
+    """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
+    its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
+    phase path writes first, the others adding to it (the gather kernel's)."""
 
 
-def _geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ``(3, 4)``: per 3-D spatial dim, pool size, stride, padding before, output size;
-    and int64 ``(3, max pool, 2)``: per dim and window offset, the outputs ``[lo, hi)`` whose
-    window puts that offset on a real element (``lo == hi`` for none).
+def _kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
+    """The kernels' view of a chunk, kept with its plan (:meth:`~engine.geometry.Plan.derived`:
+    a few hundred bytes, about 50 per window offset of the longest dim) and shared by threads
+    (the kernels only read it): built per call, the geometry cost a tiny call more than its
+    kernels did (about 18 us of a 28 us forward), and one lookup per chunk replaces one per
+    fact."""
+    return plan.derived("kernel-plan", lambda: _build_kernel_plan(spec, plan))
 
-    Memoized per chunk geometry, shared by threads (the kernels only read them): building them
-    cost a tiny call more than its kernels did (about 18 us of a 28 us forward)."""
-    return _geometry_memo.get((spec, plan.input_shape), lambda: _build_geometry(spec, plan))
+
+def _build_kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
+    geometry, reach = _build_geometry(spec, plan)
+    return _KernelPlan(
+        input_5d=_shape_5d(plan.input_shape, spec),
+        output_5d=_shape_5d(plan.output_shape, spec),
+        geometry=geometry,
+        reach=reach,
+        phase_firsts=_build_phase_firsts(geometry, reach),
+    )
 
 
 def _build_geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -258,11 +290,7 @@ def _build_geometry(spec: PoolSpec, plan: Plan) -> tuple[np.ndarray, np.ndarray]
     return np.ascontiguousarray(geometry[:, :4]), reach
 
 
-def _phase_firsts(spec: PoolSpec, plan: Plan) -> np.ndarray:
-    """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
-    its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
-    phase path writes first, the others adding to it."""
-    geometry, reach = _geometry(spec, plan)
+def _build_phase_firsts(geometry: np.ndarray, reach: np.ndarray) -> np.ndarray:
     firsts = np.zeros(reach.shape[:2], dtype=np.bool_)
     for dim, (pool, stride, _, _) in enumerate(geometry):
         seen: set[int] = set()

@@ -13,7 +13,9 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -40,6 +42,8 @@ MAX_WORK = 1 << 30
 #: Most input elements one call may name (8 GiB of float32). A real X is already in memory,
 #: but a state blob only names its input shape, and backward allocates dX of that shape.
 MAX_INPUT_ELEMENTS = 1 << 31
+
+T = TypeVar("T")
 
 _SPATIAL_NAMES = {1: ("w",), 2: ("h", "w"), 3: ("t", "h", "w")}
 
@@ -87,6 +91,24 @@ class Plan:
     """Every input element lies in exactly one window (disjoint and nothing left uncovered)."""
     real_counts: tuple[np.ndarray, ...]
     """Per spatial dim, how many real (unpadded) elements each output index's window spans."""
+    input_size: int
+    """Elements of the input (``prod(input_shape)``)."""
+    output_size: int
+    """Elements of the output (``prod(output_shape)``)."""
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def derived(self, name: str, build: Callable[[], T]) -> T:
+        """The fact ``name`` that another module derives from this plan (and the spec it was
+        made for) alone, built by ``build`` on first use and kept with the plan: the chunk
+        covering the whole call, the compiled kernels' geometry arrays. A tiny call looks each
+        up here instead of in a memo of its own (a key to hash and a lock per lookup cost it
+        more than its kernels' Python steps); the plan memo's budget bounds them, as each is
+        smaller than the plan's offsets (:func:`plan_bytes` counts what is already built).
+        Thread-safe: two threads may both build a fact, one result is kept."""
+        value = self._derived.get(name)
+        if value is None:
+            value = self._derived.setdefault(name, build())
+        return cast(T, value)
 
     @property
     def has_padding(self) -> bool:
@@ -250,6 +272,8 @@ def _build_plan(spec: PoolSpec, input_shape: tuple[int, ...]) -> Plan:
         disjoint=disjoint,
         exact_cover=exact_cover,
         real_counts=tuple(real_counts),
+        input_size=math.prod(input_shape),
+        output_size=math.prod(output_shape),
     )
 
 

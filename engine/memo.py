@@ -5,15 +5,15 @@
 as long as its output: a few hundred of those, one per distinct input shape a client chooses
 to send, would be gigabytes. Here every entry is weighed in the bytes it holds
 (:func:`deep_bytes`) and the memo keeps at most ``budget`` bytes, dropping the least recently
-used entries first; an entry heavier than the whole budget is returned but not kept.
-Every memo registers under a name: :func:`memos` lists them with what they hold.
+used entries first (approximately, see :meth:`WeighedMemo.get`); an entry heavier than the
+whole budget is returned but not kept. Every memo registers under a name: :func:`memos` lists
+them with what they hold.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -66,18 +66,32 @@ def sampled_bytes(items: Sequence[object]) -> int:
     return sys.getsizeof(items) + first + (len(items) - 1) * deep_bytes(items[1], seen)
 
 
-class WeighedMemo(Generic[V]):
-    """Least-recently-used memo of values weighed by ``weigh`` (bytes), at most ``budget`` in
-    all; registered under ``name`` when given (see :func:`memos`).
+class _Entry(Generic[V]):
+    """One memoized value, its weight, and whether it was used since eviction last passed it."""
 
-    Thread-safe: lookups and insertions hold a lock; ``compute`` runs outside it (two threads
-    may compute the same value, and both results are equal).
+    __slots__ = ("used", "value", "weight")
+
+    def __init__(self, value: V, weight: int) -> None:
+        self.value = value
+        self.weight = weight
+        self.used = False
+
+
+class WeighedMemo(Generic[V]):
+    """Memo of values weighed by ``weigh`` (bytes), at most ``budget`` in all, dropping the
+    least recently used first (approximately: see :meth:`get`); registered under ``name``
+    when given (see :func:`memos`).
+
+    Thread-safe: a hit reads the entries without a lock (one dict read and one attribute
+    write, each atomic under the GIL); insertions and evictions hold a lock; ``compute`` runs
+    outside it (two threads may compute the same value, and both results are equal).
     """
 
     def __init__(self, budget: int, weigh: Callable[[V], int], name: str | None = None) -> None:
         self.budget = budget
         self._weigh = weigh
-        self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        # Insertion order is eviction order (a plain dict keeps it).
+        self._entries: dict[Hashable, _Entry[V]] = {}
         self._held = 0
         self._lock = threading.Lock()
         if name is not None:
@@ -92,24 +106,42 @@ class WeighedMemo(Generic[V]):
         return len(self._entries)
 
     def get(self, key: Hashable, compute: Callable[[], V]) -> V:
-        """The value memoized for ``key``, computed (and kept if it fits) on a miss."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                return entry[0]
+        """The value memoized for ``key``, computed (and kept if it fits) on a miss.
+
+        A hit only marks its entry used, so it takes no lock and moves nothing: a tiny engine
+        call makes several lookups, and a lock and a reordering per hit cost it more than its
+        kernels' Python steps. Eviction gives a used entry a second chance (the CLOCK
+        approximation of least-recently-used): the oldest entry is dropped unless it was used
+        since eviction last came round, in which case it is unmarked and goes to the back; the
+        entry just added is never the one dropped.
+        """
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.used = True
+            return entry.value
         value = compute()
         weight = max(1, self._weigh(value))
         if weight > self.budget:
             return value
         with self._lock:
             if key not in self._entries:
-                self._entries[key] = (value, weight)
+                self._entries[key] = _Entry(value, weight)
                 self._held += weight
-                while self._held > self.budget:
-                    _, (_, dropped) = self._entries.popitem(last=False)
-                    self._held -= dropped
+                self._evict(key)
         return value
+
+    def _evict(self, newest: Hashable) -> None:
+        """Drop the oldest unused entries but ``newest`` until the budget holds (the caller
+        holds the lock). Ends: a pass unmarks every entry it moves back, so the next pass drops
+        them, and ``newest`` alone fits the budget."""
+        while self._held > self.budget:
+            key, oldest = next(iter(self._entries.items()))
+            del self._entries[key]
+            if oldest.used or key is newest:
+                oldest.used = False
+                self._entries[key] = oldest
+            else:
+                self._held -= oldest.weight
 
     def clear(self) -> None:
         with self._lock:

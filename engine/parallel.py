@@ -23,13 +23,12 @@ threads is kept per thread count asked for.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,13 +43,13 @@ _lock = threading.Lock()
 _executors: dict[int, ThreadPoolExecutor] = {}
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
     """One independent piece of a call: a sub-problem on views of X / dX and A / dA.
 
     ``input_index`` / ``output_index`` are full-rank slice tuples into X and A; ``spec`` and
     ``plan`` describe the sub-problem; its state bits are bytes ``[byte_start, byte_stop)`` of
-    every bit plane.
+    every bit plane. A named tuple, not a frozen dataclass: a tiny call builds its one chunk
+    per call, and a frozen dataclass took three times as long to build.
     """
 
     input_index: tuple[slice, ...]
@@ -87,7 +86,7 @@ def split(
     memo, whose key (a spec and a shape to hash) and lookup would cost a tiny call more than
     its kernels' Python steps."""
     piece_bytes = options.piece_bytes if piece_bytes is None else piece_bytes
-    elements = math.prod(plan.input_shape)
+    elements = plan.input_size
     one_thread = options.threads == 1 or elements < options.parallel_min_elements
     if one_thread and (plan.input_shape[0] == 1 or elements * itemsize <= piece_bytes):
         return [_whole(spec, plan)]
@@ -100,20 +99,14 @@ def split(
         options.parallel_min_elements,
     )
     if len(chunks) == 1:
-        return [dataclasses.replace(chunks[0], plan=plan)]
+        return [chunks[0]._replace(plan=plan)]
     return list(chunks)
 
 
 def _whole(spec: PoolSpec, plan: Plan) -> Chunk:
     """The call as one chunk."""
-    return Chunk(
-        input_index=(slice(None),) * len(plan.input_shape),
-        output_index=(slice(None),) * len(plan.output_shape),
-        spec=spec,
-        plan=plan,
-        byte_start=0,
-        byte_stop=-(-math.prod(plan.output_shape) // 8),
-    )
+    whole = (slice(None),) * len(plan.input_shape)
+    return Chunk(whole, whole, spec, plan, 0, -(-plan.output_size // 8))
 
 
 #: Bytes that memoized splits (chunks and the sub-plans they keep alive) may hold in all.
@@ -124,7 +117,7 @@ def _split_bytes(chunks: tuple[Chunk, ...]) -> int:
     # The chunks keep their plans alive (even once the plan memo dropped them): weigh each
     # distinct plan once, in bytes, plus the chunks' own slices and specs.
     plans = {id(chunk.plan): chunk.plan for chunk in chunks}
-    shell = dataclasses.replace(chunks[0], plan=None)  # type: ignore[arg-type]
+    shell = chunks[0]._replace(plan=None)  # type: ignore[arg-type]
     return sum(plan_bytes(plan) for plan in plans.values()) + len(chunks) * deep_bytes(shell)
 
 
@@ -268,7 +261,10 @@ def run_chunks(
     ``options.parallel_min_elements`` input elements in all. Worker threads run under the
     calling thread's NumPy error state (``np.errstate`` is per thread). Returns the threads
     used."""
-    elements = sum(math.prod(chunk.plan.input_shape) for chunk in chunks)
+    if len(chunks) == 1:  # most calls: no threads to weigh
+        work(chunks[0])
+        return 1
+    elements = sum(chunk.plan.input_size for chunk in chunks)
     threads = min(options.threads, len(chunks)) if elements >= options.parallel_min_elements else 1
     if threads == 1:
         for chunk in chunks:

@@ -40,7 +40,7 @@ from engine.options import DEFAULT_OPTIONS, EngineOptions, RunReport
 from engine.parallel import Chunk, run_chunks, split
 from engine.spec import PoolSpec
 from engine.state import SUPPORTED_DTYPES, PoolState, packed_plane_bytes
-from engine.upstream import accumulate_dtype, split_shares, winner_counts
+from engine.upstream import accumulate_dtype, bits_dtype, split_shares, winner_counts
 
 __all__ = ["backward", "forward"]
 
@@ -226,8 +226,8 @@ def _extreme_backward(state: PoolState, plan: Plan, dA: np.ndarray, run: _Run) -
 
     def work(chunk: Chunk) -> None:
         if not run.options.disjoint_path:
-            chunk = dataclasses.replace(
-                chunk, plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
+            chunk = chunk._replace(
+                plan=dataclasses.replace(chunk.plan, disjoint=False, exact_cover=False)
             )
         kernel = run.kernel_for(chunk, compiled.extreme_backward_chunk, _extreme_backward_chunk)
         path = kernel(
@@ -404,7 +404,7 @@ def _select(values: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
     and NaN in dA never leak to losers (as ``values * mask`` would), and no branch per element
     (masked ufuncs with ``where=`` run several times slower on random masks). One mixed-type
     ufunc pass: NumPy widens the mask in small buffers, never as a whole array."""
-    bits = np.dtype(f"i{values.itemsize}")
+    bits = bits_dtype(values.dtype)
     np.bitwise_and(values.view(bits), mask, out=out.view(bits))
 
 

@@ -20,6 +20,7 @@ The CRC32 covers every byte before it. Never pickle.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -35,6 +36,9 @@ from engine.spec import PoolSpec
 __all__ = ["SUPPORTED_DTYPES", "PoolState"]
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: Each supported dtype's name, as the header writes it (NumPy computes ``dtype.name`` in
+#: Python: 1.5 us a lookup).
+_DTYPE_NAMES = {dtype: dtype.name for dtype in SUPPORTED_DTYPES}
 
 _MAGIC = b"PGSTATE"
 _VERSION = 1
@@ -69,8 +73,8 @@ class PoolState:
         nan_windows: np.ndarray | None = None,
     ) -> None:
         self._spec = spec
-        self._input_shape = tuple(int(n) for n in input_shape)
-        self._output_shape = tuple(int(n) for n in output_shape)
+        self._input_shape = tuple(map(int, input_shape))
+        self._output_shape = tuple(map(int, output_shape))
         self._dtype = np.dtype(dtype)
         self._winners = _frozen(winners)
         self._nan_windows = _frozen(nan_windows)
@@ -126,17 +130,13 @@ class PoolState:
             for name, array in (("winners", self._winners), ("nan_windows", self._nan_windows))
             if array is not None
         ]
-        header = {
-            "spec": self._spec.to_dict(),
-            "input_shape": list(self._input_shape),
-            "output_shape": list(self._output_shape),
-            "dtype": self._dtype.name,
-            "arrays": [
-                {"name": name, "dtype": "uint8", "shape": list(array.shape)}
-                for name, array in arrays
-            ],
-        }
-        header_bytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        header_bytes = _header_bytes(
+            self._spec,
+            self._input_shape,
+            self._output_shape,
+            _DTYPE_NAMES.get(self._dtype) or self._dtype.name,
+            tuple((name, array.shape) for name, array in arrays),
+        )
         parts = [_PREFIX.pack(_MAGIC, _VERSION, len(header_bytes)), header_bytes]
         parts.extend(np.ascontiguousarray(array, dtype="<u1").tobytes() for _, array in arrays)
         body = b"".join(parts)
@@ -177,102 +177,161 @@ class PoolState:
             raise StateError(
                 f"state blob header length {header_length} runs past the blob ({len(data)} bytes)"
             )
-        try:
-            header = json.loads(body[_PREFIX.size : header_end].decode())
-        # ValueError covers malformed JSON and Python's digit limit on huge ints; a forged
-        # header can also nest deep enough to exhaust the recursion limit.
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise StateError(f"state blob header is not valid JSON: {exc}") from exc
-        return cls._from_header(header, body, header_end)
-
-    @classmethod
-    def _from_header(cls, header: object, body: bytes, position: int) -> PoolState:
-        if not isinstance(header, Mapping):
-            raise StateError(f"state header must be a JSON object, got {header!r}")
-        expected = {"spec", "input_shape", "output_shape", "dtype", "arrays"}
-        if set(header) != expected:
-            raise StateError(f"state header has keys {sorted(header)}, expected {sorted(expected)}")
-        spec_dict = header["spec"]
-        if not isinstance(spec_dict, Mapping):
-            raise StateError(f"state header spec must be an object, got {spec_dict!r}")
-        try:
-            spec = PoolSpec.from_dict(spec_dict)
-        except EngineError as exc:
-            raise StateError(f"state header holds an invalid spec: {exc}") from exc
-        input_shape = _shape("input_shape", header["input_shape"])
-        try:
-            plan = make_plan(spec, input_shape)
-        except EngineError as exc:
-            raise StateError(
-                f"state header input_shape {input_shape} does not fit its spec: {exc}"
-            ) from exc
-        output_shape = _shape("output_shape", header["output_shape"])
-        if output_shape != plan.output_shape:
-            raise StateError(
-                f"state header output_shape {output_shape} does not match {plan.output_shape} "
-                f"computed from input_shape {input_shape} and the spec"
-            )
-        dtype_name = header["dtype"]
-        if dtype_name not in [d.name for d in SUPPORTED_DTYPES]:
-            raise StateError(f"state header dtype {dtype_name!r} is not float16/32/64")
-
-        plane = packed_plane_bytes(output_shape)
-        allowed = (
-            {"winners": (plan.window_size, plane)}
-            if spec.mode != "avg"
-            else {"nan_windows": (plane,)}
-        )
-        descriptors = header["arrays"]
-        if not isinstance(descriptors, list):
-            raise StateError(f"state header arrays must be a list, got {descriptors!r}")
-        arrays: dict[str, np.ndarray] = {}
-        for descriptor in descriptors:
-            if not isinstance(descriptor, Mapping) or set(descriptor) != {"name", "dtype", "shape"}:
-                raise StateError(f"state array descriptor is malformed: {descriptor!r}")
-            name = descriptor["name"]
-            if not isinstance(name, str) or name not in allowed or name in arrays:
-                raise StateError(
-                    f"state array {name!r} is unexpected or repeated for mode {spec.mode!r}"
-                )
-            shape = _shape(f"arrays[{name}].shape", descriptor["shape"], allow_zero=True)
-            if descriptor["dtype"] != "uint8" or shape != allowed[name]:
-                raise StateError(
-                    f"state array {name!r} is {descriptor['dtype']} {shape}, expected uint8 "
-                    f"{allowed[name]}"
-                )
-            size = math.prod(shape)
-            if position + size > len(body):
-                raise StateError(
-                    f"state blob is truncated: array {name!r} needs {size} bytes at offset "
-                    f"{position}, blob body has {len(body)}"
-                )
-            arrays[name] = (
-                np.frombuffer(body, dtype=np.uint8, count=size, offset=position)
-                .reshape(shape)
-                .copy()
-            )
-            position += size
-        if spec.mode != "avg" and "winners" not in arrays:
-            raise StateError(f"state for mode {spec.mode!r} lacks its winners array")
-        if position != len(body):
-            raise StateError(
-                f"state blob has {len(body) - position} trailing bytes after its arrays"
-            )
+        header = body[_PREFIX.size : header_end]
+        layout = _layout if header_length > LAYOUT_CACHE_HEADER_BYTES else _cached_layout
+        spec, input_shape, output_shape, dtype, arrays = layout(header, len(body))
+        copies = {
+            name: np.frombuffer(body, dtype=np.uint8, count=size, offset=offset)
+            .reshape(shape)
+            .copy()
+            for name, shape, offset, size in arrays
+        }
         return cls(
             spec,
             input_shape,
             output_shape,
-            np.dtype(dtype_name),
-            winners=arrays.get("winners"),
-            nan_windows=arrays.get("nan_windows"),
+            dtype,
+            winners=copies.get("winners"),
+            nan_windows=copies.get("nan_windows"),
         )
+
+
+#: Distinct state headers whose bytes are kept for :meth:`PoolState.to_bytes` (a session's
+#: every forward writes the same one): at most this many, a few hundred bytes each.
+HEADER_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=HEADER_CACHE_SIZE)
+def _header_bytes(
+    spec: PoolSpec,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    dtype_name: str,
+    arrays: tuple[tuple[str, tuple[int, ...]], ...],
+) -> bytes:
+    """The JSON header of a state: its spec, shapes, dtype and array descriptors."""
+    header = {
+        "spec": spec.to_dict(),
+        "input_shape": list(input_shape),
+        "output_shape": list(output_shape),
+        "dtype": dtype_name,
+        "arrays": [
+            {"name": name, "dtype": "uint8", "shape": list(shape)} for name, shape in arrays
+        ],
+    }
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+
+
+#: What a state header says, checked: spec, input and output shapes, dtype, and per array its
+#: name, shape, offset in the blob's body and size.
+_Layout = tuple[
+    PoolSpec,
+    tuple[int, ...],
+    tuple[int, ...],
+    "np.dtype[np.floating]",
+    tuple[tuple[str, tuple[int, ...], int, int], ...],
+]
+
+#: State headers of at most this many bytes (a spec and two short shapes: about 250) have
+#: their checked layout kept, so a session's backward skips parsing and validating its spec
+#: again (most of a tiny state's 17 us).
+LAYOUT_CACHE_HEADER_BYTES = 1024
+#: Layouts kept, the least recently used dropped first.
+LAYOUT_CACHE_SIZE = 64
+
+
+def _layout(header_bytes: bytes, body_length: int) -> _Layout:
+    """The state a header describes, checked against the ``body_length`` bytes of the blob
+    before its CRC; :class:`StateError` naming the first fault."""
+    try:
+        header = json.loads(header_bytes.decode())
+    # ValueError covers malformed JSON and Python's digit limit on huge ints; a forged
+    # header can also nest deep enough to exhaust the recursion limit.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise StateError(f"state blob header is not valid JSON: {exc}") from exc
+    if not isinstance(header, Mapping):
+        raise StateError(f"state header must be a JSON object, got {header!r}")
+    expected = {"spec", "input_shape", "output_shape", "dtype", "arrays"}
+    if set(header) != expected:
+        raise StateError(f"state header has keys {sorted(header)}, expected {sorted(expected)}")
+    spec_dict = header["spec"]
+    if not isinstance(spec_dict, Mapping):
+        raise StateError(f"state header spec must be an object, got {spec_dict!r}")
+    try:
+        spec = PoolSpec.from_dict(spec_dict)
+    except EngineError as exc:
+        raise StateError(f"state header holds an invalid spec: {exc}") from exc
+    input_shape = _shape("input_shape", header["input_shape"])
+    try:
+        plan = make_plan(spec, input_shape)
+    except EngineError as exc:
+        raise StateError(
+            f"state header input_shape {input_shape} does not fit its spec: {exc}"
+        ) from exc
+    output_shape = _shape("output_shape", header["output_shape"])
+    if output_shape != plan.output_shape:
+        raise StateError(
+            f"state header output_shape {output_shape} does not match {plan.output_shape} "
+            f"computed from input_shape {input_shape} and the spec"
+        )
+    dtype_name = header["dtype"]
+    if dtype_name not in _DTYPE_NAMES.values():
+        raise StateError(f"state header dtype {dtype_name!r} is not float16/32/64")
+
+    plane = packed_plane_bytes(output_shape)
+    allowed = (
+        {"winners": (plan.window_size, plane)} if spec.mode != "avg" else {"nan_windows": (plane,)}
+    )
+    descriptors = header["arrays"]
+    if not isinstance(descriptors, list):
+        raise StateError(f"state header arrays must be a list, got {descriptors!r}")
+    position = _PREFIX.size + len(header_bytes)
+    arrays: dict[str, tuple[tuple[int, ...], int, int]] = {}
+    for descriptor in descriptors:
+        if not isinstance(descriptor, Mapping) or set(descriptor) != {"name", "dtype", "shape"}:
+            raise StateError(f"state array descriptor is malformed: {descriptor!r}")
+        name = descriptor["name"]
+        if not isinstance(name, str) or name not in allowed or name in arrays:
+            raise StateError(
+                f"state array {name!r} is unexpected or repeated for mode {spec.mode!r}"
+            )
+        shape = _shape(f"arrays[{name}].shape", descriptor["shape"], allow_zero=True)
+        if descriptor["dtype"] != "uint8" or shape != allowed[name]:
+            raise StateError(
+                f"state array {name!r} is {descriptor['dtype']} {shape}, expected uint8 "
+                f"{allowed[name]}"
+            )
+        size = math.prod(shape)
+        if position + size > body_length:
+            raise StateError(
+                f"state blob is truncated: array {name!r} needs {size} bytes at offset "
+                f"{position}, blob body has {body_length}"
+            )
+        arrays[name] = (shape, position, size)
+        position += size
+    if spec.mode != "avg" and "winners" not in arrays:
+        raise StateError(f"state for mode {spec.mode!r} lacks its winners array")
+    if position != body_length:
+        raise StateError(f"state blob has {body_length - position} trailing bytes after its arrays")
+    return (
+        spec,
+        input_shape,
+        output_shape,
+        np.dtype(dtype_name),
+        tuple((name, *array) for name, array in arrays.items()),
+    )
+
+
+# Keyed on the header's bytes and the body's length, all a layout depends on: a refusal is
+# raised, never kept, and a hit returns exactly what checking again would.
+_cached_layout = functools.lru_cache(maxsize=LAYOUT_CACHE_SIZE)(_layout)
 
 
 def _frozen(array: np.ndarray | None) -> np.ndarray | None:
     if array is None:
         return None
     view = array.view()
-    view.flags.writeable = False
+    view.setflags(write=False)
     return view
 
 

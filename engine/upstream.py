@@ -8,12 +8,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["accumulate_dtype", "split_shares", "winner_counts"]
+__all__ = ["accumulate_dtype", "bits_dtype", "split_shares", "winner_counts"]
+
+# dtype objects, not types: comparing a dtype with ``np.float16`` converts the type per call.
+_FLOAT16, _FLOAT32 = np.dtype(np.float16), np.dtype(np.float32)
+#: The signed int dtype of each float's width: its bits, for a bitwise select or copy.
+_BITS: dict[int, np.dtype[Any]] = {size: np.dtype(f"i{size}") for size in (2, 4, 8)}
 
 
 def accumulate_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """float16 sums lose too much: they accumulate in float32 and are cast back once."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    return _FLOAT32 if dtype == _FLOAT16 else np.dtype(dtype)
+
+
+def bits_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The signed int dtype as wide as ``dtype`` (float16, 32 or 64): a view of a gradient
+    as its bits, so masks and copies move inf and NaN without arithmetic."""
+    return _BITS[dtype.itemsize]
 
 
 def split_shares(dA: np.ndarray, counts: Any, dtype: np.dtype[Any]) -> np.ndarray:

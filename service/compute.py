@@ -312,10 +312,10 @@ class Compute:
 
         def work() -> T:
             tensors = decode()
-            unknown = sorted(set(tensors) - set(NAMED_INPUTS))
+            unknown = tensors.keys() - NAMED_INPUTS
             if unknown:
                 raise InvalidTensor(
-                    f"unknown tensor name(s) {quote(unknown)}: send 'X' and optionally 'dA'"
+                    f"unknown tensor name(s) {quote(sorted(unknown))}: send 'X' and optionally 'dA'"
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")

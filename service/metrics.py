@@ -8,18 +8,23 @@ reclaimed and refused.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
+import threading
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service.errors import StoreUnavailable
 from service.httpio import BodyBudget
 from service.stores import SessionStore
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "LeanHistogram", "Metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,82 @@ class _BodyBudgetGauge(Collector):
         )
 
 
+class _HistogramSeries:
+    """One label value's buckets, count and sum; ``observe`` takes one lock and a bisect."""
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._counts = [0] * len(bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount`` in the first bucket whose bound it does not exceed."""
+        index = bisect.bisect_left(self._bounds, amount)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += amount
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """Per-bucket counts (not cumulative) and the sum, read together."""
+        with self._lock:
+            return list(self._counts), self._sum
+
+
+class LeanHistogram(Collector):
+    """A histogram by one label, exposed exactly as prometheus_client's ``Histogram`` (its
+    buckets, count, sum and created samples, pinned by a test), whose ``observe`` takes one
+    lock and a bisect: prometheus_client's takes a lock for the sum and another for the bucket
+    it finds by walking the bounds in Python, 0.5-0.7 us, and a tiny gradient observes twice
+    in its 30 us of compute. ``labels(value)`` returns the series to observe (bind it once)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._bounds = (*buckets, math.inf)
+        self._series: dict[str, _HistogramSeries] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, value: str) -> _HistogramSeries:
+        with self._lock:
+            series = self._series.get(value)
+            if series is None:
+                series = self._series[value] = _HistogramSeries(self._bounds)
+            return series
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self._name, self._documentation, "histogram")
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self._name, self._documentation, "histogram")
+        with self._lock:
+            series = list(self._series.items())
+        for value, one in series:
+            counts, total = one.snapshot()
+            cumulative = 0
+            for bound, count in zip(self._bounds, counts, strict=True):
+                cumulative += count
+                le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+                labels = {self._label: value, "le": le}
+                metric.add_sample(f"{self._name}_bucket", labels, float(cumulative))
+            metric.add_sample(f"{self._name}_count", {self._label: value}, float(cumulative))
+            metric.add_sample(f"{self._name}_sum", {self._label: value}, total)
+            metric.add_sample(f"{self._name}_created", {self._label: value}, one.created)
+        yield metric
+
+
 class Metrics:
     """The collectors of one app, registered in its own :class:`CollectorRegistry`."""
 
@@ -80,10 +161,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.engine_seconds = Histogram(
+        self.engine_seconds = LeanHistogram(
             "poolgrad_engine_seconds",
             "Time spent in the engine's forward or backward, excluding decode and encode.",
-            ["operation"],
+            "operation",
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -185,3 +185,71 @@ def test_batch_pieces_equal_one_piece(
     np.testing.assert_array_equal(A16, A1)
     assert state16.to_bytes() == state1.to_bytes()
     assert backward(state16, dA, options=pieces).tobytes() == dX1.tobytes()
+
+
+# A call on one thread whose X fits one piece runs as one chunk (no split memo, no thread
+# weighing); forcing two threads on the smallest inputs cuts the same calls into several.
+ONE_CHUNK = EngineOptions(threads=1)
+SPLIT = EngineOptions(threads=2, parallel_min_elements=1, piece_bytes=64)
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "compiled"])
+@pytest.mark.parametrize("mode", ["max", "min", "avg"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    ("shape", "pool", "strides", "padding"),
+    [
+        pytest.param((1, 8, 8, 1), 2, 2, "valid", id="tiny-single-sample"),
+        pytest.param((4, 8, 8, 3), 2, 2, "valid", id="tiny-batch"),
+        pytest.param((1, 9, 7, 2), 2, 2, "same", id="tiny-padded"),
+        pytest.param((2, 8, 10, 2), 3, 2, "valid", id="tiny-overlap"),
+    ],
+)
+def test_a_one_chunk_call_equals_the_split_call_bit_for_bit(
+    kernels: str,
+    mode: str,
+    layout: str,
+    shape: tuple[int, ...],
+    pool: object,
+    strides: object,
+    padding: object,
+) -> None:
+    spec = dataclasses.replace(_spec(pool, strides, padding, layout, "split"), mode=mode)
+    one = dataclasses.replace(ONE_CHUNK, kernels=kernels)
+    split = dataclasses.replace(SPLIT, kernels=kernels)
+    for name, X in _inputs(shape, layout):
+        X = X.astype(np.float32)
+        one_report, split_report = RunReport(), RunReport()
+        A1, state1 = forward(X, spec, options=one, report=one_report)
+        A2, state2 = forward(X, spec, options=split, report=split_report)
+        assert one_report.chunks == 1, name
+        assert A1.tobytes() == A2.tobytes(), name
+        assert state1.to_bytes() == state2.to_bytes(), name
+        dA = np.random.default_rng(6).integers(-3, 4, A1.shape).astype(np.float32)
+        assert (
+            backward(state1, dA, options=one).tobytes()
+            == backward(state2, dA, options=split).tobytes()
+        ), name
+    # The split path ran: on the batch, or on the rows of one channels_last sample.
+    if shape[0] > 1 or (layout == "channels_last" and strides >= pool):  # type: ignore[operator]
+        assert split_report.chunks > 1
+
+
+@pytest.mark.parametrize("options", [ONE_CHUNK, SPLIT], ids=["one-chunk", "split"])
+def test_a_one_chunk_call_refuses_what_the_split_call_refuses(options: EngineOptions) -> None:
+    spec = PoolSpec(pool_size=2, nan="reject")
+    X = np.ones((1, 8, 8, 1), np.float32)
+    A, state = forward(X, spec, options=options)
+    with pytest.raises(
+        ValueError, match=r"dA has shape \(1, 3, 4, 1\) but A has shape \(1, 4, 4, 1\)"
+    ):
+        backward(state, np.ones((1, 3, 4, 1), np.float32), options=options)
+    with pytest.raises(
+        ValueError, match=r"dA dtype complex64 is not a real number type; use float32"
+    ):
+        backward(state, np.ones(A.shape, np.complex64), options=options)
+    X[0, 5, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 NaN value\(s\), first at index \(0, 5, 2, 0\)"):
+        forward(X, spec, options=options)
+    with pytest.raises(ValueError, match=r"window 2 along spatial dim 0 \(h\) is larger"):
+        forward(np.ones((1, 1, 8, 1), np.float32), spec, options=options)

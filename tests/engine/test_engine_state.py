@@ -172,3 +172,44 @@ def test_a_max_state_without_winners_is_a_state_error() -> None:
     state = PoolState(spec, (1, 4, 4, 1), (1, 2, 2, 1), np.dtype(np.float32))
     with pytest.raises(StateError, match="state for mode 'max' holds no winners"):
         backward(state, np.ones((1, 2, 2, 1), np.float32))
+
+
+def _with_body(blob: bytes, arrays: bytes) -> bytes:
+    """``blob``'s header over other array bytes, with a valid CRC."""
+    (length,) = struct.unpack_from("<I", blob, 8)
+    body = blob[: 12 + length] + arrays
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_a_cached_state_layout_is_checked_against_each_blob_s_length() -> None:
+    # The checked layout of a small header is kept; the same header over fewer or more array
+    # bytes must still be refused as a first reading of it would be.
+    blob = _blob()
+    state = PoolState.from_bytes(blob)
+    (length,) = struct.unpack_from("<I", blob, 8)
+    arrays = blob[12 + length : -4]
+    with pytest.raises(
+        StateError, match=r"array 'winners' needs 27 bytes at offset 296, blob body has 322"
+    ):
+        PoolState.from_bytes(_with_body(blob, arrays[:-1]))
+    with pytest.raises(StateError, match="has 1 trailing bytes after its arrays"):
+        PoolState.from_bytes(_with_body(blob, arrays + b"\x00"))
+    again = PoolState.from_bytes(blob)
+    assert again.to_bytes() == state.to_bytes() == blob
+    assert again.winners is not None
+    assert state.winners is not None
+    assert not np.shares_memory(again.winners, state.winners)  # each state its own copy
+
+
+def test_state_refusals_are_never_cached_and_layouts_stay_bounded() -> None:
+    from engine import state as state_module
+
+    bad = _rewrite_header(_blob(), {"dtype": "int8"})
+    for _ in range(2):
+        with pytest.raises(StateError, match="dtype 'int8' is not float16/32/64"):
+            PoolState.from_bytes(bad)
+    for width in range(2, state_module.LAYOUT_CACHE_SIZE + 12):
+        X = np.ones((1, 2, width, 1), np.float32)
+        A, state = forward(X, PoolSpec(pool_size=2, strides=1))
+        assert PoolState.from_bytes(state.to_bytes()).output_shape == A.shape
+    assert state_module._cached_layout.cache_info().currsize <= state_module.LAYOUT_CACHE_SIZE

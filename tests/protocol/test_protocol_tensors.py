@@ -328,6 +328,112 @@ def test_safetensors_unsupported_dtype_is_invalid_tensor() -> None:
     assert info.value.code == "invalid_tensor"
 
 
+def reference_safetensors(tensors: dict[Any, np.ndarray]) -> bytes:
+    """The safetensors file as the encoder wrote it before it built its header by hand: one
+    ``json.dumps`` of the header dict, the raw little-endian C-order bytes after it."""
+    codes = {"float16": "F16", "float32": "F32", "float64": "F64", "int8": "I8", "int16": "I16",
+             "int32": "I32", "int64": "I64", "uint8": "U8", "uint16": "U16", "uint32": "U32",
+             "uint64": "U64", "bool": "BOOL"}  # fmt: skip
+    header: dict[Any, Any] = {}
+    data = b""
+    for name, array in tensors.items():
+        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": codes[array.dtype.name], "shape": list(array.shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}  # fmt: skip
+        data += raw
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + data
+
+
+#: Every dtype safetensors carries.
+SAFETENSORS_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                      "uint8", "uint16", "uint32", "uint64", "bool")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"A": np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1), "dX": np.ones((1, 8, 8, 1))},
+        {dtype: np.ones(2, dtype) for dtype in SAFETENSORS_DTYPES},
+        {"big": np.arange(6, dtype=">f4").reshape(2, 3), "le": np.arange(3, dtype="<i8")},
+        {"fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "strided": np.ones(9)[::2]},
+        {"scalar": np.array(2.5, np.float32), "empty": np.zeros((0, 3), np.float16)},
+        {"longlong": np.ones(2, np.longlong), "ulonglong": np.ones(2, np.ulonglong)},
+        {'quote"back\\slash': np.ones(1), "ünïcödé ✓": np.ones(1), "": np.ones(1)},
+        # Keys JSON converts; 1 and True are equal keys, so they come in turn (same entry).
+        {1: np.ones(1), 2.5: np.ones(3), None: np.ones(4)},
+        {True: np.ones(1), 2: np.ones(3), "null": np.ones(4)},
+    ],
+    ids=[
+        "tiny",
+        "every-dtype",
+        "byte-orders",
+        "memory-orders",
+        "0-d-and-empty",
+        "aliases",
+        "odd-names",
+        "json-keys",
+        "json-keys-again",
+    ],
+)
+def test_safetensors_encoder_writes_what_json_dumps_wrote(tensors: dict[Any, np.ndarray]) -> None:
+    # Twice: the second encoding comes from the cached header entries.
+    for _ in range(2):
+        assert protocol.encode_safetensors(tensors) == reference_safetensors(tensors)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "<U3", "datetime64[ns]", "V4"])
+def test_safetensors_encoder_refuses_other_dtypes_by_name(dtype: str) -> None:
+    array = np.zeros(2, dtype)
+    with pytest.raises(protocol.MalformedTensor, match=re.escape(f"'X' of dtype {array.dtype}")):
+        protocol.encode_safetensors({"X": array})
+
+
+def test_safetensors_decodes_to_read_only_views_of_the_body() -> None:
+    body = protocol.encode_safetensors({"X": np.arange(4.0), "dA": np.ones((2, 2), np.float16)})
+    decoded = protocol.decode_safetensors(body)
+    for array in decoded.values():
+        assert array.base is body  # no copy
+        assert not array.flags.writeable
+
+
+def test_a_cached_safetensors_layout_is_checked_against_each_body_s_length() -> None:
+    # The layout of a small header is kept; the same header over a shorter buffer must still
+    # be refused, naming that buffer's length, as a first decoding of it would be.
+    body = protocol.encode_safetensors({"X": np.arange(4.0, dtype=np.float32)})
+    assert protocol.decode_safetensors(body)["X"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(
+        protocol.MalformedTensor, match=r"offsets \[0, 16\] outside its 12-byte buffer"
+    ):
+        protocol.decode_safetensors(body[:-4])
+    assert protocol.decode_safetensors(body)["X"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_safetensors_refusals_are_never_cached() -> None:
+    body = safetensors_with({"X": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    for _ in range(2):
+        with pytest.raises(protocol.MalformedTensor, match="outside its 0-byte buffer"):
+            protocol.decode_safetensors(body)
+    assert protocol.decode_safetensors(body + b"\x00" * 8)["X"].tolist() == [0.0, 0.0]
+
+
+def test_the_safetensors_layout_cache_stays_bounded() -> None:
+    from poolgrad.protocol import tensors
+
+    for length in range(tensors.LAYOUT_CACHE_SIZE + 10):
+        body = protocol.encode_safetensors({"X": np.zeros(length, np.float32)})
+        assert protocol.decode_safetensors(body)["X"].shape == (length,)
+    assert tensors._cached_layout.cache_info().currsize <= tensors.LAYOUT_CACHE_SIZE
+    # A header over the cached size decodes the same way, every time checked afresh.
+    many = {f"tensor_{i}": np.full(i % 3, i, np.float32) for i in range(40)}
+    body = protocol.encode_safetensors(many)
+    assert struct.unpack_from("<Q", body)[0] > tensors.LAYOUT_CACHE_HEADER_BYTES
+    for _ in range(2):
+        decoded = protocol.decode_safetensors(body)
+        assert all(same(decoded[name], value) for name, value in many.items())
+
+
 # ------------------------------------------------------- shapes no array can have
 
 
@@ -483,3 +589,62 @@ async def test_the_server_refuses_malformed_bodies_as_the_decoder_does(
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "malformed_tensor"
     assert re.search(message, response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("array", "name"),
+    [
+        (np.arange(3, dtype=">f4"), "float32"),
+        (np.arange(3, dtype=np.longlong), "int64"),
+        (np.arange(3, dtype=">u2"), "uint16"),
+        (np.array([True, False]), "bool"),
+        (np.zeros((2, 0), np.float16), "float16"),
+    ],
+)
+def test_json_tensors_name_their_dtype_whatever_its_byte_order(
+    array: np.ndarray, name: str
+) -> None:
+    obj = protocol.tensor_to_obj(array)
+    assert obj["dtype"] == name
+    assert same(protocol.tensor_from_obj(obj), array.astype(array.dtype.newbyteorder("=")))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "<U2", "datetime64[s]", ">c16"])
+def test_json_tensors_refuse_other_dtypes_by_name(dtype: str) -> None:
+    array = np.zeros(2, dtype)
+    with pytest.raises(protocol.InvalidTensor, match=re.escape(f"dtype {array.dtype} cannot")):
+        protocol.tensor_to_obj(array)
+
+
+def test_a_cached_npy_header_is_checked_against_each_body_s_length() -> None:
+    body = protocol.encode_npy(np.arange(4.0, dtype=np.float32))
+    assert protocol.decode_npy(body).tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(
+        protocol.MalformedTensor,
+        match=r"\.npy data is truncated: shape \(4,\) of float32 needs 16 bytes, body holds 12",
+    ):
+        protocol.decode_npy(body[:-4])
+    with pytest.raises(protocol.MalformedTensor, match="followed by extra bytes"):
+        protocol.decode_npy(body + b"\x00")
+    decoded = protocol.decode_npy(body)
+    assert decoded.base is body  # a view, no copy
+    assert not decoded.flags.writeable
+
+
+def test_npy_refusals_are_never_cached_and_long_headers_decode_alike() -> None:
+    from poolgrad.protocol import tensors
+
+    body = npy_of_shape((2,)).replace(b"'<f4'", b"'<c8'")
+    for _ in range(2):
+        with pytest.raises(protocol.InvalidTensor, match="dtype complex64 is not numeric"):
+            protocol.decode_npy(body)
+    # A header over the cached size (padded with spaces, as the format allows): parsed every
+    # time, alike.
+    text = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }" + b" " * 600 + b"\n"
+    assert len(text) > tensors.NPY_CACHE_HEADER_BYTES
+    long_header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + b"\x00" * 8
+    for _ in range(2):
+        assert protocol.decode_npy(long_header).tolist() == [0.0, 0.0]
+    for length in range(tensors.NPY_CACHE_SIZE + 10):
+        assert protocol.decode_npy(npy_of_shape((length,))).shape == (length,)
+    assert tensors._cached_npy_header.cache_info().currsize <= tensors.NPY_CACHE_SIZE

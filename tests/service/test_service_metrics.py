@@ -3,6 +3,7 @@ a thousand invented methods grew every scrape to 572 MB); and an opt-in API key 
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -10,9 +11,11 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import assert_problem, client_for
 
+from service.metrics import LeanHistogram
 from service.middleware import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
@@ -124,3 +127,29 @@ async def test_a_setting_puts_metrics_behind_the_api_keys(
     else:
         assert response.status_code == 200
         assert "poolgrad_requests_total" in response.text
+
+
+@pytest.mark.parametrize(
+    "amounts",
+    [[], [0.0], [1e-05, 0.001, 0.0010001, 0.25, 7.5, 11.0, -1.0], [0.003] * 5],
+    ids=["none", "zero", "every-bucket-and-beyond", "repeated"],
+)
+def test_the_lean_histogram_reads_exactly_as_prometheus_client_s(amounts: list[float]) -> None:
+    buckets = (0.001, 0.0025, 0.005, 0.01, 0.25, 10.0)
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram(
+        "x_seconds", "Doc.", ["operation"], buckets=buckets, registry=theirs_registry
+    )
+    ours = LeanHistogram("x_seconds", "Doc.", "operation", buckets, ours_registry)
+    for operation in ("forward", "backward"):
+        their_series, our_series = theirs.labels(operation), ours.labels(operation)
+        for amount in amounts:
+            their_series.observe(amount)
+            our_series.observe(amount)
+
+    def text(registry: CollectorRegistry) -> str:
+        created = re.compile(r"^(x_seconds_created\{[^}]*\}) .*$", re.MULTILINE)
+        return created.sub(r"\1 <time>", generate_latest(registry).decode())
+
+    assert text(ours_registry) == text(theirs_registry)
+    assert ours.labels("forward") is ours.labels("forward")
