@@ -188,8 +188,13 @@ class HotRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            # Without a root path the route's regex sees the path as it is: a cheap test that
+            # leaves the full match (FastAPI's, 1.5 us) to the route that will serve.
+            path = None if scope.get("root_path") else scope["path"]
             for route, methods, call in self.routes:
                 if scope["method"] not in methods:
+                    continue
+                if path is not None and route.path_regex.match(path) is None:
                     continue
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:

@@ -9,11 +9,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from service_helpers import DA1, NPY, X1, client_for, npy
+from service_helpers import BASE_URL, DA1, NPY, X1, client_for, npy
 
 from poolgrad import protocol
 from poolgrad.protocol import inference
@@ -135,11 +136,15 @@ REQUESTS: list[tuple[str, str, str, dict[str, str], bytes]] = [
 _REQUEST_ID = re.compile(r'"request_id":"[0-9a-f]{32}"')
 
 
-async def _answers(app: FastAPI) -> dict[str, tuple[int, dict[str, str], bytes]]:
-    """Each request of :data:`REQUESTS` sent to ``app``: status, headers and body, with what is
-    random per request or per app (request and session ids) replaced by placeholders."""
+async def _answers(
+    app: FastAPI, root_path: str = ""
+) -> dict[str, tuple[int, dict[str, str], bytes]]:
+    """Each request of :data:`REQUESTS` sent to ``app`` (served under ``root_path``): status,
+    headers and body, with what is random per request or per app (request and session ids)
+    replaced by placeholders."""
     answers = {}
-    async with client_for(app) as client:
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL + root_path) as client:
         for name, method, path, headers, body in REQUESTS:
             created = await client.post("/v1/sessions", json={"pool_size": [2, 2]}, headers=AUTH)
             session = created.json()["id"]
@@ -160,10 +165,11 @@ async def _answers(app: FastAPI) -> dict[str, tuple[int, dict[str, str], bytes]]
     return answers
 
 
-async def test_hot_routes_answer_every_request_as_fastapi_does() -> None:
+@pytest.mark.parametrize("root_path", ["", "/behind/a/proxy"])
+async def test_hot_routes_answer_every_request_as_fastapi_does(root_path: str) -> None:
     settings = Settings(api_keys=[KEY], max_body_bytes=4096)
-    hot = await _answers(create_app(settings))
-    plain = await _answers(create_app(settings, hot_routes=False))
+    hot = await _answers(create_app(settings), root_path)
+    plain = await _answers(create_app(settings, hot_routes=False), root_path)
     assert hot.keys() == plain.keys()
     for name in hot:
         assert hot[name] == plain[name], name
