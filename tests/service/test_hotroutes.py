@@ -20,6 +20,7 @@ from poolgrad import protocol
 from poolgrad.protocol import inference
 from service import Settings, create_app
 from service.app import HOT_ENDPOINTS
+from service.deps import get_owner
 from service.hotroutes import HotRoutes, UnsupportedHotRoute
 
 pytestmark = pytest.mark.anyio
@@ -198,6 +199,25 @@ async def test_hot_routes_are_served_without_the_router() -> None:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/v1/gradient")).status_code == 405
     assert below == ["/healthz", "/v1/gradient"]
+
+
+async def test_dependency_overrides_are_applied_by_fastapi() -> None:
+    """An override of a hot route's dependency (the owner here) takes effect as FastAPI
+    applies it: while any is set, hot routes go through FastAPI."""
+    app = create_app(Settings(api_keys=[KEY]))
+
+    async def anyone() -> str:
+        return "anyone"
+
+    async with client_for(app) as client:
+        refused = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert refused.status_code == 401
+        app.dependency_overrides[get_owner] = anyone
+        served = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert served.status_code == 200, served.text
+        app.dependency_overrides.clear()
+        again = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert again.status_code == 401
 
 
 async def test_hot_routes_are_counted_and_logged_by_route_template(
