@@ -166,7 +166,8 @@ class Metrics:
         )
         self.engine_seconds = LeanHistogram(
             "poolgrad_engine_seconds",
-            "Time spent in the engine's forward or backward, excluding decode and encode.",
+            "Time spent in the engine per call, excluding decode and encode: a forward, a "
+            "backward, or a gradient (both in one call: the stateless route with dA).",
             ("operation",),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
