@@ -167,8 +167,7 @@ class Compute:
         self.inline_options = dataclasses.replace(self.engine_options, threads=1)
         # Bound once: ``labels()`` takes a lock and looks the child up on every call.
         self._engine_seconds = {
-            operation: metrics.engine_seconds.labels(operation)
-            for operation in ENGINE_OPERATIONS
+            operation: metrics.engine_seconds.labels(operation) for operation in ENGINE_OPERATIONS
         }
 
     def runs_inline(self, body_bytes: int, media_type: str) -> bool:

@@ -36,7 +36,8 @@ def _assert_fused_equals_two_calls(X: Any, dA: Any, spec: PoolSpec, options: Eng
     assert dX_fused.dtype == dX.dtype
     assert dX_fused.shape == dX.shape
     assert dX_fused.tobytes() == dX.tobytes()
-    assert A_fused.flags.c_contiguous and dX_fused.flags.c_contiguous
+    assert A_fused.flags.c_contiguous
+    assert dX_fused.flags.c_contiguous
     # The report tells what ran for both halves: the same kernels on the same chunks.
     assert (fused.kernels, fused.chunks, fused.backward_path) == (
         two_calls.kernels,
@@ -150,8 +151,7 @@ def test_gradient_refuses_what_forward_then_backward_refuse(
     X: Any, dA: Any, spec: Any, options: EngineOptions
 ) -> None:
     with pytest.raises((TensorError, ShapeMismatchError, TypeError)) as two_calls:
-        A, state = forward(X, spec, options=options)
-        backward(state, dA, options=options)
+        _forward_then_backward(X, dA, spec, options)
     with pytest.raises(two_calls.type, match=f"^{re.escape(str(two_calls.value))}$"):
         gradient(X, dA, spec, options=options)
 
@@ -164,3 +164,8 @@ def test_the_refusals_above_name_their_values() -> None:
         gradient(X_OK.astype(">f4"), DA_OK.astype(np.complex64), PoolSpec())
     with pytest.raises(TensorError, match=r"1 NaN value\(s\), first at index \(0, 5, 2, 0\)"):
         gradient(X_NAN, DA_OK[:, :3], PoolSpec(nan="reject"))
+
+
+def _forward_then_backward(X: Any, dA: Any, spec: Any, options: EngineOptions) -> np.ndarray:
+    _, state = forward(X, spec, options=options)
+    return backward(state, dA, options=options)
