@@ -19,7 +19,8 @@ max/min backward takes one of two paths, chosen from the geometry alone:
 Both apply the tie rule resolved at forward time (``ties`` only changes which winner bits are
 set, plus a per-window share for ``"split"``).
 
-Forward and backward of each mode sit side by side below.
+Forward and backward of each mode sit side by side below. :func:`gradient` runs both in one
+call for a caller that keeps no state: the same kernels, the winner planes passed on in memory.
 """
 
 from __future__ import annotations
