@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import Case, pool_cases, upstream
+from strategies import TIED_GEOMETRIES, Case, pool_cases, tied_with_specials, upstream
 
 from engine import PoolSpec, RunReport, ShapeMismatchError, TensorError, backward, forward, gradient
 from engine.options import EngineOptions
@@ -68,13 +68,8 @@ def test_gradient_equals_forward_then_backward_bit_for_bit(
 @pytest.mark.parametrize(
     ("shape", "kwargs"),
     [
+        *TIED_GEOMETRIES,
         ((1, 8, 8, 1), {"pool_size": 2}),
-        ((4, 16, 16, 8), {"pool_size": 2}),
-        ((4, 17, 15, 8), {"pool_size": 3, "strides": 2}),
-        ((2, 12, 12, 5), {"pool_size": 3, "strides": 1, "padding": "same", "mode": "min"}),
-        ((2, 5, 12, 12), {"pool_size": 3, "strides": 2, "layout": "channels_first"}),
-        ((2, 9, 3), {"pool_size": [4], "strides": [1], "padding": [(2, 1)]}),
-        ((2, 5, 6, 7, 3), {"pool_size": [2, 3, 2], "strides": [1, 2, 2], "padding": "same"}),
         ((2, 9, 10, 3), {"mode": "avg", "pool_size": 3, "strides": 2, "padding": "same"}),
         ((2, 9, 10, 3), {"mode": "avg", "pool_size": 2, "count_include_pad": True,
                          "padding": "same"}),
@@ -88,11 +83,7 @@ def test_gradient_on_ties_nan_and_inf(
     options: EngineOptions,
     kernels: str,
 ) -> None:
-    rng = np.random.default_rng(len(shape) + shape[-1])
-    X = rng.integers(-1, 2, shape).astype(dtype)  # ties everywhere
-    X.flat[::17] = np.nan
-    X.flat[5::23] = np.inf
-    X.flat[7::29] = -np.inf
+    X = tied_with_specials(shape, dtype)
     spec = PoolSpec(ties=ties, **kwargs)  # type: ignore[arg-type]
     options = dataclasses.replace(options, kernels=kernels)  # type: ignore[arg-type]
     A_shape = forward(X, spec)[0].shape
