@@ -308,7 +308,8 @@ class Compute:
         *,
         inline: bool = False,
     ) -> T:
-        """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``).
+        """Stateless forward, or forward and backward in one engine call
+        (:func:`engine.gradient`) when ``dA`` is given: named ``A`` (and ``dX``).
 
         ``spec_fields``: the spec's fields, or a spec a caller already validated (and cached).
         """
