@@ -78,7 +78,7 @@ def _pool_row(
     better: Any,
 ) -> None:  # pragma: no cover - compiled
     """One window offset on one input row (flat ``base``, first column ``w``) pooled into
-    ``best`` for the outputs ``[lo, hi)`` it reaches."""  # fmt: skip
+    ``best`` for the outputs ``[lo, hi)`` it reaches."""
     if stride_w == 1:
         xs, bs = xf[base + w * channels :], best[lo * channels :]
         for j in range((hi - lo) * channels):
@@ -126,7 +126,7 @@ def _flag_row(
     channels: int,
     first_only: bool,
 ) -> None:  # pragma: no cover - compiled
-    """As :func:`_pool_row`, the offset's winner flags into ``hits`` (from bit ``shift``)."""  # fmt: skip
+    """As :func:`_pool_row`, the offset's winner flags into ``hits`` (from bit ``shift``)."""
     if stride_w == 1:
         at = lo * channels
         xs, count = xf[base + w * channels :], (hi - lo) * channels
