@@ -66,6 +66,28 @@ def _strided(xf: Any, start: int, count: int, stride_w: int) -> Any:  # pragma: 
 
 
 @_helper
+def _row_base(
+    b: int,
+    ot: int,
+    oh: int,
+    kt: int,
+    kh: int,
+    size_t: int,
+    size_h: int,
+    row_size: int,
+    geometry: Any,
+    reach: Any,
+) -> int:  # pragma: no cover - compiled
+    """Flat start of the input row that window offset ``(kt, kh)`` of output row
+    ``(b, ot, oh)`` reads, or -1 when that offset lands on padding."""
+    if not (reach[0, kt, 0] <= ot < reach[0, kt, 1] and reach[1, kh, 0] <= oh < reach[1, kh, 1]):
+        return -1
+    it = ot * geometry[0, 1] + kt - geometry[0, 2]
+    ih = oh * geometry[1, 1] + kh - geometry[1, 2]
+    return ((b * size_t + it) * size_h + ih) * row_size
+
+
+@_helper
 def _pool_row(
     xf: Any,
     best: Any,
@@ -153,8 +175,8 @@ def _forward(
     first_only: bool,
 ) -> None:  # pragma: no cover - compiled
     n, size_t, size_h, size_w, channels = X.shape
-    pool_t, stride_t, before_t, out_t = geometry[0]
-    pool_h, stride_h, before_h, out_h = geometry[1]
+    pool_t, out_t = geometry[0, 0], geometry[0, 3]
+    pool_h, out_h = geometry[1, 0], geometry[1, 3]
     pool_w, stride_w, before_w, out_w = geometry[2]
     xf = X.reshape(X.size)
     af = A.reshape(A.size)
@@ -179,14 +201,12 @@ def _forward(
                 if separable:
                     columns[:] = identity
                 for kt in range(pool_t):
-                    if not reach[0, kt, 0] <= ot < reach[0, kt, 1]:
-                        continue
                     for kh in range(pool_h):
-                        if not reach[1, kh, 0] <= oh < reach[1, kh, 1]:
+                        base = _row_base(
+                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
+                        )
+                        if base < 0:
                             continue
-                        it = ot * stride_t + kt - before_t
-                        ih = oh * stride_h + kh - before_h
-                        base = ((b * size_t + it) * size_h + ih) * row_size
                         if separable:
                             xs = xf[base:]
                             for j in range(row_size):
@@ -209,14 +229,12 @@ def _forward(
                 if first_only:
                     taken[:] = False
                 for kt in range(pool_t):
-                    if not reach[0, kt, 0] <= ot < reach[0, kt, 1]:
-                        continue
                     for kh in range(pool_h):
-                        if not reach[1, kh, 0] <= oh < reach[1, kh, 1]:
+                        base = _row_base(
+                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
+                        )
+                        if base < 0:
                             continue
-                        it = ot * stride_t + kt - before_t
-                        ih = oh * stride_h + kh - before_h
-                        base = ((b * size_t + it) * size_h + ih) * row_size
                         for kw in range(pool_w):
                             lo, hi = reach[2, kw, 0], reach[2, kw, 1]
                             if lo == hi:
@@ -297,8 +315,8 @@ def backward_disjoint(
 ) -> None:  # pragma: no cover - compiled
     """Disjoint windows: each winner's gradient bits copied to its input element, once."""
     n, size_t, size_h, size_w, channels = dX.shape
-    pool_t, stride_t, before_t, out_t = geometry[0]
-    pool_h, stride_h, before_h, out_h = geometry[1]
+    pool_t, out_t = geometry[0, 0], geometry[0, 3]
+    pool_h, out_h = geometry[1, 0], geometry[1, 3]
     pool_w, stride_w, before_w, out_w = geometry[2]
     gf = G.reshape(G.size)
     df = dX.reshape(dX.size)
@@ -313,14 +331,12 @@ def backward_disjoint(
                 start = row * length
                 shift, first_byte = start & 7, start >> 3
                 for kt in range(pool_t):
-                    if not reach[0, kt, 0] <= ot < reach[0, kt, 1]:
-                        continue
                     for kh in range(pool_h):
-                        if not reach[1, kh, 0] <= oh < reach[1, kh, 1]:
+                        base = _row_base(
+                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
+                        )
+                        if base < 0:
                             continue
-                        it = ot * stride_t + kt - before_t
-                        ih = oh * stride_h + kh - before_h
-                        base = ((b * size_t + it) * size_h + ih) * row_size
                         for kw in range(pool_w):
                             lo, hi = reach[2, kw, 0], reach[2, kw, 1]
                             if lo == hi:
