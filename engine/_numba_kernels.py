@@ -67,24 +67,32 @@ def _strided(xf: Any, start: int, count: int, stride_w: int) -> Any:  # pragma: 
 
 @_helper
 def _row_base(
-    b: int,
-    ot: int,
-    oh: int,
-    kt: int,
-    kh: int,
-    size_t: int,
-    size_h: int,
-    row_size: int,
-    geometry: Any,
-    reach: Any,
+    b: int, ot: int, oh: int, kt: int, kh: int, rows: Any, reach: Any
 ) -> int:  # pragma: no cover - compiled
     """Flat start of the input row that window offset ``(kt, kh)`` of output row
-    ``(b, ot, oh)`` reads, or -1 when that offset lands on padding."""
+    ``(b, ot, oh)`` reads, or -1 when that offset lands on padding. ``rows`` is
+    :func:`_rows`' tuple (scalars, so nothing is reloaded from memory after each store)."""
+    size_t, size_h, row_size, stride_t, before_t, stride_h, before_h = rows
     if not (reach[0, kt, 0] <= ot < reach[0, kt, 1] and reach[1, kh, 0] <= oh < reach[1, kh, 1]):
         return -1
-    it = ot * geometry[0, 1] + kt - geometry[0, 2]
-    ih = oh * geometry[1, 1] + kh - geometry[1, 2]
+    it = ot * stride_t + kt - before_t
+    ih = oh * stride_h + kh - before_h
     return ((b * size_t + it) * size_h + ih) * row_size
+
+
+@_helper
+def _rows(shape: Any, geometry: Any) -> Any:  # pragma: no cover - compiled
+    """What :func:`_row_base` needs of a chunk's 5-D ``shape`` and geometry."""
+    _, size_t, size_h, size_w, channels = shape
+    return (
+        size_t,
+        size_h,
+        size_w * channels,
+        geometry[0, 1],
+        geometry[0, 2],
+        geometry[1, 1],
+        geometry[1, 2],
+    )
 
 
 @_helper
@@ -174,7 +182,7 @@ def _forward(
     better: Any,
     first_only: bool,
 ) -> None:  # pragma: no cover - compiled
-    n, size_t, size_h, size_w, channels = X.shape
+    n, _, _, size_w, channels = X.shape
     pool_t, out_t = geometry[0, 0], geometry[0, 3]
     pool_h, out_h = geometry[1, 0], geometry[1, 3]
     pool_w, stride_w, before_w, out_w = geometry[2]
@@ -182,6 +190,7 @@ def _forward(
     af = A.reshape(A.size)
     length = out_w * channels
     row_size = size_w * channels
+    rows = _rows(X.shape, geometry)
     best = np.empty(length, dtype=X.dtype)
     taken = np.zeros(length, dtype=np.bool_)
     hit_words = np.zeros((length >> 3) + 2, dtype=np.uint64)
@@ -202,9 +211,7 @@ def _forward(
                     columns[:] = identity
                 for kt in range(pool_t):
                     for kh in range(pool_h):
-                        base = _row_base(
-                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
-                        )
+                        base = _row_base(b, ot, oh, kt, kh, rows, reach)
                         if base < 0:
                             continue
                         if separable:
@@ -230,9 +237,7 @@ def _forward(
                     taken[:] = False
                 for kt in range(pool_t):
                     for kh in range(pool_h):
-                        base = _row_base(
-                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
-                        )
+                        base = _row_base(b, ot, oh, kt, kh, rows, reach)
                         if base < 0:
                             continue
                         for kw in range(pool_w):
@@ -314,14 +319,14 @@ def backward_disjoint(
     G: Any, winners: Any, dX: Any, geometry: Any, reach: Any
 ) -> None:  # pragma: no cover - compiled
     """Disjoint windows: each winner's gradient bits copied to its input element, once."""
-    n, size_t, size_h, size_w, channels = dX.shape
+    n, _, _, _, channels = dX.shape
     pool_t, out_t = geometry[0, 0], geometry[0, 3]
     pool_h, out_h = geometry[1, 0], geometry[1, 3]
     pool_w, stride_w, before_w, out_w = geometry[2]
     gf = G.reshape(G.size)
     df = dX.reshape(dX.size)
     length = out_w * channels
-    row_size = size_w * channels
+    rows = _rows(dX.shape, geometry)
     mask_words = np.zeros((length >> 3) + 3, dtype=np.uint64)
     masks = mask_words.view(np.int8)
     row = 0
@@ -332,9 +337,7 @@ def backward_disjoint(
                 shift, first_byte = start & 7, start >> 3
                 for kt in range(pool_t):
                     for kh in range(pool_h):
-                        base = _row_base(
-                            b, ot, oh, kt, kh, size_t, size_h, row_size, geometry, reach
-                        )
+                        base = _row_base(b, ot, oh, kt, kh, rows, reach)
                         if base < 0:
                             continue
                         for kw in range(pool_w):
