@@ -39,6 +39,10 @@ _TOP_BYTE = np.uint64(56)
 #: Byte -> its 8 bits as bytes 0x00 / 0xFF, in np.unpackbits' order: int8 0 / -1 masks.
 _UNPACK = (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1) * 255).view(np.uint64)
 
+#: Up to this many channels, a strided window offset runs one strided loop per channel rather
+#: than a loop over the channels of each output (whose set-up outweighs 3 elements).
+_FEW_CHANNELS = 4
+
 # Helpers: compiled per argument types into the kernels that call them. boundscheck off (the
 # spans stay within the geometry the caller checked), fastmath off (bit-exactness with NumPy).
 _helper = numba.njit(
@@ -117,6 +121,13 @@ def _pool_row(
         xs, bs = _strided(xf, base + w, hi - lo, stride_w), best[lo:]
         for j in range(hi - lo):
             bs[j] = better(xs[j], bs[j])
+    elif channels <= _FEW_CHANNELS:
+        # One strided run per channel: a span of a few channels per output costs its set-up.
+        for c in range(channels):
+            xs = _strided(xf, base + w * channels + c, hi - lo, stride_w * channels)
+            bs = _strided(best, lo * channels + c, hi - lo, channels)
+            for j in range(hi - lo):
+                bs[j] = better(xs[j], bs[j])
     else:
         for ow in range(lo, hi):
             xs = xf[base + (w + (ow - lo) * stride_w) * channels :]
@@ -164,6 +175,12 @@ def _flag_row(
     elif channels == 1:
         xs = _strided(xf, base + w, hi - lo, stride_w)
         _flag_span(xs, best[lo:], hits[shift + lo :], taken[lo:], hi - lo, first_only)
+    elif channels <= _FEW_CHANNELS:
+        for c in range(channels):
+            at, count = lo * channels + c, hi - lo
+            xs = _strided(xf, base + w * channels + c, count, stride_w * channels)
+            bs, ts = _strided(best, at, count, channels), _strided(taken, at, count, channels)
+            _flag_span(xs, bs, _strided(hits, shift + at, count, channels), ts, count, first_only)
     else:
         for ow in range(lo, hi):
             at = ow * channels

@@ -86,6 +86,8 @@ def test_compiled_kernels_on_ties_nan_and_inf(
         ((2, 10, 10, 7), {"pool_size": [3, 2], "strides": [2, 3], "padding": "same"}),
         # Stride 1 along w: one span per row and offset; padding cuts the spans.
         ((2, 9, 11, 24), {"pool_size": 3, "strides": 1, "padding": "same", "mode": "min"}),
+        # A few channels and a stride along w: one strided run per channel.
+        ((2, 9, 12, 3), {"pool_size": [3, 2], "strides": 2, "padding": "same"}),
         # Single-channel rows, strided along w.
         ((3, 2, 13, 9), {"pool_size": 3, "strides": 2, "layout": "channels_first"}),
         ((2, 4, 7, 9, 16), {"pool_size": [2, 3, 3], "strides": [1, 2, 2], "padding": "same"}),
