@@ -71,7 +71,7 @@ def _strided(xf: Any, start: int, count: int, stride_w: int) -> Any:  # pragma: 
 
 @_helper
 def _row_base(
-    b: int, ot: int, oh: int, kt: int, kh: int, rows: Any, reach: Any
+    b: int, ot: int, oh: int, kt: int, kh: int, rows: tuple[int, ...], reach: Any
 ) -> int:  # pragma: no cover - compiled
     """Flat start of the input row that window offset ``(kt, kh)`` of output row
     ``(b, ot, oh)`` reads, or -1 when that offset lands on padding. ``rows`` is
