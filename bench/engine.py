@@ -25,9 +25,9 @@ while after each call and would steal a core from whatever runs next. Before tim
 checks that both kernel sets agree bit for bit and with torch (random normal data has no ties,
 so ``ties="all"`` and torch's first-index rule coincide). The load average is printed before
 and after: timings are only comparable as ratios within one run. Besides the medians, the
-geometric means of the best blocks are printed: on a loaded machine the best block is the
-steadier estimate of what a call costs (torch's two OpenMP threads lose most when a core is
-taken away mid-call, at a barrier).
+best blocks' ratios to torch (``cc/t bst``, ``au/t bst``), their geometric means and worst
+shape are printed: on a loaded machine the best block is the steadier estimate of what a call
+costs (torch's two OpenMP threads lose most when a core is taken away mid-call, at a barrier).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def main() -> None:
     header = (
         f"{'X shape':>18} {'pool':>6} {'dtype':>7} {'copy ms':>8} {'numpy ms':>9} "
         f"{'compiled':>9} {'auto ms':>8} {'torch ms':>9} {'np/torch':>8} {'cc/torch':>8} "
-        f"{'au/torch':>8} {'np/copy':>8} {'cc/copy':>8} {'au/copy':>8}"
+        f"{'au/torch':>8} {'np/copy':>8} {'cc/copy':>8} {'au/copy':>8} {'cc/t bst':>8} "
+        f"{'au/t bst':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -160,7 +161,8 @@ def main() -> None:
             case = _ratios(medians)
             for key, value in case.items():
                 ratios[key].append(value)
-            for key, value in _ratios([best for _, best in measured]).items():
+            best_case = _ratios([best for _, best in measured])
+            for key, value in best_case.items():
                 best_ratios[key].append(value)
             copy_s, numpy_s, torch_s, compiled_s, auto_s = _padded(medians)
             name = f"{shape!s} {pool}x{pool}/{stride} {np.dtype(dtype).name}"
@@ -170,6 +172,7 @@ def main() -> None:
                 f"{copy_s * 1e3:8.2f} {numpy_s * 1e3:9.2f} {compiled_s * 1e3:9.2f} "
                 f"{auto_s * 1e3:8.2f} {torch_s * 1e3:9.2f} "
                 + " ".join(f"{case[key]:8.2f}" for key in keys)
+                + f" {best_case['cc/torch']:8.2f} {best_case['au/torch']:8.2f}"
             )
     print("-" * len(header))
     for label, table in (("medians", ratios), ("best blocks", best_ratios)):
@@ -178,9 +181,10 @@ def main() -> None:
             f"geometric means ({label}): "
             + ", ".join(f"{key} {value:.3f}" for key, value in means.items())
         )
-    for key in ("np/torch", "cc/torch", "au/torch"):
-        worst = max(range(len(names)), key=ratios[key].__getitem__)
-        print(f"worst {key}: {ratios[key][worst]:.2f} ({names[worst]})")
+    for label, table in (("median", ratios), ("best block", best_ratios)):
+        for key in ("np/torch", "cc/torch", "au/torch"):
+            worst = max(range(len(names)), key=table[key].__getitem__)
+            print(f"worst {key} ({label}): {table[key][worst]:.2f} ({names[worst]})")
     print(f"{GOALS}; load average {_load()}")
 
 

@@ -18,10 +18,13 @@ bandwidth. They are drop-in replacements for one chunk of :mod:`engine.parallel`
 
 Loop order: per output row ``(b, ot, oh)`` (``out_w * c`` outputs, contiguous in memory and in
 the bit planes), per window offset, the innermost loop runs along contiguous memory: over
-channels when ``c > 1``, along the last spatial dim when ``c == 1``. Winner flags of one row and
-one offset go to a byte scratch, packed 8 at a time by one multiplication; backward unpacks a
-row of one plane through a byte -> 8-byte table. Scratch is a few bytes per output of one row,
-whatever the window; nothing is unpacked per chunk.
+channels when ``c > 1``, along the last spatial dim when ``c == 1``; with channels and a stride
+along ``w``, forward first pools the window's rows column by column, then along ``w``. Every
+loop indexes a slice from 0 (see :mod:`engine._numba_kernels`: that is what lets LLVM
+vectorize it). Winner flags of one row and one offset go to a byte scratch, packed 8 at a time
+by one multiplication; backward unpacks a row of one plane through a byte -> 8-byte table.
+Scratch is a few bytes per output of one row, whatever the window; nothing is unpacked per
+chunk.
 
 float16 is compared in float32 (exact) and accumulated in float32, as NumPy does.
 avg runs on NumPy whatever the choice.

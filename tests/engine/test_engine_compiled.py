@@ -62,6 +62,42 @@ def test_compiled_kernels_on_ties_nan_and_inf(
     _assert_same(X, spec, 3, threaded)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("ties", ["all", "first", "split"])
+@pytest.mark.parametrize(
+    ("shape", "kwargs"),
+    [
+        # Channels and a stride along w: rows pooled column by column, spans of c per output.
+        ((2, 9, 11, 32), {"pool_size": 3, "strides": 2}),
+        ((2, 10, 10, 7), {"pool_size": [3, 2], "strides": [2, 3], "padding": "same"}),
+        # Stride 1 along w: one span per row and offset; padding cuts the spans.
+        ((2, 9, 11, 24), {"pool_size": 3, "strides": 1, "padding": "same", "mode": "min"}),
+        # A few channels and a stride along w: one strided run per channel.
+        ((2, 9, 12, 3), {"pool_size": [3, 2], "strides": 2, "padding": "same"}),
+        # Single-channel rows, strided along w.
+        ((3, 2, 13, 9), {"pool_size": 3, "strides": 2, "layout": "channels_first"}),
+        ((2, 4, 7, 9, 16), {"pool_size": [2, 3, 3], "strides": [1, 2, 2], "padding": "same"}),
+        ((2, 30, 5), {"pool_size": [4], "strides": [2], "padding": [(3, 2)]}),
+    ],
+)
+def test_compiled_kernels_sum_overlapping_windows_in_numpys_order(
+    shape: tuple[int, ...], kwargs: dict[str, object], ties: str, dtype: type
+) -> None:
+    # Random normal dA: a sum of three or more contributions depends on their order (small
+    # integers, as elsewhere, would sum exactly in any order); X rounded in places for ties.
+    rng = np.random.default_rng(sum(shape))
+    X = rng.standard_normal(shape).astype(dtype)
+    X.flat[::3] = np.round(X.flat[::3])
+    spec = PoolSpec(ties=ties, **kwargs)  # type: ignore[arg-type]
+    A, state = forward(X, spec, options=NUMPY)
+    A_c, state_c = forward(X, spec, options=COMPILED)
+    assert np.array_equal(A_c, A)
+    assert state_c.to_bytes() == state.to_bytes()
+    dA = rng.standard_normal(A.shape).astype(dtype)
+    dX = backward(state, dA, options=NUMPY)
+    assert backward(state_c, dA, options=COMPILED).tobytes() == dX.tobytes()
+
+
 def test_reject_refuses_nan_before_either_kernel_runs() -> None:
     X = np.zeros((1, 4, 4, 1), np.float32)
     X[0, 1, 2, 0] = np.nan
