@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import Scope
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from poolgrad.protocol import DIGITS, quote, require_media_type
+from poolgrad.protocol import DIGITS, Parts, quote, require_media_type
 from service.errors import BadRequest, CapacityExceeded, PayloadTooLarge, RequestTimeout
 
 __all__ = [
+    "STREAM_MIN_BYTES",
     "BodyBudget",
     "BodyRead",
+    "PartsResponse",
+    "encoded_response",
     "must_close",
     "read_body",
     "release_body",
@@ -177,3 +181,59 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
 def request_media_type(request: Request, accepted: Sequence[str]) -> str:
     """The request's ``Content-Type`` when it is one of ``accepted``, else 415 naming it."""
     return require_media_type(request.headers.get("content-type"), accepted)
+
+
+#: Encoded answers of at least this many bytes are written as their parts
+#: (:class:`PartsResponse`), smaller ones joined into one ``bytes``: joining a few KiB costs
+#: less than the messages each part takes through every middleware, and the server merges
+#: the small writes of one loop turn anyway (``service.server.CORK_MAX_BYTES``, the same
+#: 64 KiB, past which a write goes straight to the socket).
+STREAM_MIN_BYTES = 64 * 1024
+
+
+class PartsResponse(Response):
+    """An answer whose body is sent as its parts (:data:`~poolgrad.protocol.Parts`), each its
+    own ``http.response.body`` message (``more_body`` on all but the last), never joined.
+
+    A large tensor goes from its array's memory to the socket with no copy on the way: the
+    server writes each memoryview as it is (uvloop keeps a view of what the socket does not
+    take at once) and waits for its buffer to drain before taking the next part.
+    ``Content-Length`` is the parts' sum, so the answer is framed like any other (and a
+    ``HEAD`` answer keeps it, bodiless, as the request middleware makes every answer). A
+    client that leaves mid-answer ends it quietly: the server drops what is sent after.
+    ``body`` stays empty: the parts are the body.
+    """
+
+    def __init__(
+        self,
+        parts: Parts,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        # Byte views, so that a part's len() is its byte count (what the server frames by).
+        self.parts = [part if isinstance(part, bytes) else part.cast("B") for part in parts]
+        length = sum(len(part) for part in self.parts)
+        headers = {**(headers or {}), "content-length": str(length)}
+        super().__init__(None, status_code, headers, media_type)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.parts) - 1
+        for index, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})
+
+
+def encoded_response(
+    parts: Parts, media_type: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The answer of an encoded body: its parts sent one by one (:class:`PartsResponse`) when
+    they hold at least :data:`STREAM_MIN_BYTES`, else one ``bytes`` (a small copy, one
+    message)."""
+    if sum(len(part) for part in parts) >= STREAM_MIN_BYTES:
+        return PartsResponse(parts, headers=headers, media_type=media_type)
+    return Response(b"".join(parts), headers=headers, media_type=media_type)

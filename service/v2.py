@@ -51,7 +51,7 @@ from service.errors import (
     SessionNotFound,
     UnsupportedMediaType,
 )
-from service.httpio import read_body
+from service.httpio import encoded_response, read_body
 from service.settings import Settings
 
 __all__ = ["MODELS", "MODEL_VERSION", "router", "sequence_session_id"]
@@ -183,15 +183,13 @@ async def infer(
         encoded = await _in_sequence(
             compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted, inline
         )
-    payload, json_length = inference.response_body(
+    parts, json_length = inference.response_parts(
         model_name, MODEL_VERSION, parsed.id, [encoded[name] for name in wanted]
     )
     if json_length is None:
-        return Response(payload, media_type=protocol.MEDIA_JSON)
-    return Response(
-        payload,
-        media_type=inference.BINARY_MEDIA_TYPE,
-        headers={inference.HEADER_LENGTH: str(json_length)},
+        return encoded_response(parts, protocol.MEDIA_JSON)
+    return encoded_response(
+        parts, inference.BINARY_MEDIA_TYPE, {inference.HEADER_LENGTH: str(json_length)}
     )
 
 
