@@ -122,13 +122,52 @@ def must_close(request: Request) -> bool:
     return has_body and progress is not BodyRead.DONE
 
 
-async def read_body(request: Request, *, limit: int, timeout: float, hint: str = "") -> bytes:
+class _Collected:
+    """A request body gathered as its messages arrive. A body in one message is kept as it came
+    (no copy; small bodies mostly come so). A longer one whose length is declared is copied into one
+    buffer of that length as it arrives, each message dropped once copied, so it is held once
+    and never joined: joining kept every message and the joined copy alive at once, each in
+    freshly faulted pages (on the 2-core machine, 24 ms for 31 MB against 1 ms). Without a
+    declared length (chunked) the messages are joined at the end."""
+
+    def __init__(self, declared: int | None) -> None:
+        self.declared = declared
+        self.chunks: list[bytes] = []
+        self.buffer: bytearray | None = None
+        self.filled = 0
+
+    def add(self, chunk: bytes, more: bool) -> None:
+        if self.declared is None or (self.buffer is None and not more):
+            self.chunks.append(chunk)
+            return
+        if self.buffer is None:
+            self.buffer = bytearray(self.declared)
+        # Copied in place; a slice assignment would grow the buffer rather than fail, should a
+        # server hand over more than was declared (HTTP framing forbids it).
+        self.buffer[self.filled : self.filled + len(chunk)] = chunk
+        self.filled += len(chunk)
+
+    def body(self) -> bytes | bytearray:
+        """The whole body: ``bytes``, or the ``bytearray`` a long body was copied into."""
+        if self.buffer is None:
+            return b"".join(self.chunks)
+        del self.buffer[self.filled :]  # nothing, unless fewer bytes came than declared
+        return self.buffer
+
+
+async def read_body(
+    request: Request, *, limit: int, timeout: float, hint: str = ""
+) -> bytes | bytearray:
     """The whole body, refused with 413 as soon as it is known to pass ``limit`` bytes.
 
     A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise
     (chunked, or a client that lies) bytes are counted as they arrive and reading stops at the
     first chunk past the limit, so at most ``limit`` plus one chunk is ever buffered. The whole
     body must arrive within ``timeout`` seconds (408). ``hint`` ends the 413's detail.
+
+    A body that arrives in several messages with a declared length comes back as the
+    ``bytearray`` it was copied into (see :class:`_Collected`), any other as ``bytes``; the
+    decoders take both and give read-only arrays either way.
 
     The bytes are reserved from the process's :class:`BodyBudget` (the request middleware
     releases them when the request ends, :func:`release_body`): a declared length before
@@ -146,7 +185,7 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
             )
         reservation.cover(int(declared))
     _set(request, BodyRead.STARTED)
-    chunks: list[bytes] = []
+    collected = _Collected(None if declared is None else int(declared))
     received = 0
     receive = request.receive
     try:
@@ -169,13 +208,13 @@ async def read_body(request: Request, *, limit: int, timeout: float, hint: str =
                         f"so far){hint}"
                     )
                 reservation.cover(received)
-                chunks.append(chunk)
+                collected.add(chunk, more)
     except TimeoutError as exc:
         raise RequestTimeout(
             f"body not received within {timeout:g} s ({received} bytes arrived)"
         ) from exc
     _set(request, BodyRead.DONE)
-    return b"".join(chunks)
+    return collected.body()
 
 
 def request_media_type(request: Request, accepted: Sequence[str]) -> str:

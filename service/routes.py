@@ -64,7 +64,7 @@ def _json(payload: Any, status_code: int = 200, headers: dict[str, str] | None =
     return Response(protocol.dumps(payload), status_code, headers, media_type=protocol.MEDIA_JSON)
 
 
-async def _read(request: Request, settings: Settings, media_type: str) -> bytes:
+async def _read(request: Request, settings: Settings, media_type: str) -> bytes | bytearray:
     """The body, under the limit for its media type: JSON parses into Python objects many times
     its size, so it has its own, smaller limit."""
     if media_type == protocol.MEDIA_JSON:
@@ -94,7 +94,7 @@ def _parsed_query_spec(query: bytes) -> PoolSpec:
     return parse_spec(protocol.spec_from_query(QueryParams(query).multi_items()))
 
 
-async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
+async def _spec_body(request: Request, settings: SettingsDep) -> bytes | bytearray:
     """The session-creation body, unparsed: JSON, or nothing at all for every default."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
@@ -105,7 +105,7 @@ async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
     return body
 
 
-def _parse_spec_body(body: bytes) -> Any:
+def _parse_spec_body(body: bytes | bytearray) -> Any:
     """The session body's JSON (``{}`` when empty); 400 ``bad_request`` when it is not JSON."""
     try:
         return protocol.loads(body) if body else {}

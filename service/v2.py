@@ -219,7 +219,7 @@ def _tensor_metadata(name: str) -> dict[str, Any]:
     }
 
 
-async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int | None]:
+async def _infer_body(request: Request, settings: Settings) -> tuple[bytes | bytearray, int | None]:
     """The body and the JSON header's length, under the limits of ``/v1``: JSON has its own,
     smaller limit (the whole body without binary tensors, else the header), checked before a
     byte is read when the lengths are declared."""
@@ -249,7 +249,9 @@ async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int 
     return body, header_length
 
 
-async def _parse(compute: Compute, body: bytes, header_length: int | None) -> InferRequest:
+async def _parse(
+    compute: Compute, body: bytes | bytearray, header_length: int | None
+) -> InferRequest:
     """The checked request. A JSON part too large to parse on the event loop
     (:meth:`Compute.runs_inline`, the bound of ``/v1``'s JSON bodies) is parsed in a worker
     thread, so the loop never waits on megabytes of JSON (binary tensors cost nothing to

@@ -253,7 +253,7 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_request(body: bytes, header_length: int | None) -> InferRequest:
+def parse_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
     """Parse and check an inference request; nothing of the tensor data is converted.
 
     ``header_length`` is the JSON's length when binary tensors follow it, else None (the
@@ -269,7 +269,8 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             raise MalformedTensor(
                 f"{HEADER_LENGTH} {header_length} is past the end of the {len(body)}-byte body"
             )
-        header, tail = body[:header_length], memoryview(body)[header_length:]
+        # Read-only, so binary inputs are read-only views over a bytearray body too.
+        header, tail = body[:header_length], memoryview(body).toreadonly()[header_length:]
     try:
         obj = loads(header)
     except MalformedTensor as exc:

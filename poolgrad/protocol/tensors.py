@@ -172,11 +172,13 @@ def _raw_bytes(arr: np.ndarray) -> memoryview:
     return np.frombuffer(arr, np.uint8).data
 
 
-def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> np.ndarray:
+def decode_npy(
+    body: bytes | bytearray, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> np.ndarray:
     """Decode one ``.npy`` file without pickling, memory-mapping or over-allocating.
 
-    Returns a read-only view of ``body`` (no copy) in C or Fortran order as the
-    header says. Cost: parsing the header; the data is not touched.
+    Returns a read-only view of ``body`` (no copy; read-only over a ``bytearray`` too) in C or
+    Fortran order as the header says. Cost: parsing the header; the data is not touched.
     """
     if len(body) < 10 or not body.startswith(_NPY_MAGIC):
         raise MalformedTensor(
@@ -215,7 +217,12 @@ def decode_npy(body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES)
             f".npy data is {what}: shape {tuple(shape)} of {dtype} needs {expected} bytes, "
             f"body holds {actual}"
         )
-    return np.ndarray(shape, dtype, body, data_start, order="F" if fortran else "C")
+    return np.ndarray(shape, dtype, _readonly(body), data_start, order="F" if fortran else "C")
+
+
+def _readonly(body: bytes | bytearray) -> bytes | memoryview:
+    """``body`` as a buffer arrays built over it cannot write to (``bytes`` already is)."""
+    return body if isinstance(body, bytes) else memoryview(body).toreadonly()
 
 
 #: ``.npy`` headers of at most this many bytes (NumPy pads a header of up to 4 dims to 118)
@@ -437,7 +444,7 @@ def encode_json_tensor(array: npt.ArrayLike) -> bytes:
     return dumps(tensor_to_obj(array))
 
 
-def decode_json_tensor(body: bytes) -> np.ndarray:
+def decode_json_tensor(body: bytes | bytearray) -> np.ndarray:
     """Decode one JSON tensor (a new, writable array)."""
     return tensor_from_obj(loads(body))
 
@@ -499,9 +506,10 @@ def _entry_head(name: object, code: str, shape: tuple[int, ...]) -> str:
 
 
 def decode_safetensors(
-    body: bytes, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    body: bytes | bytearray, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 ) -> dict[str, np.ndarray]:
-    """Decode a safetensors file into read-only views of ``body``, checking every offset.
+    """Decode a safetensors file into read-only views of ``body`` (a ``bytearray`` too),
+    checking every offset.
 
     Cost: parsing and checking the header (once per distinct small header and body length,
     see :data:`LAYOUT_CACHE_SIZE`); the data is not touched.
@@ -523,8 +531,9 @@ def decode_safetensors(
     header = bytes(body[8:data_start])
     buffer_bytes = len(body) - data_start
     layout = _layout if header_len > LAYOUT_CACHE_HEADER_BYTES else _cached_layout
+    buffer = _readonly(body)
     return {
-        name: np.ndarray(shape, dtype, body, data_start + start)
+        name: np.ndarray(shape, dtype, buffer, data_start + start)
         for name, dtype, shape, start in layout(header, buffer_bytes)
     }
 
@@ -611,7 +620,7 @@ _EXPECTED: Final = {
 }
 
 
-def sniff_media_type(body: bytes) -> str | None:
+def sniff_media_type(body: bytes | bytearray) -> str | None:
     """The format ``body`` plainly is, from its first bytes, or ``None``: a ``.npy`` magic,
     a safetensors length prefix followed by its JSON header, or JSON's opening bracket. Only
     used to explain a body that does not decode as its declared type."""
@@ -626,7 +635,7 @@ def sniff_media_type(body: bytes) -> str | None:
     return None
 
 
-def _check_body(body: bytes, media_type: str, accepted: tuple[str, ...]) -> None:
+def _check_body(body: bytes | bytearray, media_type: str, accepted: tuple[str, ...]) -> None:
     """Name an empty body, and a body of another format than its ``Content-Type`` says (a
     ``.npy`` sent as JSON would otherwise fail as "not valid UTF-8"), before decoding."""
     named = accepted == NAMED_MEDIA_TYPES
@@ -643,7 +652,7 @@ def _check_body(body: bytes, media_type: str, accepted: tuple[str, ...]) -> None
     raise MalformedTensor(f"the body looks like a {what}, not {media_type}; {fix}")
 
 
-def decode_tensor(body: bytes, media_type: str) -> np.ndarray:
+def decode_tensor(body: bytes | bytearray, media_type: str) -> np.ndarray:
     """Decode one tensor of ``media_type`` (``MEDIA_NPY`` or ``MEDIA_JSON``)."""
     if media_type in TENSOR_MEDIA_TYPES:
         _check_body(body, media_type, TENSOR_MEDIA_TYPES)
@@ -671,7 +680,7 @@ def encode_tensor(array: npt.ArrayLike, media_type: str) -> bytes:
     return b"".join(encode_tensor_parts(array, media_type))
 
 
-def decode_named(body: bytes, media_type: str) -> dict[str, np.ndarray]:
+def decode_named(body: bytes | bytearray, media_type: str) -> dict[str, np.ndarray]:
     """Decode named tensors (``MEDIA_SAFETENSORS`` or a JSON object of tensors)."""
     if media_type in NAMED_MEDIA_TYPES:
         _check_body(body, media_type, NAMED_MEDIA_TYPES)
