@@ -273,6 +273,6 @@ def encoded_response(
     """The answer of an encoded body: its parts sent one by one (:class:`PartsResponse`) when
     they hold at least :data:`STREAM_MIN_BYTES`, else one ``bytes`` (a small copy, one
     message)."""
-    if sum(len(part) for part in parts) >= STREAM_MIN_BYTES:
+    if sum(map(len, parts)) >= STREAM_MIN_BYTES:
         return PartsResponse(parts, headers=headers, media_type=media_type)
     return Response(b"".join(parts), headers=headers, media_type=media_type)
