@@ -39,6 +39,7 @@ import statistics
 import time
 import timeit
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -210,8 +211,13 @@ TINY_SUITE: list[tuple[tuple[int, int, int, int], int, int]] = [
 
 def _tiny() -> None:
     """Best-of-7 microseconds per float32 max forward+backward on tiny inputs with
-    ``threads=1``, as the service's inline path runs them: what a call costs beyond its math."""
-    print(f"load {_load()}; microseconds per forward+backward, threads=1, best of 7 x 2000")
+    ``threads=1``, as the service's inline path runs them: what a call costs beyond its math.
+    Each kernel set twice: :func:`engine.forward` then :func:`engine.backward`, and
+    :func:`engine.gradient` (both in one call, as the stateless route runs them)."""
+    print(
+        f"load {_load()}; microseconds per forward+backward (fwd+bwd) and per gradient "
+        "(fused), threads=1, best of 7 x 2000"
+    )
     rng = np.random.default_rng(0)
     for shape, pool, stride in TINY_SUITE:
         X = rng.standard_normal(shape).astype(np.float32)
@@ -219,9 +225,13 @@ def _tiny() -> None:
         dA = np.ones(engine.forward(X, spec)[0].shape, np.float32)
         cells = []
         for kernels in ("numpy", "auto") if compiled.available() else ("numpy",):
-            run = _engine_run(X, dA, spec, engine.EngineOptions(threads=1, kernels=kernels))
-            best = min(timeit.repeat(run, number=2000, repeat=7)) / 2000
-            cells.append(f"{kernels} {best * 1e6:6.1f}")
+            options = engine.EngineOptions(threads=1, kernels=kernels)
+            for name, run in (
+                ("fwd+bwd", _engine_run(X, dA, spec, options)),
+                ("fused", partial(engine.gradient, X, dA, spec, options=options)),
+            ):
+                best = min(timeit.repeat(run, number=2000, repeat=7)) / 2000
+                cells.append(f"{kernels} {name} {best * 1e6:6.1f}")
         print(f"{shape!s:15} {pool}x{pool}/{stride}  " + "  ".join(cells))
 
 

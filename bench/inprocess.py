@@ -33,6 +33,7 @@ from engine import PoolSpec
 from poolgrad import protocol
 from service.app import create_app
 from service.compute import Compute
+from service.httpio import BODY_RECEIVED
 from service.settings import Settings
 
 QUERY = b"mode=max&pool_size=2,2"
@@ -73,6 +74,8 @@ def _http_call(app: Any, body: bytes, api_key: str | None) -> Callable[[], Await
             "headers": list(headers),
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 8000),
+            # As service.server says of a request whose body came whole before the app ran.
+            "extensions": {BODY_RECEIVED: {}},
         }
         messages = [{"type": "http.request", "body": body, "more_body": False}]
         statuses: list[int] = []

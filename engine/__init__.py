@@ -6,6 +6,7 @@
     spec = PoolSpec(mode="max", pool_size=(2, 2))
     A, state = forward(X, spec)      # state: bit-packed winners, never a copy of X
     dX = backward(state, dA)         # pure and repeatable
+    A, dX = gradient(X, dA, spec)    # both at once, bit for bit the same; no state kept
     blob = state.to_bytes()          # versioned binary form; PoolState.from_bytes(blob)
 
 Semantics are those of CONTRACT.md ("Layer spec"); EpyNN's ``Pooling`` layer is the reference
@@ -24,7 +25,7 @@ from engine.errors import (
     TensorError,
 )
 from engine.options import EngineOptions, RunReport
-from engine.pooling import backward, forward
+from engine.pooling import backward, forward, gradient
 from engine.spec import PoolSpec
 from engine.state import PoolState
 
@@ -41,4 +42,5 @@ __all__ = [
     "TensorError",
     "backward",
     "forward",
+    "gradient",
 ]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from engine import compiled
@@ -44,6 +45,9 @@ decoder, `Accept` the encoder); errors are `application/problem+json` with a sta
 
 #: Where the documentation pages' static files are served.
 DOCS_STATIC_URL = "/docs/static"
+
+#: FastAPI's native OpenTelemetry, switched off (``FastAPI(telemetry=...)``).
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 #: The routers of the API, in the order they are included (the order FastAPI tries them).
 _ROUTERS = (routes.router, v2.router)
@@ -108,6 +112,10 @@ def create_app(
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry hook asks the global providers (reading the
+        # environment) on every request, 5% of a tiny one; the service's observability is
+        # /metrics, the access log and request ids (docs/DECISIONS.md).
+        telemetry=_NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.store = store

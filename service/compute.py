@@ -31,7 +31,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from engine import PoolSpec, PoolState, backward, forward
+from engine import PoolSpec, PoolState, backward, forward, gradient
 from engine.errors import ShapeMismatchError, SpecError, StateError, TensorError
 from engine.options import EngineOptions
 from poolgrad.protocol import MEDIA_JSON, IfMatch, ProtocolError, SessionInfo, quote
@@ -50,6 +50,7 @@ from service.settings import Settings
 from service.stores import SessionRecord, SessionStore
 
 __all__ = [
+    "ENGINE_OPERATIONS",
     "NAMED_INPUTS",
     "Compute",
     "EngineCalls",
@@ -84,6 +85,10 @@ INLINE_MAX_JSON_BYTES = 32 * 1024
 #: every connection. Under this bound an inline call visits at most 16 x
 #: ``INLINE_MAX_BYTES / 2`` (float16) elements, about 2 M: a few milliseconds.
 INLINE_MAX_WINDOW = 16
+#: The ``operation`` label values of ``poolgrad_engine_seconds``, one observation per engine
+#: call: a session's forward or backward, or the stateless route's ``gradient`` (forward and
+#: backward in one call when dA is sent; ``forward`` alone without it).
+ENGINE_OPERATIONS = ("forward", "backward", "gradient")
 #: Distinct specs whose validated :class:`PoolSpec` is kept (sessions share a handful).
 SPEC_CACHE_SIZE = 256
 
@@ -120,9 +125,11 @@ class EngineCalls:
     place to swap them (a test that pauses or counts engine calls sets it on the app's
     compute), so no one patches module names."""
 
-    # Called as ``forward(X, spec, options=...)`` and ``backward(state, dA, options=...)``.
+    # Called as ``forward(X, spec, options=...)``, ``backward(state, dA, options=...)`` and
+    # ``gradient(X, dA, spec, options=...)`` (both at once: the stateless route with dA).
     forward: Callable[..., tuple[np.ndarray, PoolState]] = forward
     backward: Callable[..., np.ndarray] = backward
+    gradient: Callable[..., tuple[np.ndarray, np.ndarray]] = gradient
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,7 @@ class Compute:
         self.inline_options = dataclasses.replace(self.engine_options, threads=1)
         # Bound once: ``labels()`` takes a lock and looks the child up on every call.
         self._engine_seconds = {
-            operation: metrics.engine_seconds.labels(operation)
-            for operation in ("forward", "backward")
+            operation: metrics.engine_seconds.labels(operation) for operation in ENGINE_OPERATIONS
         }
 
     def runs_inline(self, body_bytes: int, media_type: str) -> bool:
@@ -302,7 +308,8 @@ class Compute:
         *,
         inline: bool = False,
     ) -> T:
-        """Stateless forward (and backward when ``dA`` is given): named ``A`` (and ``dX``).
+        """Stateless forward, or forward and backward in one engine call
+        (:func:`engine.gradient`) when ``dA`` is given: named ``A`` (and ``dX``).
 
         ``spec_fields``: the spec's fields, or a spec a caller already validated (and cached).
         """
@@ -319,12 +326,13 @@ class Compute:
                 )
             if "X" not in tensors:
                 raise InvalidTensor(f"no tensor named 'X' among {sorted(tensors)}")
-            A, state = self._timed("forward", options, self.engine.forward, tensors["X"], spec)
-            results = {"A": A}
-            if "dA" in tensors:
-                dA = tensors["dA"]
-                results["dX"] = self._timed("backward", options, self.engine.backward, state, dA)
-            return encode(results)
+            X = tensors["X"]
+            if "dA" not in tensors:
+                A, _ = self._timed("forward", options, self.engine.forward, X, spec)
+                return encode({"A": A})
+            # One engine call for both: no state built, per-call costs paid once.
+            A, dX = self._timed("gradient", options, self.engine.gradient, X, tensors["dA"], spec)
+            return encode({"A": A, "dX": dX})
 
         return await self._run(work, inline)
 

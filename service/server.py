@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app
+from service.httpio import BODY_RECEIVED
 from service.settings import Settings
 from service.stores import SessionStore
 
@@ -213,6 +214,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app may read the body without a deadline: it is all here (service.httpio).
+            self.cycle.scope.setdefault("extensions", {})[BODY_RECEIVED] = {}
         # Whatever follows belongs to the next request: count it from zero. Its timer starts
         # once this response is complete, so a long computation is never cut short.
         self.awaiting_headers = True

@@ -87,3 +87,25 @@ def upstream(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
         for _ in range(int(rng.integers(1, 4))):
             dA.flat[int(rng.integers(0, dA.size))] = rng.choice(UPSTREAM_SPECIALS)
     return dA
+
+
+def tied_with_specials(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """-1, 0 and 1 (ties in nearly every window) with NaN, inf and -inf at fixed strides."""
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    X = rng.integers(-1, 2, shape).astype(dtype)
+    X.flat[::17] = np.nan
+    X.flat[5::23] = np.inf
+    X.flat[7::29] = -np.inf
+    return X
+
+
+#: (shape, spec keywords) for :func:`tied_with_specials` inputs: disjoint and overlapping
+#: windows, padding, both layouts, 1 to 3 spatial dims, batches that split.
+TIED_GEOMETRIES: list[tuple[tuple[int, ...], dict[str, object]]] = [
+    ((4, 16, 16, 8), {"pool_size": 2}),
+    ((4, 17, 15, 8), {"pool_size": 3, "strides": 2}),
+    ((2, 12, 12, 5), {"pool_size": 3, "strides": 1, "padding": "same", "mode": "min"}),
+    ((2, 5, 12, 12), {"pool_size": 3, "strides": 2, "layout": "channels_first"}),
+    ((2, 9, 3), {"pool_size": [4], "strides": [1], "padding": [(2, 1)]}),
+    ((2, 5, 6, 7, 3), {"pool_size": [2, 3, 2], "strides": [1, 2, 2], "padding": "same"}),
+]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import Case, pool_cases, upstream
+from strategies import TIED_GEOMETRIES, Case, pool_cases, tied_with_specials, upstream
 
 from engine import PoolSpec, TensorError, backward, forward
 from engine.options import EngineOptions, RunReport
@@ -51,25 +51,11 @@ def test_compiled_kernels_equal_numpy_bit_for_bit(case: Case, general: bool) -> 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("ties", ["all", "first", "split"])
-@pytest.mark.parametrize(
-    ("shape", "kwargs"),
-    [
-        ((4, 16, 16, 8), {"pool_size": 2}),
-        ((4, 17, 15, 8), {"pool_size": 3, "strides": 2}),
-        ((2, 12, 12, 5), {"pool_size": 3, "strides": 1, "padding": "same", "mode": "min"}),
-        ((2, 5, 12, 12), {"pool_size": 3, "strides": 2, "layout": "channels_first"}),
-        ((2, 9, 3), {"pool_size": [4], "strides": [1], "padding": [(2, 1)]}),
-        ((2, 5, 6, 7, 3), {"pool_size": [2, 3, 2], "strides": [1, 2, 2], "padding": "same"}),
-    ],
-)
+@pytest.mark.parametrize(("shape", "kwargs"), TIED_GEOMETRIES)
 def test_compiled_kernels_on_ties_nan_and_inf(
     shape: tuple[int, ...], kwargs: dict[str, object], ties: str, dtype: type
 ) -> None:
-    rng = np.random.default_rng(len(shape) + shape[-1])
-    X = rng.integers(-1, 2, shape).astype(dtype)  # ties everywhere
-    X.flat[::17] = np.nan
-    X.flat[5::23] = np.inf
-    X.flat[7::29] = -np.inf
+    X = tied_with_specials(shape, dtype)
     spec = PoolSpec(ties=ties, **kwargs)  # type: ignore[arg-type]
     _assert_same(X, spec, 1, COMPILED)  # odd seed: dA holds NaN / inf / -0.0
     threaded = dataclasses.replace(COMPILED, threads=3, piece_bytes=512, parallel_min_elements=1)

@@ -9,16 +9,18 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from service_helpers import DA1, NPY, X1, client_for, npy
+from service_helpers import BASE_URL, DA1, NPY, X1, client_for, npy
 
 from poolgrad import protocol
 from poolgrad.protocol import inference
 from service import Settings, create_app
 from service.app import HOT_ENDPOINTS
+from service.deps import get_owner
 from service.hotroutes import HotRoutes, UnsupportedHotRoute
 
 pytestmark = pytest.mark.anyio
@@ -135,11 +137,15 @@ REQUESTS: list[tuple[str, str, str, dict[str, str], bytes]] = [
 _REQUEST_ID = re.compile(r'"request_id":"[0-9a-f]{32}"')
 
 
-async def _answers(app: FastAPI) -> dict[str, tuple[int, dict[str, str], bytes]]:
-    """Each request of :data:`REQUESTS` sent to ``app``: status, headers and body, with what is
-    random per request or per app (request and session ids) replaced by placeholders."""
+async def _answers(
+    app: FastAPI, root_path: str = ""
+) -> dict[str, tuple[int, dict[str, str], bytes]]:
+    """Each request of :data:`REQUESTS` sent to ``app`` (served under ``root_path``): status,
+    headers and body, with what is random per request or per app (request and session ids)
+    replaced by placeholders."""
     answers = {}
-    async with client_for(app) as client:
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL + root_path) as client:
         for name, method, path, headers, body in REQUESTS:
             created = await client.post("/v1/sessions", json={"pool_size": [2, 2]}, headers=AUTH)
             session = created.json()["id"]
@@ -160,10 +166,11 @@ async def _answers(app: FastAPI) -> dict[str, tuple[int, dict[str, str], bytes]]
     return answers
 
 
-async def test_hot_routes_answer_every_request_as_fastapi_does() -> None:
+@pytest.mark.parametrize("root_path", ["", "/behind/a/proxy"])
+async def test_hot_routes_answer_every_request_as_fastapi_does(root_path: str) -> None:
     settings = Settings(api_keys=[KEY], max_body_bytes=4096)
-    hot = await _answers(create_app(settings))
-    plain = await _answers(create_app(settings, hot_routes=False))
+    hot = await _answers(create_app(settings), root_path)
+    plain = await _answers(create_app(settings, hot_routes=False), root_path)
     assert hot.keys() == plain.keys()
     for name in hot:
         assert hot[name] == plain[name], name
@@ -192,6 +199,25 @@ async def test_hot_routes_are_served_without_the_router() -> None:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/v1/gradient")).status_code == 405
     assert below == ["/healthz", "/v1/gradient"]
+
+
+async def test_dependency_overrides_are_applied_by_fastapi() -> None:
+    """An override of a hot route's dependency (the owner here) takes effect as FastAPI
+    applies it: while any is set, hot routes go through FastAPI."""
+    app = create_app(Settings(api_keys=[KEY]))
+
+    async def anyone() -> str:
+        return "anyone"
+
+    async with client_for(app) as client:
+        refused = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert refused.status_code == 401
+        app.dependency_overrides[get_owner] = anyone
+        served = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert served.status_code == 200, served.text
+        app.dependency_overrides.clear()
+        again = await client.post("/v1/gradient" + QUERY, content=_named(X=X1), headers=ST)
+        assert again.status_code == 401
 
 
 async def test_hot_routes_are_counted_and_logged_by_route_template(

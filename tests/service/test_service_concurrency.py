@@ -23,7 +23,7 @@ from service_helpers import (
     run_forward,
 )
 
-from engine import EngineOptions, PoolSpec, PoolState, backward, forward
+from engine import EngineOptions, PoolSpec, PoolState, backward, forward, gradient
 from poolgrad import protocol
 from poolgrad.protocol import inference
 from service.compute import EngineCalls
@@ -280,7 +280,9 @@ async def test_small_bodies_with_large_windows_are_computed_in_a_worker_thread(
         return call
 
     app.state.compute.engine = EngineCalls(
-        forward=recorded("forward", forward), backward=recorded("backward", backward)
+        forward=recorded("forward", forward),
+        backward=recorded("backward", backward),
+        gradient=recorded("gradient", gradient),
     )
     ndim = len(spec["pool_size"])  # type: ignore[arg-type]
     X = np.random.default_rng(0).standard_normal((1, *(20,) * ndim, 2)).astype(np.float32)
@@ -298,7 +300,7 @@ async def test_small_bodies_with_large_windows_are_computed_in_a_worker_thread(
         headers={"Content-Type": protocol.MEDIA_SAFETENSORS},
     )
     assert response.status_code == 200, response.text
-    assert [name for name, _ in calls] == ["forward", "backward", "forward", "backward"]
+    assert [name for name, _ in calls] == ["forward", "backward", "gradient"]
     loop = threading.get_ident()
     assert all((thread == loop) is inline for _, thread in calls), calls
 

@@ -134,22 +134,32 @@ async def test_a_setting_puts_metrics_behind_the_api_keys(
     [[], [0.0], [1e-05, 0.001, 0.0010001, 0.25, 7.5, 11.0, -1.0], [0.003] * 5],
     ids=["none", "zero", "every-bucket-and-beyond", "repeated"],
 )
-def test_the_lean_histogram_reads_exactly_as_prometheus_client_s(amounts: list[float]) -> None:
+@pytest.mark.parametrize(
+    ("names", "series"),
+    [
+        (("operation",), [("forward",), ("backward",)]),
+        (("method", "route"), [("GET", "/a/{id}"), ("POST", "/a/{id}"), ("GET", "unmatched")]),
+    ],
+    ids=["one-label", "two-labels"],
+)
+def test_the_lean_histogram_reads_exactly_as_prometheus_client_s(
+    amounts: list[float], names: tuple[str, ...], series: list[tuple[str, ...]]
+) -> None:
     buckets = (0.001, 0.0025, 0.005, 0.01, 0.25, 10.0)
     theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
-    theirs = Histogram(
-        "x_seconds", "Doc.", ["operation"], buckets=buckets, registry=theirs_registry
-    )
-    ours = LeanHistogram("x_seconds", "Doc.", "operation", buckets, ours_registry)
-    for operation in ("forward", "backward"):
-        their_series, our_series = theirs.labels(operation), ours.labels(operation)
+    theirs = Histogram("x_seconds", "Doc.", names, buckets=buckets, registry=theirs_registry)
+    ours = LeanHistogram("x_seconds", "Doc.", names, buckets, ours_registry)
+    for values in series:
+        their_series, our_series = theirs.labels(*values), ours.labels(*values)
         for amount in amounts:
             their_series.observe(amount)
             our_series.observe(amount)
 
     def text(registry: CollectorRegistry) -> str:
-        created = re.compile(r"^(x_seconds_created\{[^}]*\}) .*$", re.MULTILINE)
+        created = re.compile(r"^(x_seconds_created\{.*\}) \S+$", re.MULTILINE)
         return created.sub(r"\1 <time>", generate_latest(registry).decode())
 
     assert text(ours_registry) == text(theirs_registry)
-    assert ours.labels("forward") is ours.labels("forward")
+    assert ours.labels(*series[0]) is ours.labels(*series[0])
+    with pytest.raises(ValueError, match="takes labels"):
+        ours.labels(*series[0], "extra")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from fastapi import FastAPI
-from service_helpers import DA1, NPY, assert_problem, client_for, npy, primed_session
+from service_helpers import DA1, NPY, X1, assert_problem, client_for, npy, primed_session
 
 from poolgrad import protocol
 from service import Settings, create_app, middleware
@@ -138,6 +138,23 @@ async def test_metrics_count_requests_engine_time_sessions_and_bytes(
     state_bytes = (await client.get(f"/v1/sessions/{session_id}")).json()["state_bytes"]
     assert f"poolgrad_state_bytes {float(state_bytes)}" in text
     assert "poolgrad_sessions_expired_total 0.0" in text
+
+
+async def test_engine_time_is_one_observation_per_engine_call(client: httpx.AsyncClient) -> None:
+    """The stateless gradient with dA is one engine call (forward and backward fused), observed
+    as ``gradient``; without dA it is a forward."""
+    named = {"X": X1, "dA": DA1}
+    for tensors in (named, {"X": X1}, named):
+        response = await client.post(
+            "/v1/gradient",
+            content=protocol.encode_safetensors(tensors),
+            headers={"Content-Type": protocol.MEDIA_SAFETENSORS},
+        )
+        assert response.status_code == 200, response.text
+    text = (await client.get("/metrics")).text
+    assert 'poolgrad_engine_seconds_count{operation="gradient"} 2.0' in text
+    assert 'poolgrad_engine_seconds_count{operation="forward"} 1.0' in text
+    assert 'poolgrad_engine_seconds_count{operation="backward"} 0.0' in text
     assert "poolgrad_sessions_refused_total 0.0" in text
 
 

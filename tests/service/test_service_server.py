@@ -101,6 +101,69 @@ def test_a_body_is_not_counted_as_header(strict: Any) -> None:
     assert response.status_code == 200, response.text
 
 
+# The body: read without a deadline only once the server holds all of it
+
+
+@pytest.fixture(scope="module")
+def impatient(start_server: Callable[..., Any]) -> Any:
+    """A server that gives a request body 0.5 s to arrive."""
+    return start_server(POOLGRAD_BODY_TIMEOUT_SECONDS="0.5", POOLGRAD_LOG_LEVEL="warning")
+
+
+def _forward_head(server: Any, body_bytes: int) -> bytes:
+    session = httpx.post(f"{server.base_url}/v1/sessions", json={}).json()["id"]
+    return (
+        f"POST /v1/sessions/{session}/forward HTTP/1.1\r\nHost: t\r\n"
+        f"Content-Type: {protocol.MEDIA_NPY}\r\nContent-Length: {body_bytes}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("sent", [0, 1, 100])
+def test_a_body_that_stops_short_still_gets_408(impatient: Any, sent: int) -> None:
+    """The headers (and maybe part of the body) arrive, the rest never: the server has not got
+    the whole body, so the app reads it under its deadline and answers 408."""
+    body = npy(np.ones((1, 4, 4, 1), np.float32))
+    with socket.create_connection(address_of(impatient)) as sock:
+        sock.sendall(_forward_head(impatient, len(body)) + body[:sent])
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b"not received within 0.5 s" in answer
+
+
+def test_a_body_in_pieces_and_pipelined_requests_are_read_whole(impatient: Any) -> None:
+    X = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    body = npy(X)
+    expected = protocol.encode_npy(engine.forward(X, engine.PoolSpec())[0])
+    head = _forward_head(impatient, len(body))
+    with socket.create_connection(address_of(impatient)) as sock:
+        # The body in three writes, the last after a pause well under the deadline ...
+        sock.sendall(head + body[:10])
+        time.sleep(0.05)
+        sock.sendall(body[10:50])
+        time.sleep(0.1)
+        sock.sendall(body[50:])
+        ((status, answer),) = _responses(sock, 1)
+        assert status.startswith(b"HTTP/1.1 200 ")
+        assert answer == expected
+        # ... then two whole requests in one write.
+        sock.sendall((head + body) * 2)
+        answers = _responses(sock, 2)
+    assert [answer[1] for answer in answers] == [expected, expected]
+    assert all(answer[0].startswith(b"HTTP/1.1 200 ") for answer in answers)
+
+
+def _responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` whole responses (head, body) read off ``sock``, however they are split."""
+    sock.settimeout(15)
+    reader = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        head = b"".join(iter(reader.readline, b"\r\n"))
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        answers.append((head, reader.read(length)))
+    return answers
+
+
 # The header timeout
 
 
