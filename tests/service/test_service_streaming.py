@@ -175,11 +175,11 @@ async def test_a_body_in_many_messages_decodes_to_read_only_arrays(
     seen: list[np.ndarray] = []
     compute = app.state.compute
 
-    def forward(X: np.ndarray, spec: PoolSpec, **options: Any) -> Any:
-        seen.append(X)
-        return EngineCalls().forward(X, spec, **options)
+    def gradient(X: np.ndarray, dA: np.ndarray, spec: PoolSpec, **options: Any) -> Any:
+        seen.extend((X, dA))
+        return EngineCalls().gradient(X, dA, spec, **options)
 
-    compute.engine = EngineCalls(forward=forward)
+    compute.engine = EngineCalls(gradient=gradient)
     body = protocol.encode_safetensors({"X": X_LARGE, "dA": DA_LARGE})
     chunks = split(body, 7)
     answer = await exchange(
@@ -187,9 +187,10 @@ async def test_a_body_in_many_messages_decodes_to_read_only_arrays(
         declare_length=declare_length,
     )  # fmt: skip
     assert answer.body == protocol.encode_safetensors(gradient_of(X_LARGE, DA_LARGE))
-    (X,) = seen
-    assert not X.flags.writeable
+    X, dA = seen
+    assert [X.flags.writeable, dA.flags.writeable] == [False, False]
     np.testing.assert_array_equal(X, X_LARGE)
+    np.testing.assert_array_equal(dA, DA_LARGE)
     assert app.state.body_budget.reserved == 0  # given back when the request ended
 
 
