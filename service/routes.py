@@ -27,7 +27,7 @@ from service.deps import (
     get_owner,
 )
 from service.errors import BadRequest
-from service.httpio import read_body, request_media_type
+from service.httpio import encoded_response, read_body, request_media_type
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.settings import Settings
 
@@ -51,10 +51,10 @@ class StepRun(Protocol):
     def __call__(
         self,
         decode: Callable[[], np.ndarray],
-        encode: Callable[[np.ndarray], bytes],
+        encode: Callable[[np.ndarray], protocol.Parts],
         *,
         inline: bool = ...,
-    ) -> Awaitable[Stepped[bytes]]: ...
+    ) -> Awaitable[Stepped[protocol.Parts]]: ...
 
 
 # --------------------------------------------------------------------------- helpers
@@ -64,7 +64,7 @@ def _json(payload: Any, status_code: int = 200, headers: dict[str, str] | None =
     return Response(protocol.dumps(payload), status_code, headers, media_type=protocol.MEDIA_JSON)
 
 
-async def _read(request: Request, settings: Settings, media_type: str) -> bytes:
+async def _read(request: Request, settings: Settings, media_type: str) -> bytes | bytearray:
     """The body, under the limit for its media type: JSON parses into Python objects many times
     its size, so it has its own, smaller limit."""
     if media_type == protocol.MEDIA_JSON:
@@ -94,7 +94,7 @@ def _parsed_query_spec(query: bytes) -> PoolSpec:
     return parse_spec(protocol.spec_from_query(QueryParams(query).multi_items()))
 
 
-async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
+async def _spec_body(request: Request, settings: SettingsDep) -> bytes | bytearray:
     """The session-creation body, unparsed: JSON, or nothing at all for every default."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
@@ -105,7 +105,7 @@ async def _spec_body(request: Request, settings: SettingsDep) -> bytes:
     return body
 
 
-def _parse_spec_body(body: bytes) -> Any:
+def _parse_spec_body(body: bytes | bytearray) -> Any:
     """The session body's JSON (``{}`` when empty); 400 ``bad_request`` when it is not JSON."""
     try:
         return protocol.loads(body) if body else {}
@@ -121,11 +121,11 @@ async def _stepped_tensor(request: Request, compute: Compute, run: StepRun) -> R
     body = await _read(request, compute.settings, media_in)
     result = await run(
         partial(protocol.decode_tensor, body, media_in),
-        partial(protocol.encode_tensor, media_type=media_out),
+        partial(protocol.encode_tensor_parts, media_type=media_out),
         inline=compute.runs_inline(len(body), media_in),
     )
     etag = protocol.format_etag(result.step)
-    return Response(result.payload, media_type=media_out, headers={"ETag": etag})
+    return encoded_response(result.payload, media_out, {"ETag": etag})
 
 
 # ---------------------------------------------------------------------------- routes
@@ -195,10 +195,10 @@ async def gradient(request: Request) -> Response:
     payload = await compute.gradient(
         spec,
         partial(protocol.decode_named, body, media_in),
-        partial(protocol.encode_named, media_type=media_out),
+        partial(protocol.encode_named_parts, media_type=media_out),
         inline=compute.runs_inline(len(body), media_in),
     )
-    return Response(payload, media_type=media_out)
+    return encoded_response(payload, media_out)
 
 
 @router.get("/healthz", summary="Liveness: 200 while the process serves", tags=["operations"])

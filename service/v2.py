@@ -51,7 +51,7 @@ from service.errors import (
     SessionNotFound,
     UnsupportedMediaType,
 )
-from service.httpio import read_body
+from service.httpio import encoded_response, read_body
 from service.settings import Settings
 
 __all__ = ["MODELS", "MODEL_VERSION", "router", "sequence_session_id"]
@@ -183,15 +183,13 @@ async def infer(
         encoded = await _in_sequence(
             compute, parsed, sequence, session_id, owner, model_name, spec_fields, wanted, inline
         )
-    payload, json_length = inference.response_body(
+    parts, json_length = inference.response_parts(
         model_name, MODEL_VERSION, parsed.id, [encoded[name] for name in wanted]
     )
     if json_length is None:
-        return Response(payload, media_type=protocol.MEDIA_JSON)
-    return Response(
-        payload,
-        media_type=inference.BINARY_MEDIA_TYPE,
-        headers={inference.HEADER_LENGTH: str(json_length)},
+        return encoded_response(parts, protocol.MEDIA_JSON)
+    return encoded_response(
+        parts, inference.BINARY_MEDIA_TYPE, {inference.HEADER_LENGTH: str(json_length)}
     )
 
 
@@ -221,7 +219,7 @@ def _tensor_metadata(name: str) -> dict[str, Any]:
     }
 
 
-async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int | None]:
+async def _infer_body(request: Request, settings: Settings) -> tuple[bytes | bytearray, int | None]:
     """The body and the JSON header's length, under the limits of ``/v1``: JSON has its own,
     smaller limit (the whole body without binary tensors, else the header), checked before a
     byte is read when the lengths are declared."""
@@ -251,7 +249,9 @@ async def _infer_body(request: Request, settings: Settings) -> tuple[bytes, int 
     return body, header_length
 
 
-async def _parse(compute: Compute, body: bytes, header_length: int | None) -> InferRequest:
+async def _parse(
+    compute: Compute, body: bytes | bytearray, header_length: int | None
+) -> InferRequest:
     """The checked request. A JSON part too large to parse on the event loop
     (:meth:`Compute.runs_inline`, the bound of ``/v1``'s JSON bodies) is parsed in a worker
     thread, so the loop never waits on megabytes of JSON (binary tensors cost nothing to

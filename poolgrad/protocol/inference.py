@@ -42,7 +42,9 @@ from poolgrad.protocol.jsonio import dumps, kind, loads
 from poolgrad.protocol.tensors import (
     JSON_NAMES,
     MAX_NDIM,
+    Parts,
     _checked_shape,
+    _raw_bytes,
     tensor_from_obj,
     tensor_to_obj,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "parse_header_length",
     "parse_request",
     "response_body",
+    "response_parts",
 ]
 
 #: The protocol's URL root: every path under it answers errors as ``{"error": ".."}``.
@@ -250,7 +253,7 @@ def parse_header_length(value: str | None) -> int | None:
     return int(value)
 
 
-def parse_request(body: bytes, header_length: int | None) -> InferRequest:
+def parse_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
     """Parse and check an inference request; nothing of the tensor data is converted.
 
     ``header_length`` is the JSON's length when binary tensors follow it, else None (the
@@ -266,7 +269,8 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             raise MalformedTensor(
                 f"{HEADER_LENGTH} {header_length} is past the end of the {len(body)}-byte body"
             )
-        header, tail = body[:header_length], memoryview(body)[header_length:]
+        # Read-only, so binary inputs are read-only views over a bytearray body too.
+        header, tail = body[:header_length], memoryview(body).toreadonly()[header_length:]
     try:
         obj = loads(header)
     except MalformedTensor as exc:
@@ -477,15 +481,17 @@ def _walk(
 @dataclass(frozen=True)
 class EncodedOutput:
     """One output tensor ready for the response: its JSON object, and its bytes when it
-    travels as binary data after the JSON."""
+    travels as binary data after the JSON (a view of the little-endian array's memory)."""
 
     header: bytes
-    binary: bytes | None
+    binary: memoryview | None
 
 
 def encode_output(name: str, array: np.ndarray, *, binary: bool) -> EncodedOutput:
     """Encode one output tensor: JSON ``data`` (flat, row-major; non-finite values as
-    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) or little-endian bytes. Copies once."""
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``) or little-endian bytes. Binary data is a view
+    of the array's own memory (no copy) when it is little-endian and C-ordered, else of one
+    converted copy."""
     obj: dict[str, Any] = {
         "name": name,
         "datatype": datatype_of(array.dtype),
@@ -494,19 +500,20 @@ def encode_output(name: str, array: np.ndarray, *, binary: bool) -> EncodedOutpu
     if not binary:
         obj["data"] = tensor_to_obj(array)["data"]
         return EncodedOutput(dumps(obj), None)
-    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    raw = _raw_bytes(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")))
     obj["parameters"] = {"binary_data_size": len(raw)}
     return EncodedOutput(dumps(obj), raw)
 
 
-def response_body(
+def response_parts(
     model_name: str,
     model_version: str,
     request_id: str | None,
     outputs: Iterable[EncodedOutput],
-) -> tuple[bytes, int | None]:
-    """The response body and, when binary outputs follow the JSON, the JSON's length (for
-    ``Inference-Header-Content-Length``; None when the body is JSON alone).
+) -> tuple[Parts, int | None]:
+    """The response body as :data:`~poolgrad.protocol.tensors.Parts` (the JSON, then each
+    binary output's bytes, not copied) and, when binary outputs follow the JSON, the JSON's
+    length (for ``Inference-Header-Content-Length``; None when the body is JSON alone).
 
     The outputs' JSON objects are spliced in as encoded, so a large JSON output is
     serialized once, where it was encoded.
@@ -518,6 +525,15 @@ def response_body(
     prefix = dumps(head)[:-1] + b',"outputs":['
     header = prefix + b",".join(output.header for output in outputs) + b"]}"
     binaries = [output.binary for output in outputs if output.binary is not None]
-    if not binaries:
-        return header, None
-    return b"".join([header, *binaries]), len(header)
+    return [header, *binaries], len(header) if binaries else None
+
+
+def response_body(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: Iterable[EncodedOutput],
+) -> tuple[bytes, int | None]:
+    """:func:`response_parts` joined into one ``bytes`` (one copy of the binary outputs)."""
+    parts, json_length = response_parts(model_name, model_version, request_id, outputs)
+    return b"".join(parts), json_length

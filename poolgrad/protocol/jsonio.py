@@ -23,7 +23,7 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def loads(body: bytes | str) -> Any:
+def loads(body: bytes | bytearray | str) -> Any:
     """Parse JSON; :class:`~poolgrad.protocol.errors.MalformedTensor` naming the fault."""
     try:
         if _orjson is not None:

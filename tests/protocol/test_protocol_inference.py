@@ -19,6 +19,7 @@ from poolgrad.protocol.inference import (
     parse_header_length,
     parse_request,
     response_body,
+    response_parts,
 )
 
 
@@ -144,6 +145,39 @@ def test_response_body_splices_json_and_appends_binary_outputs() -> None:
     json_only, none = response_body("maxpool", "1", None, outputs[:1])
     assert none is None
     assert "id" not in json.loads(json_only)
+
+
+def test_response_parts_join_to_the_body_and_view_the_outputs_memory() -> None:
+    little = np.arange(6, dtype="<f4").reshape(2, 3)
+    big = np.arange(3, dtype=">f8")
+    outputs = [
+        encode_output("A", little, binary=True),
+        encode_output("dX", big, binary=True),
+        encode_output("B", little, binary=False),
+    ]
+    parts, length = response_parts("maxpool", "1", "req-1", outputs)
+    assert (b"".join(parts), length) == response_body("maxpool", "1", "req-1", outputs)
+    header, as_stored, swapped = parts
+    assert length == len(header)
+    assert np.shares_memory(np.frombuffer(as_stored, np.uint8), little)  # no copy
+    assert not np.shares_memory(np.frombuffer(swapped, np.uint8), big)  # byte-swapped
+    np.testing.assert_array_equal(np.frombuffer(swapped, "<f8"), big)
+    json_only, none = response_parts("maxpool", "1", None, outputs[2:])
+    assert none is None
+    assert json_only == [response_body("maxpool", "1", None, outputs[2:])[0]]
+
+
+def test_binary_inputs_of_a_bytearray_body_are_read_only_views_of_it() -> None:
+    X = np.arange(4, dtype="<f4")
+    header = json.dumps(
+        {"inputs": [{"name": "X", "shape": [4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": X.nbytes}}]}
+    ).encode()  # fmt: skip
+    body = bytearray(header + X.tobytes())
+    decoded = parse_request(body, len(header)).decode_inputs()["X"]
+    np.testing.assert_array_equal(decoded, X)
+    assert np.shares_memory(decoded, np.frombuffer(body, np.uint8))
+    assert not decoded.flags.writeable
 
 
 def test_datatypes_and_paths() -> None:

@@ -648,3 +648,139 @@ def test_npy_refusals_are_never_cached_and_long_headers_decode_alike() -> None:
     for length in range(tensors.NPY_CACHE_SIZE + 10):
         assert protocol.decode_npy(npy_of_shape((length,))).shape == (length,)
     assert tensors._cached_npy_header.cache_info().currsize <= tensors.NPY_CACHE_SIZE
+
+
+# -------------------------------------------------------------------------- parts
+
+
+def _every_layout() -> list[np.ndarray]:
+    """Arrays of every dtype the binary formats carry, in both byte orders, in C, Fortran and
+    no order, 0-d and empty among them."""
+    arrays = []
+    for name in SAFETENSORS_DTYPES:
+        for order in "<>":
+            dtype = np.dtype(name).newbyteorder(order)
+            block = (np.arange(24) % 7).astype(dtype).reshape(2, 3, 4)
+            arrays += [
+                block,
+                np.asfortranarray(block),
+                block[:, ::2, 1:],
+                block[1, 2, 3, ...].copy(),  # 0-d (an array: block[1, 2, 3] is a scalar)
+                np.zeros((2, 0, 3), dtype),
+            ]
+    return arrays
+
+
+EVERY_LAYOUT = _every_layout()
+LAYOUT_IDS = [
+    f"{a.dtype.str}-{a.shape}-{'F' if a.flags.f_contiguous else 'C'}" for a in EVERY_LAYOUT
+]
+
+
+def numpy_npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("array", EVERY_LAYOUT, ids=LAYOUT_IDS)
+def test_npy_parts_join_to_exactly_what_numpy_writes(array: np.ndarray) -> None:
+    parts = protocol.encode_npy_parts(array)
+    assert [type(part) for part in parts] == [bytes, memoryview]
+    assert b"".join(parts) == numpy_npy(array) == protocol.encode_npy(array)
+    assert protocol.encode_tensor_parts(array, protocol.MEDIA_NPY) == parts
+
+
+@pytest.mark.parametrize("array", EVERY_LAYOUT, ids=LAYOUT_IDS)
+def test_safetensors_parts_join_to_exactly_what_json_dumps_wrote(array: np.ndarray) -> None:
+    tensors = {"X": array, "dA": np.arange(3, dtype=np.float32)}
+    parts = protocol.encode_safetensors_parts(tensors)
+    assert [type(part) for part in parts] == [bytes, memoryview, memoryview]
+    assert b"".join(parts) == reference_safetensors(tensors) == protocol.encode_safetensors(tensors)
+    assert protocol.encode_named_parts(tensors, protocol.MEDIA_SAFETENSORS) == parts
+
+
+def _bytes_of(part: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(part, np.uint8)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [a for a in EVERY_LAYOUT if a.size and (a.flags.c_contiguous or a.flags.f_contiguous)],
+)
+def test_npy_parts_are_views_of_the_array_s_own_memory(array: np.ndarray) -> None:
+    data = protocol.encode_npy_parts(array)[1]
+    assert len(data) == array.nbytes
+    assert np.shares_memory(_bytes_of(data), array)
+
+
+@pytest.mark.parametrize("array", [a for a in EVERY_LAYOUT if a.size], ids=str)
+def test_safetensors_parts_copy_only_what_is_not_little_endian_c_order(array: np.ndarray) -> None:
+    data = protocol.encode_safetensors_parts({"X": array})[1]
+    as_stored = array.dtype.byteorder != ">" and array.flags.c_contiguous
+    assert np.shares_memory(_bytes_of(data), array) == as_stored
+
+
+def test_an_empty_array_s_part_is_empty() -> None:
+    assert protocol.encode_npy_parts(np.zeros((0, 4), np.float32))[1].nbytes == 0
+    assert protocol.encode_safetensors_parts({"X": np.zeros((3, 0))})[1].nbytes == 0
+
+
+def test_json_parts_are_the_one_document() -> None:
+    array = np.array([[1.0, np.inf]], np.float32)
+    assert protocol.encode_tensor_parts(array, protocol.MEDIA_JSON) == [
+        protocol.encode_tensor(array, protocol.MEDIA_JSON)
+    ]
+    named = {"X": array, "dA": np.zeros(2)}
+    assert protocol.encode_named_parts(named, protocol.MEDIA_JSON) == [
+        protocol.encode_named(named, protocol.MEDIA_JSON)
+    ]
+
+
+@pytest.mark.parametrize(
+    "codec", [protocol.encode_tensor_parts, protocol.encode_named_parts], ids=["one", "named"]
+)
+def test_parts_encoders_refuse_media_types_without_a_codec(codec: Any) -> None:
+    with pytest.raises(protocol.UnsupportedMediaType, match="text/csv"):
+        codec(
+            np.zeros(1) if codec is protocol.encode_tensor_parts else {"X": np.zeros(1)}, "text/csv"
+        )
+
+
+# ------------------------------------------------------- decoding a bytearray body
+
+
+def _assert_read_only_view_of(array: np.ndarray, body: bytearray) -> None:
+    assert np.shares_memory(array, np.frombuffer(body, np.uint8))  # no copy
+    assert not array.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        array[...] = 0
+
+
+def test_npy_decodes_a_bytearray_to_a_read_only_view_of_it() -> None:
+    X = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    body = bytearray(protocol.encode_npy(X))
+    for decoded in (protocol.decode_npy(body), protocol.decode_tensor(body, protocol.MEDIA_NPY)):
+        assert same(decoded, X)
+        _assert_read_only_view_of(decoded, body)
+
+
+def test_safetensors_decodes_a_bytearray_to_read_only_views_of_it() -> None:
+    tensors = {"X": np.arange(6.0).reshape(2, 3), "dA": np.ones(4, np.float16)}
+    body = bytearray(protocol.encode_safetensors(tensors))
+    for decoded in (
+        protocol.decode_safetensors(body),
+        protocol.decode_named(body, protocol.MEDIA_SAFETENSORS),
+    ):
+        for name, array in decoded.items():
+            assert same(array, tensors[name])
+            _assert_read_only_view_of(array, body)
+
+
+def test_json_bodies_decode_from_a_bytearray_too() -> None:
+    X = np.array([[1.0, -2.5]], np.float32)
+    assert same(
+        protocol.decode_tensor(bytearray(protocol.encode_json_tensor(X)), "application/json"), X
+    )
+    named = protocol.encode_named({"X": X}, protocol.MEDIA_JSON)
+    assert same(protocol.decode_named(bytearray(named), protocol.MEDIA_JSON)["X"], X)

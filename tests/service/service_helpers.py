@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -119,6 +121,21 @@ class Refusal(NamedTuple):
 
 
 # ------------------------------------------------- raw sockets against a live server
+
+
+def reserved(http: httpx.Client) -> int:
+    text = http.get("/metrics").text
+    match = re.search(r"^poolgrad_body_bytes_reserved (\S+)$", text, flags=re.MULTILINE)
+    assert match is not None, text
+    return int(float(match.group(1)))
+
+
+def until_reserved(http: httpx.Client, nbytes: int, bound: float = 15.0) -> None:
+    """Wait until the server has reserved ``nbytes`` (it reads sockets on its own time)."""
+    deadline = time.monotonic() + bound
+    while (now := reserved(http)) != nbytes:
+        assert time.monotonic() < deadline, f"{now} bytes reserved, expected {nbytes}"
+        time.sleep(0.02)
 
 
 def address_of(server: Any) -> tuple[str, int]:

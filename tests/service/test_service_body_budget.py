@@ -6,7 +6,6 @@ closes, and every way a request ends gives its bytes back: success, refusal, dis
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_helpers import NPY, address_of, expected, npy, read_response, read_until_closed
+from service_helpers import (
+    NPY,
+    address_of,
+    expected,
+    npy,
+    read_response,
+    read_until_closed,
+    reserved,
+    until_reserved,
+)
 
 from poolgrad import protocol
 
@@ -24,21 +32,6 @@ BODY = npy(X)
 #: Two whole uploads fit, and half of a third.
 BUDGET = 2 * len(BODY) + len(BODY) // 2
 CHUNK = 16 * 1024
-
-
-def reserved(http: httpx.Client) -> int:
-    text = http.get("/metrics").text
-    match = re.search(r"^poolgrad_body_bytes_reserved (\S+)$", text, flags=re.MULTILINE)
-    assert match is not None, text
-    return int(float(match.group(1)))
-
-
-def until_reserved(http: httpx.Client, nbytes: int, bound: float = 15.0) -> None:
-    """Wait until the server has reserved ``nbytes`` (it reads sockets on its own time)."""
-    deadline = time.monotonic() + bound
-    while (now := reserved(http)) != nbytes:
-        assert time.monotonic() < deadline, f"{now} bytes reserved, expected {nbytes}"
-        time.sleep(0.02)
 
 
 def head(path: str, length: int | None) -> bytes:
