@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python -m bench.inprocess             # the app as configured by default
     .venv/bin/python -m bench.inprocess --api-key k # with a bearer key checked per request
+    .venv/bin/python -m bench.inprocess --no-hot-routes  # the tensor route through FastAPI
 
 The ASGI app is awaited directly with a prepared scope and a receive that hands over the whole
 safetensors body of a (1, 8, 8, 1) float32 X and its dA, so no socket, parser or second process
@@ -125,12 +126,13 @@ async def _microseconds(call: Callable[[], Awaitable[Any]]) -> list[float]:
     return rounds
 
 
-async def _run(api_key: str | None) -> None:
+async def _run(api_key: str | None, hot_routes: bool) -> None:
     access = logging.getLogger("service.access")
     access.setLevel(logging.INFO)
     access.propagate = False
     access.addHandler(logging.FileHandler(os.devnull))
-    app = create_app(Settings(api_keys=(SecretStr(api_key),) if api_key else ()))
+    settings = Settings(api_keys=(SecretStr(api_key),) if api_key else ())
+    app = create_app(settings, hot_routes=hot_routes)
     body = _body()
     http = _http_call(app, body, api_key)
     status = await http()
@@ -147,8 +149,14 @@ async def _run(api_key: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-key", help="configure this API key and send it as a bearer key")
+    parser.add_argument(
+        "--no-hot-routes",
+        dest="hot_routes",
+        action="store_false",
+        help="serve the tensor routes through FastAPI's router too (service.hotroutes)",
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.api_key))
+    asyncio.run(_run(args.api_key, args.hot_routes))
 
 
 if __name__ == "__main__":
