@@ -5,14 +5,17 @@ FastAPI spends more on a tiny request than the request's whole compute: matching
 route table in order (through each included router), then solving its dependencies with the
 general solver that also handles query, header, cookie and body parameters, scopes and
 ``yield`` dependencies (about 75 of 176 us per tiny ``/v1/gradient`` call in
-``python -m bench.inprocess``; docs/DECISIONS.md). :class:`HotRoutes` sits between the request
-middleware and FastAPI. A request whose method and path a hot route matches is served here;
-every other request goes on to FastAPI untouched. For a hot route it does what FastAPI does for
-it, and only what FastAPI does:
+``python -m bench.inprocess``; docs/DECISIONS.md). :class:`HotRoutes` sits in front of the
+stack FastAPI builds. A request whose method and path a hot route matches is served here, under
+the layers the app gives every request of its own (``outer``: the request middleware, which
+turns every error into a response); every other request goes on to FastAPI's stack untouched.
+For a hot route it does what FastAPI does for it, and only what FastAPI does:
 
 - matching: the route's own ``matches`` (its regex, converters and ``root_path`` handling), so
   ``scope["route"]`` and ``scope["path_params"]`` are FastAPI's; a hot route must not be
-  shadowed by a route FastAPI would try first, which :class:`HotRoutes` checks when built;
+  shadowed by a route FastAPI would try first, which :class:`HotRoutes` checks when built
+  (``HEAD`` matches no hot route: FastAPI's stack answers it, the request middleware there
+  serving it as the ``GET`` it stands for);
 - parameters (unless ``app.dependency_overrides`` holds any, when FastAPI serves every
   request): the route's dependency tree may hold only path parameters typed ``str``, the
   ``Request``, and ``async`` dependencies of the same kinds, each solved once per request as
@@ -21,7 +24,9 @@ it, and only what FastAPI does:
   hot and silently lose a validation;
 - errors: whatever the endpoint or a dependency raises goes to the app's exception handlers,
   looked up along the exception's class hierarchy as Starlette looks them up; an exception no
-  handler takes propagates to the request middleware (a 500), as it does from FastAPI;
+  handler takes propagates to ``outer`` (the request middleware: a 500), as it does from
+  FastAPI's stack, where the request middleware catches it before FastAPI's own last-resort
+  layer could;
 - the answer: the :class:`~starlette.responses.Response` the endpoint returns (an endpoint that
   returns anything else is a programming error, refused with ``TypeError``).
 
@@ -31,6 +36,7 @@ without this layer and requires the same answers.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -158,7 +164,7 @@ class HotRoutes:
     Parameters
     ----------
     app
-        What serves every other request (FastAPI's stack below the request middleware).
+        What serves every other request (the stack FastAPI builds).
     fastapi
         The app whose exception handlers render errors.
     routes
@@ -166,6 +172,9 @@ class HotRoutes:
     earlier
         Every route of the app in the order FastAPI tries them, to check that none shadows a
         hot route.
+    outer
+        Wraps the ASGI app that serves one hot route in the layers every request gets (the
+        app's request middleware); None for none.
     """
 
     def __init__(
@@ -175,17 +184,19 @@ class HotRoutes:
         fastapi: FastAPI,
         routes: Iterable[APIRoute],
         earlier: Iterable[BaseRoute],
+        outer: Callable[[ASGIApp], ASGIApp] | None = None,
     ) -> None:
         self.app = app
         self.fastapi = fastapi
         ordered = list(earlier)
-        self.routes: list[tuple[APIRoute, frozenset[str], _Call]] = []
+        self.routes: list[tuple[APIRoute, frozenset[str], ASGIApp]] = []
         for route in routes:
             # By identity: Starlette's routes compare equal by path, endpoint and methods.
             position = next(i for i, other in enumerate(ordered) if other is route)
             _check_not_shadowed(route, ordered[:position])
             methods = frozenset(route.methods or ())
-            self.routes.append((route, methods, _plan(route.dependant, route)))
+            served: ASGIApp = functools.partial(self._serve, call=_plan(route.dependant, route))
+            self.routes.append((route, methods, served if outer is None else outer(served)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Dependency overrides (tests of an embedding app set them) are FastAPI's to apply:
@@ -194,7 +205,7 @@ class HotRoutes:
             # Without a root path the route's regex sees the path as it is: a cheap test that
             # leaves the full match (FastAPI's, 1.5 us) to the route that will serve.
             path = None if scope.get("root_path") else scope["path"]
-            for route, methods, call in self.routes:
+            for route, methods, served in self.routes:
                 if scope["method"] not in methods:
                     continue
                 if path is not None and route.path_regex.match(path) is None:
@@ -202,11 +213,11 @@ class HotRoutes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    await self._serve(scope, receive, send, call)
+                    await served(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, call: _Call) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, *, call: _Call) -> None:
         request = Request(scope, receive)
         try:
             response = await call(request, scope["path_params"], {})
