@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import assert_problem, client_for
 
-from service.metrics import LeanHistogram
+from service.metrics import LeanCounter, LeanHistogram
 from service.middleware import KNOWN_METHODS, OTHER_METHOD, UNMATCHED_ROUTE
 
 if TYPE_CHECKING:
@@ -155,11 +155,34 @@ def test_the_lean_histogram_reads_exactly_as_prometheus_client_s(
             their_series.observe(amount)
             our_series.observe(amount)
 
-    def text(registry: CollectorRegistry) -> str:
-        created = re.compile(r"^(x_seconds_created\{.*\}) \S+$", re.MULTILINE)
-        return created.sub(r"\1 <time>", generate_latest(registry).decode())
-
-    assert text(ours_registry) == text(theirs_registry)
+    assert _exposition(ours_registry) == _exposition(theirs_registry)
     assert ours.labels(*series[0]) is ours.labels(*series[0])
     with pytest.raises(ValueError, match="takes labels"):
         ours.labels(*series[0], "extra")
+
+
+@pytest.mark.parametrize("increments", [[], [1], [3, 0, 2]], ids=["none", "one", "several"])
+@pytest.mark.parametrize(
+    "names", [("operation",), ("method", "route", "status")], ids=["one-label", "three-labels"]
+)
+def test_the_lean_counter_reads_exactly_as_prometheus_client_s(
+    increments: list[int], names: tuple[str, ...]
+) -> None:
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Counter("x_seconds", "Doc.", names, registry=theirs_registry)
+    ours = LeanCounter("x_seconds", "Doc.", names, ours_registry)
+    for number, count in enumerate(increments):
+        values = tuple(f"{name}-{number}" for name in names)
+        their_series, our_series = theirs.labels(*values), ours.labels(*values)
+        for _ in range(count):
+            their_series.inc()
+            our_series.inc()
+    assert _exposition(ours_registry) == _exposition(theirs_registry)
+    with pytest.raises(ValueError, match="takes labels"):
+        ours.labels("a", *names)
+
+
+def _exposition(registry: CollectorRegistry) -> str:
+    """The registry's text exposition, creation times masked (they differ by microseconds)."""
+    created = re.compile(r"^(x_seconds_created\{.*\}) \S+$", re.MULTILINE)
+    return created.sub(r"\1 <time>", generate_latest(registry).decode())
