@@ -95,10 +95,11 @@ def _reservation(request: Request) -> _Reservation:
 
 
 def release_body(scope: Scope) -> None:
-    """Give back the budget the request of ``scope`` holds. The request middleware calls it
-    when each request ends, however it ends (an answer, a refusal, a client gone, a
-    cancellation): once for every request, rather than a dependency with ``yield`` on every
-    route that reads a body, which FastAPI solves anew per request."""
+    """Give back the budget the request of ``scope`` holds (again: nothing). The request
+    middleware calls it when the answer starts (the body has served its purpose: a slow reader
+    of a large answer must not keep holding it) and when the request ends, however it ends (an
+    answer, a refusal, a client gone, a cancellation), rather than a dependency with ``yield``
+    on every route that reads a body, which FastAPI solves anew per request."""
     reservation: _Reservation | None = scope.get("state", {}).get(_RESERVATION)
     if reservation is not None:
         reservation.release()

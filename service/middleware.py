@@ -14,8 +14,8 @@ Four more things every route gets from here, so no route can forget them:
 * ``HEAD`` works on every GET route, its own and those added later: the app below sees a GET
   (``request.state.method`` keeps ``HEAD``), and the answer keeps the GET's headers,
   ``Content-Length`` included, without its body (RFC 9110, 9.3.2);
-* the body bytes a request holds of the process's budget are given back when it ends
-  (:func:`service.httpio.release_body`).
+* the body bytes a request holds of the process's budget are given back when its answer starts
+  or, without an answer, when it ends (:func:`service.httpio.release_body`).
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ class RequestMiddleware:
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
+                # The answer is made: the request's body is no longer needed, so its bytes go
+                # back to the budget now, not once a slow reader has taken the whole answer.
+                release_body(scope)
                 # The server reads the request's method from this scope to frame the answer:
                 # HEAD again from here on, so it expects no body.
                 scope["method"] = method

@@ -156,3 +156,49 @@ def test_refused_requests_give_their_bytes_back(
     response = http.post(path, content=body, headers=NPY)
     assert response.status_code == status, response.text
     assert reserved(http) == 0
+
+
+def test_a_slow_reader_of_a_large_answer_holds_no_body_bytes(
+    start_server: Callable[..., Any],
+) -> None:
+    """The budget holds request bodies, not answers: once a gradient's answer starts, its body's
+    bytes are free for other requests, however slowly the client reads the answer (here not at
+    all, its receive buffer tiny: A, streamed first, fills the sockets' buffers, and the server
+    waits for them to drain before it sends dX)."""
+    x = np.random.default_rng(5).standard_normal((1, 1024, 1024, 2)).astype(np.float32)
+    da = np.ones((1, 1023, 1023, 2), np.float32)  # windows 2x2, stride 1: A is about X's size
+    body = protocol.encode_named({"X": x, "dA": da}, protocol.MEDIA_SAFETENSORS)
+    server = start_server(
+        POOLGRAD_MAX_BODY_BYTES=str(len(body)),
+        POOLGRAD_MAX_INFLIGHT_BODY_BYTES=str(len(body) + len(body) // 2),
+    )
+    path = "/v1/gradient?mode=max&pool_size=2,2&strides=1,1"
+    media = protocol.MEDIA_SAFETENSORS
+    with socket.socket() as slow, httpx.Client(base_url=server.base_url, timeout=30) as http:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(address_of(server))
+        slow.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {media}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        slow.settimeout(15)
+        assert slow.recv(16).startswith(b"HTTP/1.1 200")  # the answer has started
+        until_reserved(http, 0)
+        # The budget fits one such body: a second request is served while the first answer
+        # still waits for its reader.
+        again = http.post(path, content=body, headers={"Content-Type": media})
+        assert again.status_code == 200, again.text[:300]
+        answer_bytes = x.nbytes + da.nbytes  # dX and A
+        received = 16 + len(_receive_at_most(slow, answer_bytes))
+    assert received > answer_bytes  # the slow answer was whole
+
+
+def _receive_at_most(sock: socket.socket, nbytes: int) -> bytes:
+    """What ``sock`` receives until it has ``nbytes`` or the server stops sending."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < nbytes and (chunk := sock.recv(1 << 20)):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
