@@ -84,8 +84,11 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     except ValidationError as exc:
         # "POOLGRAD_PORT: ..." becomes "POOLGRAD_PORT (--port): ...": both ways to fix it.
         lines = []
-        for line in describe_errors(exc).splitlines():
+        for line in describe_errors(exc).strip().splitlines():
             variable, _, problem = line.strip().partition(":")
+            if not variable.startswith("POOLGRAD_"):  # settings that do not fit together
+                lines.append(line.strip())
+                continue
             flag = _flag(variable.removeprefix("POOLGRAD_").lower())
             lines.append(f"{variable} ({flag}):{problem}")
         raise SystemExit(f"{PROG}: invalid setting: {'; '.join(lines)}") from None

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine import compiled
 from engine.options import KernelChoice, default_threads
+from service.stores import redacted_url
 
 __all__ = ["MIB", "Settings", "describe_errors"]
 
@@ -207,10 +208,19 @@ _SECRET_FIELDS = frozenset({"api_keys"})
 
 
 def describe_errors(exc: ValidationError) -> str:
-    """One line per invalid setting, naming its variable and the value given, unless secret."""
+    """One line per invalid setting, naming its variable and the value given, unless secret
+    (a store URL is shown without its password). An error of no one field (two settings that
+    do not fit together) is its message alone, which names them and their values: its input is
+    every setting, secrets included."""
     lines = []
     for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        given = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
-        lines.append(f"  POOLGRAD_{field.upper()}: {error['msg']}{given}")
+        if not error["loc"]:
+            lines.append(f"  {error['msg']}")
+            continue
+        field = str(error["loc"][0])
+        given = error.get("input")
+        if field == "store_url" and isinstance(given, str):
+            given = redacted_url(given)
+        shown = "" if field in _SECRET_FIELDS else f" (got {given!r})"
+        lines.append(f"  POOLGRAD_{field.upper()}: {error['msg']}{shown}")
     return "\n".join(lines)

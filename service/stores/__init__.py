@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import TypedDict, Unpack
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from service.stores.base import (
     Limits,
@@ -26,6 +26,7 @@ __all__ = [
     "SessionStore",
     "StoredSession",
     "Usage",
+    "redacted_url",
     "store_from_url",
 ]
 
@@ -55,7 +56,29 @@ def store_from_url(url: str, limits: Limits, **redis_options: Unpack[RedisOption
 
         return RedisStore(url, limits, **redis_options)
     raise ValueError(
-        f"POOLGRAD_STORE_URL={url!r} is not supported: use 'memory://' (embedded, this process "
-        "only) or a Redis URL, 'redis://[:password@]host:port/db', 'rediss://...' (TLS) or "
-        "'unix:///path/to/redis.sock?db=0'"
+        f"POOLGRAD_STORE_URL={redacted_url(url)!r} is not supported: use 'memory://' (embedded, "
+        "this process only) or a Redis URL, 'redis://[:password@]host:port/db', "
+        "'rediss://...' (TLS) or 'unix:///path/to/redis.sock?db=0'"
     )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown in a message or log: a password in it, in the authority
+    (``redis://:***@host:6379/0``) or the query (``unix:///redis.sock?password=***``),
+    replaced by ``***``; a URL that does not parse is shown by its scheme alone."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unbalanced IPv6 bracket, a port that is not a number
+        return f"{url.partition(':')[0]}:<unparsable>"
+    if password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        shown = [(name, "***" if name == "password" else value) for name, value in query]
+        parts = parts._replace(query=urlencode(shown, safe="*"))
+    shown_url = parts.geturl()
+    if not parts.netloc and url.startswith(f"{parts.scheme}://"):  # unix:///path keeps its //
+        shown_url = f"{parts.scheme}://{shown_url.removeprefix(parts.scheme + ':')}"
+    return shown_url

@@ -135,3 +135,38 @@ def test_the_port_flag_wins_over_the_environment_in_a_real_server(tmp_path: Path
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+SECRET_KEY = "k-secret-" + "x" * 24
+SECRET_PASSWORD = "p-secret-word"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # Two settings that do not fit together: the error of no one field, whose input is
+        # every setting given, the API key and the store URL included.
+        (
+            ["--max-body-bytes", "2048", "--max-inflight-body-bytes", "1024"],
+            "max_inflight_body_bytes (1024) must be at least max_body_bytes (2048)",
+        ),
+        (["--store-url", f"rdis://:{SECRET_PASSWORD}@localhost:6379/0"], "rdis://:***@localhost"),
+        (
+            ["--store-url", f"sock:///tmp/redis.sock?password={SECRET_PASSWORD}"],
+            "sock:///tmp/redis.sock?password=***",
+        ),
+    ],
+    ids=["settings-that-do-not-fit", "store-url-password", "store-url-query-password"],
+)
+def test_refusals_name_the_problem_but_no_secret(args: list[str], says: str) -> None:
+    result = run(
+        *args,
+        POOLGRAD_API_KEYS=SECRET_KEY,
+        POOLGRAD_STORE_URL=f"redis://:{SECRET_PASSWORD}@localhost:6379/0",
+    )
+    assert result.returncode != 0
+    assert says in result.stderr, result.stderr
+    assert SECRET_KEY not in result.stderr + result.stdout
+    assert SECRET_PASSWORD not in result.stderr + result.stdout
+    assert "POOLGRAD_?" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

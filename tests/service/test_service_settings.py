@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from service import Settings
 from service.settings import describe_errors
-from service.stores import Limits, MemoryStore, store_from_url
+from service.stores import Limits, MemoryStore, redacted_url, store_from_url
 from service.stores.redis import RedisStore
 
 NPY, JSON = "application/x-npy", "application/json"
@@ -105,3 +105,42 @@ def test_engine_settings_are_refused_at_start_up_by_name(
 def test_engine_threads_default_to_four_or_the_cores() -> None:
     assert Settings().engine_threads == min(4, os.cpu_count() or 1)
     assert Settings().engine_kernels == "auto"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://user:pw@cache/1", "rediss://user:***@cache/1"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("redis://user@cache/0", "redis://user@cache/0"),
+        ("redis://cache/0?password=pw&db=1", "redis://cache/0?password=***&db=1"),
+        ("unix:///run/redis.sock?db=0&password=pw", "unix:///run/redis.sock?db=0&password=***"),
+        ("redis://:pw@[::1:6379/0", "redis:<unparsable>"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_store_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+def test_an_unsupported_store_url_is_named_without_its_password() -> None:
+    with pytest.raises(ValueError, match=r"'redis\+sentinel://:\*\*\*@cache/0'") as info:
+        store_from_url(
+            "redis+sentinel://:hunter2@cache/0", Limits(max_sessions=1, max_state_bytes=1)
+        )
+    assert "hunter2" not in str(info.value)
+
+
+def test_settings_that_do_not_fit_are_described_by_their_message_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POOLGRAD_API_KEYS", "a-secret-key-of-24-chars")
+    with pytest.raises(ValidationError) as info:
+        Settings(max_body_bytes=2048, max_inflight_body_bytes=1024)
+    described = describe_errors(info.value)
+    assert described.strip() == (
+        "max_inflight_body_bytes (1024) must be at least max_body_bytes (2048): raise it, or "
+        "lower max_body_bytes"
+    ).join(["Value error, ", ""])
+    assert "a-secret-key" not in described
