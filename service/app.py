@@ -184,6 +184,12 @@ def warm_engine(settings: Settings) -> str:
     Returns the kernel set that runs: ``"numpy"`` or ``"compiled"``."""
     kernels = compiled.kernel_set(settings.engine_kernels)
     if kernels == "compiled":
+        # The first start on a machine compiles them (about a minute on 2 cores): say so
+        # before, or the server seems to hang; later starts load Numba's on-disk cache.
+        logger.info(
+            "engine: loading the compiled kernels (compiled on a first start, about a minute; "
+            "then cached)"
+        )
         started = time.perf_counter()
         compiled.warm_up()
         logger.info(
