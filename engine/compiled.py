@@ -252,6 +252,14 @@ class WholeCall(NamedTuple):
     batch: int
     input_size: int
     input_bytes: int
+    tiny: bool
+    """Runs on the tiny kernel: forward and backward in one call (no ``ties="split"``,
+    whose shares NumPy computes between the two)."""
+    tiny_flags: int
+    """The tiny kernel's ``flags``."""
+    gradient_dtype: np.dtype[Any]
+    """The tiny kernel's ``G`` and ``dX``: the bits of X's dtype (disjoint windows) or the
+    accumulation dtype."""
 
     def runs_on(self, options: EngineOptions) -> bool:
         """Whether ``options`` run this call as one compiled chunk on the calling thread,
@@ -314,7 +322,16 @@ def _build_whole_call(
         batch=plan.input_shape[0],
         input_size=plan.input_size,
         input_bytes=plan.input_size * dtype.itemsize,
+        tiny=spec.ties != "split" and plan.input_size <= TINY_ELEMENTS,
+        tiny_flags=(spec.mode == "max") | (spec.ties == "first") << 1 | plan.disjoint << 2,
+        gradient_dtype=bits_dtype(dtype) if plan.disjoint else accumulate_dtype(dtype),
     )
+
+
+#: Inputs up to this many elements run on the tiny kernel (:class:`WholeCall`): its scalar
+#: loops cost a few ns per window element, the row kernels' spans about 0.1 us each to set
+#: up; the row kernels win from about this size on (``python -m bench.engine --tiny``).
+TINY_ELEMENTS = 256
 
 
 def whole_gradient(call: WholeCall, X: np.ndarray, dA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -337,11 +354,35 @@ def _whole_gradient(
 ) -> tuple[np.ndarray, np.ndarray]:
     A = np.empty(call.output_shape, call.dtype)
     winners = np.zeros(call.winners_shape, np.uint8)
+    if call.tiny:
+        return _tiny_gradient(call, X, dA, A, winners)
     _forward(call.kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
     # As the general path allocates it: disjoint windows write only what they cover.
     allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
     dX = allocate(call.input_shape, call.dtype)
     _backward(call.kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
+    return A, dX
+
+
+def _tiny_gradient(
+    call: WholeCall, X: np.ndarray, dA: np.ndarray, A: np.ndarray, winners: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_whole_gradient` on the tiny kernel."""
+    kernel_plan = call.kernel_plan
+    x = _canonical(X, kernel_plan.input_5d, call.compute)
+    a, write_back = _output(A, kernel_plan.output_5d, call.compute, zero=False)
+    if call.disjoint:
+        # dA and dX as bits: each winner's gradient is copied, inf and NaN included.
+        g = _canonical(dA.view(call.gradient_dtype), kernel_plan.output_5d, call.gradient_dtype)
+        dX = np.empty(call.input_shape, call.dtype)
+        d = dX.view(call.gradient_dtype).reshape(kernel_plan.input_5d)
+    else:
+        g = _canonical(dA, kernel_plan.output_5d, call.gradient_dtype)
+        d = np.empty(kernel_plan.input_5d, call.gradient_dtype)
+    _kernels().tiny_gradient(x, a, winners, g, d, kernel_plan.table, call.tiny_flags)
+    write_back()
+    if not call.disjoint:
+        dX = d.reshape(call.input_shape).astype(call.dtype, copy=False)
     return A, dX
 
 
@@ -401,6 +442,10 @@ class _KernelPlan(NamedTuple):
     """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
     its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
     phase path writes first, the others adding to it (the gather kernel's)."""
+    table: np.ndarray
+    """int64 ``(3, 1 + max pool, 3)``: the three above in one array for the tiny kernel (one
+    argument to pass, not three): per dim, row 0 pool size, stride, padding before; row
+    ``1 + o`` offset ``o``'s reach ``[lo, hi)`` and phase-first flag."""
 
 
 def _kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
@@ -414,12 +459,18 @@ def _kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
 
 def _build_kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
     geometry, reach = _build_geometry(spec, plan)
+    phase_firsts = _build_phase_firsts(geometry, reach)
+    table = np.zeros((3, 1 + reach.shape[1], 3), dtype=np.int64)
+    table[:, 0] = geometry[:, :3]
+    table[:, 1:, :2] = reach
+    table[:, 1:, 2] = phase_firsts
     return _KernelPlan(
         input_5d=_shape_5d(plan.input_shape, spec),
         output_5d=_shape_5d(plan.output_shape, spec),
         geometry=geometry,
         reach=reach,
-        phase_firsts=_build_phase_firsts(geometry, reach),
+        phase_firsts=phase_firsts,
+        table=table,
     )
 
 
@@ -528,6 +579,31 @@ def _kernels() -> SimpleNamespace:
             for f in floats
         ]
     )(kernels.backward_gather)
+    # The tiny kernel: per compute dtype, the disjoint windows' bits (float16's too) or the
+    # overlapping windows' accumulation dtype.
+    tiny_gradient = compile_(
+        [
+            numba.void(
+                array(f, 5, readonly=True),
+                array(f, 5),
+                array(numba.uint8, 2),
+                array(g, 5, readonly=True),
+                array(g, 5),
+                i64_3d,
+                numba.int64,
+            )
+            for f, g in (
+                (numba.float32, numba.int16),
+                (numba.float32, numba.int32),
+                (numba.float64, numba.int64),
+                (numba.float32, numba.float32),
+                (numba.float64, numba.float64),
+            )
+        ]
+    )(kernels.tiny_gradient)
     return SimpleNamespace(
-        forward=forward, backward_disjoint=backward_disjoint, backward_gather=backward_gather
+        forward=forward,
+        backward_disjoint=backward_disjoint,
+        backward_gather=backward_gather,
+        tiny_gradient=tiny_gradient,
     )
