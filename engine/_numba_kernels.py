@@ -495,9 +495,9 @@ def _tiny(
                                     ih = oh * stride_h + kh - before_h
                                     for ow in range(lo_w, hi_w):
                                         iw = ow * stride_w + kw - before_w
-                                        e = (((b * size_t + it) * size_h + ih) * size_w + iw)
+                                        e = ((b * size_t + it) * size_h + ih) * size_w + iw
                                         e *= channels
-                                        i = (((b * out_t + ot) * out_h + oh) * out_w + ow)
+                                        i = ((b * out_t + ot) * out_h + oh) * out_w + ow
                                         i *= channels
                                         for c in range(channels):
                                             x = xf[e + c]
@@ -564,12 +564,13 @@ def tiny_gradient(
     """:func:`forward` and then the backward kernels' dX in one call, per window and
     element in scalar loops: for a tiny call, where the row kernels' spans cost more to set
     up than their work. ``flags``: bit 0 max (else min), bit 1 ``ties="first"``, bit 2
-    disjoint windows (then ``G`` and ``dX`` are the gradient's and dX's bits, each winner's
-    copied and every other element +0; else the accumulation dtype, summed in row-major
-    window order). ``table`` int64 ``(3, 1 + max pool, 3)``: per 3-D spatial dim, row 0 pool
-    size, stride, padding before; row ``1 + k`` offset ``k``'s reach ``[lo, hi)`` and whether
-    it is its stride phase's first (the gather kernel's ``firsts``). ``winners`` zeroed by
-    the caller; dX fully written."""
+    disjoint windows (each winner's ``G`` copied, a load and a store that keep its bits,
+    float16 passed as its bits; every other element +0), else ``G`` and ``dX`` of the
+    accumulation dtype, summed in row-major window order. ``table`` int64
+    ``(3, 1 + max pool, 3)``: per 3-D spatial dim, row 0 pool size, stride, padding before;
+    row ``1 + k`` offset ``k``'s reach ``[lo, hi)`` and whether it is its stride phase's
+    first (the gather kernel's ``firsts``). ``winners`` zeroed by the caller; dX fully
+    written."""
     first_only, disjoint = (flags & 2) != 0, (flags & 4) != 0
     if flags & 1:
         _tiny(X, A, winners, G, dX, table, -np.inf, _max_of, first_only, disjoint)

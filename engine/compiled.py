@@ -258,8 +258,10 @@ class WholeCall(NamedTuple):
     tiny_flags: int
     """The tiny kernel's ``flags``."""
     gradient_dtype: np.dtype[Any]
-    """The tiny kernel's ``G`` and ``dX``: the bits of X's dtype (disjoint windows) or the
-    accumulation dtype."""
+    """The tiny kernel's ``G`` and ``dX``: X's dtype (disjoint windows: copied, never summed),
+    its bits for float16 (which Numba does not compute in), or the accumulation dtype."""
+    gradient_bits: bool
+    """``gradient_dtype`` is float16's bits."""
 
     def runs_on(self, options: EngineOptions) -> bool:
         """Whether ``options`` run this call as one compiled chunk on the calling thread,
@@ -324,8 +326,15 @@ def _build_whole_call(
         input_bytes=plan.input_size * dtype.itemsize,
         tiny=spec.ties != "split" and plan.input_size <= TINY_ELEMENTS,
         tiny_flags=(spec.mode == "max") | (spec.ties == "first") << 1 | plan.disjoint << 2,
-        gradient_dtype=bits_dtype(dtype) if plan.disjoint else accumulate_dtype(dtype),
+        gradient_dtype=_tiny_gradient_dtype(dtype, plan.disjoint),
+        gradient_bits=plan.disjoint and dtype == _FLOAT16,
     )
+
+
+def _tiny_gradient_dtype(dtype: np.dtype[Any], disjoint: bool) -> np.dtype[Any]:
+    if not disjoint:
+        return accumulate_dtype(dtype)
+    return bits_dtype(dtype) if dtype == _FLOAT16 else dtype
 
 
 #: Inputs up to this many elements run on the tiny kernel (:class:`WholeCall`): its scalar
@@ -371,19 +380,15 @@ def _tiny_gradient(
     kernel_plan = call.kernel_plan
     x = _canonical(X, kernel_plan.input_5d, call.compute)
     a, write_back = _output(A, kernel_plan.output_5d, call.compute, zero=False)
-    if call.disjoint:
-        # dA and dX as bits: each winner's gradient is copied, inf and NaN included.
-        g = _canonical(dA.view(call.gradient_dtype), kernel_plan.output_5d, call.gradient_dtype)
-        dX = np.empty(call.input_shape, call.dtype)
-        d = dX.view(call.gradient_dtype).reshape(kernel_plan.input_5d)
-    else:
-        g = _canonical(dA, kernel_plan.output_5d, call.gradient_dtype)
-        d = np.empty(kernel_plan.input_5d, call.gradient_dtype)
+    gradient_dtype = call.gradient_dtype
+    g = _canonical(
+        dA.view(gradient_dtype) if call.gradient_bits else dA, kernel_plan.output_5d, gradient_dtype
+    )
+    d = np.empty(kernel_plan.input_5d, gradient_dtype)
     _kernels().tiny_gradient(x, a, winners, g, d, kernel_plan.table, call.tiny_flags)
     write_back()
-    if not call.disjoint:
-        dX = d.reshape(call.input_shape).astype(call.dtype, copy=False)
-    return A, dX
+    dX = d.reshape(call.input_shape)
+    return A, dX.view(call.dtype) if call.gradient_bits else dX.astype(call.dtype, copy=False)
 
 
 # -- array plumbing ----------------------------------------------------------------------------
@@ -579,8 +584,8 @@ def _kernels() -> SimpleNamespace:
             for f in floats
         ]
     )(kernels.backward_gather)
-    # The tiny kernel: per compute dtype, the disjoint windows' bits (float16's too) or the
-    # overlapping windows' accumulation dtype.
+    # The tiny kernel: per compute dtype, its gradient (float16's as its bits, disjoint
+    # windows only).
     tiny_gradient = compile_(
         [
             numba.void(
@@ -593,11 +598,9 @@ def _kernels() -> SimpleNamespace:
                 numba.int64,
             )
             for f, g in (
-                (numba.float32, numba.int16),
-                (numba.float32, numba.int32),
-                (numba.float64, numba.int64),
                 (numba.float32, numba.float32),
                 (numba.float64, numba.float64),
+                (numba.float32, numba.int16),
             )
         ]
     )(kernels.tiny_gradient)
