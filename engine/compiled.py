@@ -345,13 +345,14 @@ TINY_ELEMENTS = 256
 
 def whole_gradient(call: WholeCall, X: np.ndarray, dA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``A`` and ``dX`` of X (checked, of ``call.dtype`` and ``call.input_shape``) and dA
-    (of A's shape and X's dtype), bit for bit what :func:`engine.gradient` returns, with
-    the general path's chunk kernels on one chunk and none of its steps.
+    (of A's shape and X's dtype), bit for bit what :func:`engine.gradient`'s general path
+    returns: on the tiny kernel (``call.tiny``), else on the chunk kernels as one chunk.
 
     float16 runs under the error state the general path sets: its overlapping windows' float32
     sums are cast back, and an overflow there is data (inf), not a warning. The other dtypes
     need none: the kernels and the copies around them do no NumPy arithmetic that can warn
-    (split shares divide by a count of at least 1, in a wider dtype)."""
+    (split shares divide by a count of at least 1, in a wider dtype), and entering and leaving
+    an error state costs a tiny call 1 us."""
     if call.dtype == _FLOAT16:
         with np.errstate(invalid="ignore", over="ignore"):
             return _whole_gradient(call, X, dA)
@@ -363,27 +364,20 @@ def _whole_gradient(
 ) -> tuple[np.ndarray, np.ndarray]:
     A = np.empty(call.output_shape, call.dtype)
     winners = np.zeros(call.winners_shape, np.uint8)
-    if call.tiny:
-        return _tiny_gradient(call, X, dA, A, winners)
-    _forward(call.kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
-    # As the general path allocates it: disjoint windows write only what they cover.
-    allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
-    dX = allocate(call.input_shape, call.dtype)
-    _backward(call.kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
-    return A, dX
-
-
-def _tiny_gradient(
-    call: WholeCall, X: np.ndarray, dA: np.ndarray, A: np.ndarray, winners: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_whole_gradient` on the tiny kernel."""
     kernel_plan = call.kernel_plan
+    if not call.tiny:
+        _forward(kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
+        # As the general path allocates it: disjoint windows write only what they cover.
+        allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
+        dX = allocate(call.input_shape, call.dtype)
+        _backward(kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
+        return A, dX
     x = _canonical(X, kernel_plan.input_5d, call.compute)
     a, write_back = _output(A, kernel_plan.output_5d, call.compute, zero=False)
     gradient_dtype = call.gradient_dtype
-    g = _canonical(
-        dA.view(gradient_dtype) if call.gradient_bits else dA, kernel_plan.output_5d, gradient_dtype
-    )
+    if call.gradient_bits:
+        dA = dA.view(gradient_dtype)
+    g = _canonical(dA, kernel_plan.output_5d, gradient_dtype)
     d = np.empty(kernel_plan.input_5d, gradient_dtype)
     _kernels().tiny_gradient(x, a, winners, g, d, kernel_plan.table, call.tiny_flags)
     write_back()
