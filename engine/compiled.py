@@ -55,7 +55,9 @@ __all__ = [
     "extreme_forward_chunk",
     "kernel_set",
     "warm_up",
+    "whole_backward",
     "whole_call",
+    "whole_forward",
     "whole_gradient",
 ]
 
@@ -343,6 +345,34 @@ def _tiny_gradient_dtype(dtype: np.dtype[Any], disjoint: bool) -> np.dtype[Any]:
 TINY_ELEMENTS = 256
 
 
+def whole_forward(call: WholeCall, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` and the winner planes of X (checked, of ``call.dtype`` and ``call.input_shape``)
+    on the chunk kernels as one chunk: what :func:`engine.forward`'s general path computes.
+    No error state: the kernels and the copies around them do no NumPy arithmetic."""
+    A = np.empty(call.output_shape, call.dtype)
+    winners = np.zeros(call.winners_shape, np.uint8)
+    _forward(call.kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
+    return A, winners
+
+
+def whole_backward(call: WholeCall, winners: np.ndarray, dA: np.ndarray) -> np.ndarray:
+    """dX from a forward's winner planes and dA (of A's shape and X's dtype) on the chunk
+    kernels as one chunk: what :func:`engine.backward`'s general path computes (float16 under
+    its error state, as :func:`whole_gradient` says)."""
+    if call.dtype == _FLOAT16:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return _whole_backward(call, winners, dA)
+    return _whole_backward(call, winners, dA)
+
+
+def _whole_backward(call: WholeCall, winners: np.ndarray, dA: np.ndarray) -> np.ndarray:
+    # As the general path allocates it: disjoint windows write only what they cover.
+    allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
+    dX = allocate(call.input_shape, call.dtype)
+    _backward(call.kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
+    return dX
+
+
 def whole_gradient(call: WholeCall, X: np.ndarray, dA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``A`` and ``dX`` of X (checked, of ``call.dtype`` and ``call.input_shape``) and dA
     (of A's shape and X's dtype), bit for bit what :func:`engine.gradient`'s general path
@@ -362,16 +392,11 @@ def whole_gradient(call: WholeCall, X: np.ndarray, dA: np.ndarray) -> tuple[np.n
 def _whole_gradient(
     call: WholeCall, X: np.ndarray, dA: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    if not call.tiny:
+        A, winners = whole_forward(call, X)
+        return A, _whole_backward(call, winners, dA)
     kernel_plan = call.kernel_plan
     winners = np.zeros(call.winners_shape, np.uint8)
-    if not call.tiny:
-        A = np.empty(call.output_shape, call.dtype)
-        _forward(kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
-        # As the general path allocates it: disjoint windows write only what they cover.
-        allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
-        dX = allocate(call.input_shape, call.dtype)
-        _backward(kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
-        return A, dX
     # A and dX are allocated as the kernel takes them and returned as views of their shape
     # (C-contiguous all the same): every NumPy call costs a tiny call 0.1-0.2 us.
     gradient_dtype = call.gradient_dtype

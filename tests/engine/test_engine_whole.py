@@ -14,7 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import TIED_GEOMETRIES, Case, pool_cases, tied_with_specials, upstream
 
-from engine import PoolSpec, RunReport, TensorError, backward, compiled, forward, gradient, pooling
+from engine import (
+    PoolSpec,
+    PoolState,
+    RunReport,
+    TensorError,
+    backward,
+    compiled,
+    forward,
+    gradient,
+    pooling,
+)
 from engine.geometry import make_plan
 from engine.options import EngineOptions
 
@@ -41,12 +51,13 @@ def no_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def no_whole_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the whole-call path fail."""
+    """Make the whole-call paths fail."""
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the whole-call path ran")
 
-    monkeypatch.setattr(compiled, "whole_gradient", refuse)
+    for name in ("whole_forward", "whole_backward", "whole_gradient"):
+        monkeypatch.setattr(compiled, name, refuse)
 
 
 def _general(X: np.ndarray, dA: np.ndarray, spec: PoolSpec, options: EngineOptions) -> Any:
@@ -69,6 +80,12 @@ def _assert_whole_path_agrees(
         assert whole.flags.c_contiguous
         # Bytes: the sign of a zero max and NaN payloads must match too.
         assert whole.tobytes() == general.tobytes()
+    # forward and backward apart: their whole-call paths give the general paths' bytes too.
+    A_forward, state = forward(X, spec, options=options)
+    _, general_state = forward(X, spec, options=options, report=RunReport())
+    assert A_forward.tobytes() == A.tobytes()
+    assert state.to_bytes() == general_state.to_bytes()
+    assert backward(state, dA, options=options).tobytes() == dX.tobytes()
     # And the oracle: NumPy's kernels (A up to the sign of a zero, dX to the byte).
     A_numpy, state = forward(X, spec, options=NUMPY)
     np.testing.assert_array_equal(A_whole, A_numpy)
@@ -134,6 +151,11 @@ def test_the_whole_path_is_taken_for_one_chunk_on_one_thread(
     A, dX = gradient(X, dA, spec, options=options)
     assert A.shape == dA.shape
     assert dX.shape == X.shape
+    A, state = forward(X, spec, options=options)
+    assert backward(state, dA, options=options).tobytes() == dX.tobytes()
+    # A state that went through bytes (its planes read-only) too.
+    restored = PoolState.from_bytes(state.to_bytes())
+    assert backward(restored, dA, options=options).tobytes() == dX.tobytes()
 
 
 @pytest.mark.usefixtures("no_whole_path")
@@ -205,15 +227,23 @@ def test_the_general_path_runs_everything_else(
     A, dX = gradient(X, dA, spec, options=options, report=report)
     assert A.shape == dA.shape
     assert dX.shape == X.shape
+    _, state = forward(X, spec, options=options, report=RunReport())
+    assert backward(state, dA, options=options, report=report).shape == X.shape
+    if dA.dtype == X.dtype:  # else only backward's own check sends it to the general path
+        assert forward(X, spec, options=options, report=report)[0].shape == dA.shape
 
 
 def test_the_whole_path_refuses_nan_as_the_general_path_does() -> None:
     X = np.ones((1, 8, 8, 1), np.float32)
     X[0, 5, 2, 0] = np.nan
     dA = np.ones((1, 4, 4, 1), np.float32)
-    assert compiled.whole_call(PoolSpec(nan="reject"), X.shape, X.dtype) is not None
-    with pytest.raises(TensorError, match=r"1 NaN value\(s\), first at index \(0, 5, 2, 0\)"):
-        gradient(X, dA, PoolSpec(nan="reject"), options=AUTO)
+    spec = PoolSpec(nan="reject")
+    assert compiled.whole_call(spec, X.shape, X.dtype) is not None
+    message = r"1 NaN value\(s\), first at index \(0, 5, 2, 0\)"
+    with pytest.raises(TensorError, match=message):
+        gradient(X, dA, spec, options=AUTO)
+    with pytest.raises(TensorError, match=message):
+        forward(X, spec, options=AUTO)
 
 
 def test_odd_memory_orders_take_the_whole_path_unchanged(no_general_path: None) -> None:
