@@ -268,7 +268,7 @@ class WholeCall(NamedTuple):
     def runs_on(self, options: EngineOptions) -> bool:
         """Whether ``options`` run this call as one compiled chunk on the calling thread,
         on the default paths: exactly what the general path would run, minus its steps."""
-        if options.kernels == "numpy" or not (self.auto or options.kernels == "compiled"):
+        if not (options.kernels == "compiled" or (options.kernels == "auto" and self.auto)):
             return False
         if options.threads != 1 and self.input_size >= options.parallel_min_elements:
             return False

@@ -241,14 +241,16 @@ def _whole_call(
     it) when the compiled kernels run it as one chunk as it is: dA, when given, already of
     X's dtype and A's shape (a cast or a mismatch is left to the general path, with its
     checks and messages)."""
-    if not isinstance(spec, PoolSpec):
+    options = DEFAULT_OPTIONS if options is None else options
+    # kernels="numpy" never loads Numba, not even to find out whether it is there.
+    if options.kernels == "numpy" or not isinstance(spec, PoolSpec):
         return None
     shape, dtype = (X.input_shape, X.dtype) if isinstance(X, PoolState) else (X.shape, X.dtype)
     whole = compiled.whole_call(spec, shape, dtype)
     if (
         whole is None
         or (dA is not None and (dA.dtype != whole.dtype or dA.shape != whole.output_shape))
-        or not whole.runs_on(DEFAULT_OPTIONS if options is None else options)
+        or not whole.runs_on(options)
     ):
         return None
     return whole
