@@ -445,6 +445,48 @@ def backward_gather(
 
 
 @_helper
+def _tiny_step(
+    step: int,
+    xf: Any,
+    af: Any,
+    columns: Any,
+    taken: Any,
+    plane: Any,
+    gf: Any,
+    df: Any,
+    e: int,
+    i: int,
+    separable: bool,
+    first_only: bool,
+    assign: bool,
+    zero: Any,
+    better: Any,
+) -> None:  # pragma: no cover - compiled
+    """One pass of :func:`_tiny` on input element ``e`` and output ``i`` of one window
+    offset: pool it (into its column first when ``separable``), flag it as a winner, or
+    send it the window's gradient."""
+    if step == 0:
+        if separable:
+            columns[i] = better(xf[e], columns[i])
+        else:
+            af[i] = better(xf[e], af[i])
+    elif step == 1:
+        # NaN equals nothing: a NaN window has no winners; padding is never visited.
+        hit = xf[e] == af[i]
+        if first_only:
+            hit = hit and not taken[i]
+            taken[i] = taken[i] or hit
+        if hit:
+            plane[i >> 3] |= np.uint8(0x80 >> (i & 7))
+    else:
+        value = gf[i] if (plane[i >> 3] << (i & 7)) & 0x80 else zero
+        if assign:
+            df[e] = value
+        else:
+            df[e] += value
+
+
+@_helper
 def _tiny(
     X: Any,
     A: Any,
@@ -473,9 +515,15 @@ def _tiny(
     af[:] = identity
     columns = np.empty(A.size if separable else 0, dtype=A.dtype)
     taken = np.zeros(A.size if first_only else 0, dtype=np.bool_)
-    for flag in range(2):
-        for kw_outer in range(pool_w if separable and flag == 0 else 1):
-            if separable and flag == 0:
+    # Backward (the last pass), offsets outermost too: each input element receives its
+    # contributions in row-major window order, as the phase buffers (and the gather kernel)
+    # sum them, the first offset of its stride phase assigning (keeping a -0.0), the others
+    # adding.
+    zero = np.zeros(1, dtype=G.dtype)[0]
+    df[:] = zero
+    for step in range(3):  # pool, flag the winners, send them the gradient
+        for kw_outer in range(pool_w if separable and step == 0 else 1):
+            if separable and step == 0:
                 columns[:] = identity
             k = -1
             for kt in range(pool_t):
@@ -484,9 +532,11 @@ def _tiny(
                     lo_h, hi_h = table[1, 1 + kh, 0], table[1, 1 + kh, 1]
                     for kw in range(pool_w):
                         k += 1
-                        if separable and flag == 0 and kw != kw_outer:
+                        if separable and step == 0 and kw != kw_outer:
                             continue
                         lo_w, hi_w = table[2, 1 + kw, 0], table[2, 1 + kw, 1]
+                        firsts = table[0, 1 + kt, 2] & table[1, 1 + kh, 2] & table[2, 1 + kw, 2]
+                        assign = disjoint or firsts != 0
                         plane = winners[k]
                         for b in range(n):
                             for ot in range(lo_t, hi_t):
@@ -500,22 +550,12 @@ def _tiny(
                                         i = ((b * out_t + ot) * out_h + oh) * out_w + ow
                                         i *= channels
                                         for c in range(channels):
-                                            x = xf[e + c]
-                                            if flag == 0 and separable:
-                                                columns[i + c] = better(x, columns[i + c])
-                                            elif flag == 0:
-                                                af[i + c] = better(x, af[i + c])
-                                            else:
-                                                # NaN equals nothing: a NaN window has no
-                                                # winners; padding is never visited.
-                                                hit = x == af[i + c]
-                                                if first_only:
-                                                    hit = hit and not taken[i + c]
-                                                    taken[i + c] = taken[i + c] or hit
-                                                if hit:
-                                                    bit = i + c
-                                                    plane[bit >> 3] |= np.uint8(0x80 >> (bit & 7))
-            if separable and flag == 0:
+                                            _tiny_step(
+                                                step, xf, af, columns, taken, plane, gf, df,
+                                                e + c, i + c, separable, first_only, assign,
+                                                zero, better,
+                                            )  # fmt: skip
+            if separable and step == 0:
                 lo_w, hi_w = table[2, 1 + kw_outer, 0], table[2, 1 + kw_outer, 1]
                 for b in range(n):
                     for ot in range(out_t):
@@ -523,39 +563,6 @@ def _tiny(
                             i = ((b * out_t + ot) * out_h + oh) * out_w
                             for j in range((i + lo_w) * channels, (i + hi_w) * channels):
                                 af[j] = better(columns[j], af[j])
-    # Backward, offsets outermost: each input element receives its contributions in row-major
-    # window order, as the phase buffers (and the gather kernel) sum them, the first offset of
-    # its stride phase assigning (keeping a -0.0), the others adding.
-    zero = np.zeros(1, dtype=G.dtype)[0]
-    df[:] = zero
-    k = -1
-    for kt in range(pool_t):
-        lo_t, hi_t = table[0, 1 + kt, 0], table[0, 1 + kt, 1]
-        for kh in range(pool_h):
-            lo_h, hi_h = table[1, 1 + kh, 0], table[1, 1 + kh, 1]
-            for kw in range(pool_w):
-                k += 1
-                lo_w, hi_w = table[2, 1 + kw, 0], table[2, 1 + kw, 1]
-                firsts = table[0, 1 + kt, 2] & table[1, 1 + kh, 2] & table[2, 1 + kw, 2]
-                assign = disjoint or firsts != 0
-                plane = winners[k]
-                for b in range(n):
-                    for ot in range(lo_t, hi_t):
-                        it = ot * stride_t + kt - before_t
-                        for oh in range(lo_h, hi_h):
-                            ih = oh * stride_h + kh - before_h
-                            for ow in range(lo_w, hi_w):
-                                iw = ow * stride_w + kw - before_w
-                                e = (((b * size_t + it) * size_h + ih) * size_w + iw) * channels
-                                i = (((b * out_t + ot) * out_h + oh) * out_w + ow) * channels
-                                for c in range(channels):
-                                    bit = i + c
-                                    won = (plane[bit >> 3] << (bit & 7)) & 0x80
-                                    value = gf[bit] if won else zero
-                                    if assign:
-                                        df[e + c] = value
-                                    else:
-                                        df[e + c] += value
 
 
 def tiny_gradient(

@@ -111,9 +111,12 @@ def test_whole_path_on_ties_nan_and_inf(
     """Above :data:`~engine.compiled.TINY_ELEMENTS` (the row kernels) and cut down below it
     (the tiny kernel), with NaN, inf and -0.0 in X and dA."""
     spec = PoolSpec(ties=ties, **kwargs)  # type: ignore[arg-type]
-    small = tuple(min(size, 2 if axis == 0 else 7) for axis, size in enumerate(shape))
+    small = tuple(min(size, 2 if axis == 0 else 4) for axis, size in enumerate(shape))
     for X_shape in (shape, small):
         X = tied_with_specials(X_shape, dtype)
+        call = compiled.whole_call(spec, X.shape, X.dtype)
+        assert call is not None
+        assert call.tiny == (X.size <= compiled.TINY_ELEMENTS and ties != "split")
         dA = upstream(forward(X, spec)[0].shape, dtype, 1)
         _assert_whole_path_agrees(X, dA, spec, COMPILED)
 
@@ -158,67 +161,36 @@ def test_the_whole_path_is_taken_for_one_chunk_on_one_thread(
     assert backward(restored, dA, options=options).tobytes() == dX.tobytes()
 
 
+def _elsewhere(
+    name: str,
+    X_shape: tuple[int, ...] = (1, 8, 8, 1),
+    spec: PoolSpec = PoolSpec(),  # noqa: B008 - frozen
+    options: EngineOptions = AUTO,
+    report: RunReport | None = None,
+    X_dtype: str = "f4",
+    dA_dtype: str = "f4",
+) -> Any:
+    """A call the general path must run: ones of ``X_shape``, dA of A's shape."""
+    X = np.ones(X_shape, X_dtype)
+    dA = np.ones(make_plan(spec, X_shape).output_shape, dA_dtype)
+    return pytest.param(X, dA, spec, options, report, id=name)
+
+
 @pytest.mark.usefixtures("no_whole_path")
 @pytest.mark.parametrize(
     ("X", "dA", "spec", "options", "report"),
     [
-        pytest.param(
-            np.ones((4, 64, 64, 8), np.float32),
-            np.ones((4, 32, 32, 8), np.float32),
-            PoolSpec(),
-            EngineOptions(threads=2, parallel_min_elements=1),
-            None,
-            id="threads",
+        _elsewhere(
+            "threads", (4, 64, 64, 8), options=EngineOptions(threads=2, parallel_min_elements=1)
         ),
-        pytest.param(
-            np.ones((4, 8, 8, 2), np.float32),
-            np.ones((4, 4, 4, 2), np.float32),
-            PoolSpec(),
-            EngineOptions(threads=1, piece_bytes=512),
-            None,
-            id="pieces",
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1)), np.ones((1, 4, 4, 1)), PoolSpec(mode="avg"), AUTO, None, id="avg"
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1)), np.ones((1, 4, 4, 1)), PoolSpec(), NUMPY, None, id="numpy"
-        ),
-        pytest.param(
-            np.ones((1, 64, 64, 1)),
-            np.ones((1, 32, 32, 1)),
-            PoolSpec(),
-            AUTO,
-            None,
-            id="auto-picks-numpy",
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1)),
-            np.ones((1, 4, 4, 1)),
-            PoolSpec(),
-            EngineOptions(threads=1, disjoint_path=False),
-            None,
-            id="forced-phase-path",
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1)), np.ones((1, 4, 4, 1)), PoolSpec(), AUTO, RunReport(), id="report"
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1), np.float32),
-            np.ones((1, 4, 4, 1)),
-            PoolSpec(),
-            AUTO,
-            None,
-            id="dA-to-cast",
-        ),
-        pytest.param(
-            np.ones((1, 8, 8, 1), ">f4"),
-            np.ones((1, 4, 4, 1), ">f4"),
-            PoolSpec(),
-            AUTO,
-            None,
-            id="big-endian",
-        ),
+        _elsewhere("pieces", (4, 8, 8, 2), options=EngineOptions(threads=1, piece_bytes=512)),
+        _elsewhere("avg", spec=PoolSpec(mode="avg")),
+        _elsewhere("numpy", options=NUMPY),
+        _elsewhere("auto-picks-numpy", (1, 64, 64, 1)),
+        _elsewhere("forced-phase-path", options=EngineOptions(threads=1, disjoint_path=False)),
+        _elsewhere("report", report=RunReport()),
+        _elsewhere("dA-to-cast", dA_dtype="f8"),
+        _elsewhere("big-endian", X_dtype=">f4", dA_dtype=">f4"),
     ],
 )
 def test_the_general_path_runs_everything_else(
