@@ -211,7 +211,7 @@ def gradient(
     -----
     A call the compiled kernels run as one chunk on the calling thread (a small X, or
     ``threads=1``, with the default path options and no ``report``) skips the split and
-    goes straight to them (:class:`engine.compiled.WholeCall`), up to 256 elements to one
+    goes straight to them (:class:`engine.compiled.WholeCall`), up to 1024 elements to one
     kernel that runs forward and backward at once: the same bits, at under half the cost of
     a tiny call.
     """
