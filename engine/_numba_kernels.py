@@ -439,3 +439,147 @@ def backward_gather(
                                 gs, ms = gf[start + at :], masks[shift + at :]
                                 _gather(gs, ms, ds, channels, assign, zero)
                 base += row_size
+
+
+# -- tiny calls: forward and backward in one call ------------------------------------------------
+
+
+@_helper
+def _tiny_step(
+    step: int,
+    xf: Any,
+    af: Any,
+    columns: Any,
+    taken: Any,
+    plane: Any,
+    gf: Any,
+    df: Any,
+    e: int,
+    i: int,
+    separable: bool,
+    first_only: bool,
+    assign: bool,
+    zero: Any,
+    better: Any,
+) -> None:  # pragma: no cover - compiled
+    """One pass of :func:`_tiny` on input element ``e`` and output ``i`` of one window
+    offset: pool it (into its column first when ``separable``), flag it as a winner, or
+    send it the window's gradient."""
+    if step == 0:
+        if separable:
+            columns[i] = better(xf[e], columns[i])
+        else:
+            af[i] = better(xf[e], af[i])
+    elif step == 1:
+        # NaN equals nothing: a NaN window has no winners; padding is never visited.
+        hit = xf[e] == af[i]
+        if first_only:
+            hit = hit and not taken[i]
+            taken[i] = taken[i] or hit
+        if hit:
+            plane[i >> 3] |= np.uint8(0x80 >> (i & 7))
+    else:
+        value = gf[i] if (plane[i >> 3] << (i & 7)) & 0x80 else zero
+        if assign:
+            df[e] = value
+        else:
+            df[e] += value
+
+
+@_helper
+def _tiny(
+    X: Any,
+    A: Any,
+    winners: Any,
+    G: Any,
+    dX: Any,
+    table: Any,
+    identity: Any,
+    better: Any,
+    first_only: bool,
+    disjoint: bool,
+) -> None:  # pragma: no cover - compiled
+    n, size_t, size_h, size_w, channels = X.shape
+    _, out_t, out_h, out_w, _ = A.shape
+    # Scalars, read once: a store into A, the planes or dX could alias the table for LLVM,
+    # which would reload it in every inner loop.
+    pool_t, stride_t, before_t = table[0, 0, 0], table[0, 0, 1], table[0, 0, 2]
+    pool_h, stride_h, before_h = table[1, 0, 0], table[1, 0, 1], table[1, 0, 2]
+    pool_w, stride_w, before_w = table[2, 0, 0], table[2, 0, 1], table[2, 0, 2]
+    xf, af, gf, df = X.reshape(X.size), A.reshape(A.size), G.reshape(G.size), dX.reshape(dX.size)
+    # Per output, each pass visits the window offsets in row-major order (offsets outermost):
+    # forward folds them in :func:`_forward`'s order, which decides the NaN and the zero kept
+    # among equals; with channels and a stride along w that is each column over (kt, kh)
+    # first, then the columns along w.
+    separable = channels > 1 and stride_w > 1 and pool_t * pool_h > 1
+    af[:] = identity
+    columns = np.empty(A.size if separable else 0, dtype=A.dtype)
+    taken = np.zeros(A.size if first_only else 0, dtype=np.bool_)
+    # Backward (the last pass), offsets outermost too: each input element receives its
+    # contributions in row-major window order, as the phase buffers (and the gather kernel)
+    # sum them, the first offset of its stride phase assigning (keeping a -0.0), the others
+    # adding.
+    zero = np.zeros(1, dtype=G.dtype)[0]
+    df[:] = zero
+    for step in range(3):  # pool, flag the winners, send them the gradient
+        for kw_outer in range(pool_w if separable and step == 0 else 1):
+            if separable and step == 0:
+                columns[:] = identity
+            k = -1
+            for kt in range(pool_t):
+                lo_t, hi_t = table[0, 1 + kt, 0], table[0, 1 + kt, 1]
+                for kh in range(pool_h):
+                    lo_h, hi_h = table[1, 1 + kh, 0], table[1, 1 + kh, 1]
+                    for kw in range(pool_w):
+                        k += 1
+                        if separable and step == 0 and kw != kw_outer:
+                            continue
+                        lo_w, hi_w = table[2, 1 + kw, 0], table[2, 1 + kw, 1]
+                        firsts = table[0, 1 + kt, 2] & table[1, 1 + kh, 2] & table[2, 1 + kw, 2]
+                        assign = disjoint or firsts != 0
+                        plane = winners[k]
+                        for b in range(n):
+                            for ot in range(lo_t, hi_t):
+                                it = ot * stride_t + kt - before_t
+                                for oh in range(lo_h, hi_h):
+                                    ih = oh * stride_h + kh - before_h
+                                    for ow in range(lo_w, hi_w):
+                                        iw = ow * stride_w + kw - before_w
+                                        e = ((b * size_t + it) * size_h + ih) * size_w + iw
+                                        e *= channels
+                                        i = ((b * out_t + ot) * out_h + oh) * out_w + ow
+                                        i *= channels
+                                        for c in range(channels):
+                                            _tiny_step(
+                                                step, xf, af, columns, taken, plane, gf, df,
+                                                e + c, i + c, separable, first_only, assign,
+                                                zero, better,
+                                            )  # fmt: skip
+            if separable and step == 0:
+                lo_w, hi_w = table[2, 1 + kw_outer, 0], table[2, 1 + kw_outer, 1]
+                for b in range(n):
+                    for ot in range(out_t):
+                        for oh in range(out_h):
+                            i = ((b * out_t + ot) * out_h + oh) * out_w
+                            for j in range((i + lo_w) * channels, (i + hi_w) * channels):
+                                af[j] = better(columns[j], af[j])
+
+
+def tiny_gradient(
+    X: Any, A: Any, winners: Any, G: Any, dX: Any, table: Any, flags: int
+) -> None:  # pragma: no cover - compiled
+    """:func:`forward` and then the backward kernels' dX in one call, per window and
+    element in scalar loops: for a tiny call, where the row kernels' spans cost more to set
+    up than their work. ``flags``: bit 0 max (else min), bit 1 ``ties="first"``, bit 2
+    disjoint windows (each winner's ``G`` copied, a load and a store that keep its bits,
+    float16 passed as its bits; every other element +0), else ``G`` and ``dX`` of the
+    accumulation dtype, summed in row-major window order. ``table`` int64
+    ``(3, 1 + max pool, 3)``: per 3-D spatial dim, row 0 pool size, stride, padding before;
+    row ``1 + k`` offset ``k``'s reach ``[lo, hi)`` and whether it is its stride phase's
+    first (the gather kernel's ``firsts``). ``winners`` zeroed by the caller; dX fully
+    written."""
+    first_only, disjoint = (flags & 2) != 0, (flags & 4) != 0
+    if flags & 1:
+        _tiny(X, A, winners, G, dX, table, -np.inf, _max_of, first_only, disjoint)
+    else:
+        _tiny(X, A, winners, G, dX, table, np.inf, _min_of, first_only, disjoint)

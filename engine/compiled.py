@@ -40,18 +40,25 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from engine.errors import KernelsUnavailable
-from engine.geometry import Plan
-from engine.options import KernelChoice
+from engine.errors import KernelsUnavailable, TensorError
+from engine.geometry import Plan, make_plan
+from engine.memo import WeighedMemo, deep_bytes
+from engine.options import DEFAULT_OPTIONS, EngineOptions, KernelChoice
 from engine.spec import PoolSpec
+from engine.state import SUPPORTED_DTYPES, packed_plane_bytes
 from engine.upstream import accumulate_dtype, bits_dtype, split_shares, winner_counts
 
 __all__ = [
+    "WholeCall",
     "available",
     "extreme_backward_chunk",
     "extreme_forward_chunk",
     "kernel_set",
     "warm_up",
+    "whole_backward",
+    "whole_call",
+    "whole_forward",
+    "whole_gradient",
 ]
 
 
@@ -141,13 +148,9 @@ def extreme_forward_chunk(
     (zeroed by the caller), exactly as :func:`engine.pooling._extreme_forward_chunk`.
     Cost: one pass over X (rows a window overlaps are read again from cache), one over A and
     one over the bit planes."""
-    kernel_plan = _kernel_plan(spec, plan)
     compute = _FLOAT64 if X.dtype == _FLOAT64 else _FLOAT32
-    x = _canonical(X, kernel_plan.input_5d, compute)
-    a, write_back = _output(A, kernel_plan.output_5d, compute, zero=False)
-    geometry, reach = kernel_plan.geometry, kernel_plan.reach
-    _kernels().forward(x, a, winners, geometry, reach, spec.mode == "max", spec.ties == "first")
-    write_back()
+    kernel_plan = _kernel_plan(spec, plan)
+    _forward(kernel_plan, compute, spec.mode == "max", spec.ties == "first", X, A, winners)
 
 
 def extreme_backward_chunk(
@@ -167,20 +170,51 @@ def extreme_backward_chunk(
     window-offset order in the accumulation dtype, starting, like NumPy's phase buffers, from
     its stride phase's first offset where that offset reaches it and from +0.0 elsewhere.
     """
-    kernels = _kernels()
     kernel_plan = _kernel_plan(spec, plan)
+    split = spec.ties == "split"
+    return _backward(kernel_plan, plan.disjoint, plan.exact_cover, split, winners, dA, dX)
+
+
+def _forward(
+    kernel_plan: _KernelPlan,
+    compute: np.dtype[Any],
+    is_max: bool,
+    first_only: bool,
+    X: np.ndarray,
+    A: np.ndarray,
+    winners: np.ndarray,
+) -> None:
+    """:func:`extreme_forward_chunk` from the chunk's facts (a :class:`WholeCall` holds them)."""
+    x = _canonical(X, kernel_plan.input_5d, compute)
+    a, write_back = _output(A, kernel_plan.output_5d, compute, zero=False)
     geometry, reach = kernel_plan.geometry, kernel_plan.reach
-    accumulate = accumulate_dtype(dX.dtype) if not plan.disjoint else dX.dtype
-    if spec.ties == "split":
+    _kernels().forward(x, a, winners, geometry, reach, is_max, first_only)
+    write_back()
+
+
+def _backward(
+    kernel_plan: _KernelPlan,
+    disjoint: bool,
+    exact_cover: bool,
+    split: bool,
+    winners: np.ndarray,
+    dA: np.ndarray,
+    dX: np.ndarray,
+) -> str:
+    """:func:`extreme_backward_chunk` from the chunk's facts (``dA`` of dX's dtype)."""
+    kernels = _kernels()
+    geometry, reach = kernel_plan.geometry, kernel_plan.reach
+    accumulate = accumulate_dtype(dX.dtype) if not disjoint else dX.dtype
+    if split:
         gradient = split_shares(dA, winner_counts(winners, dA.shape), accumulate)
     else:
         gradient = dA.astype(accumulate, copy=False)
-    if plan.disjoint:
+    if disjoint:
         # A bitwise copy: inf and NaN in dA reach winners only, float16 needs no arithmetic.
         bits = bits_dtype(dX.dtype)
         g = _canonical(gradient.view(bits), kernel_plan.output_5d, bits)
         target, write_back = _output(
-            dX.view(bits), kernel_plan.input_5d, bits, zero=not plan.exact_cover
+            dX.view(bits), kernel_plan.input_5d, bits, zero=not exact_cover
         )
         kernels.backward_disjoint(g, winners, target, geometry, reach)
         write_back()
@@ -190,6 +224,196 @@ def extreme_backward_chunk(
     kernels.backward_gather(g, winners, target, geometry, reach, kernel_plan.phase_firsts)
     write_back()
     return "compiled-gather"
+
+
+# -- a whole call as one chunk ---------------------------------------------------------------
+
+
+class WholeCall(NamedTuple):
+    """A max/min call the compiled kernels can run as one chunk, skipping the engine's split:
+    everything it needs that follows from its spec, input shape and dtype, derived once
+    (:func:`whole_call`). A tiny call's kernels cost about 3 us; the general path's steps
+    around them (options, kernel choice, plan, split, per-chunk closures, error state) cost
+    it twice that again."""
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    """X's (native, supported) dtype: A's, dX's and the dtype dA must have for this path."""
+    compute: np.dtype[Any]
+    kernel_plan: _KernelPlan
+    winners_shape: tuple[int, int]
+    is_max: bool
+    first_only: bool
+    split: bool
+    disjoint: bool
+    exact_cover: bool
+    reject_nan: bool
+    auto: bool
+    """``kernels="auto"`` picks the compiled kernels for this call (:func:`kernel_set`)."""
+    batch: int
+    input_size: int
+    input_bytes: int
+    tiny: bool
+    """Runs on the tiny kernel: forward and backward in one call (no ``ties="split"``,
+    whose shares NumPy computes between the two)."""
+    tiny_flags: int
+    """The tiny kernel's ``flags``."""
+    gradient_dtype: np.dtype[Any]
+    """The tiny kernel's ``G`` and ``dX``: X's dtype (disjoint windows: copied, never summed),
+    its bits for float16 (which Numba does not compute in), or the accumulation dtype."""
+    gradient_bits: bool
+    """``gradient_dtype`` is float16's bits."""
+
+    def runs_on(self, options: EngineOptions) -> bool:
+        """Whether ``options`` run this call as one compiled chunk on the calling thread,
+        on the default paths: exactly what the general path would run, minus its steps."""
+        if not (options.kernels == "compiled" or (options.kernels == "auto" and self.auto)):
+            return False
+        if options.threads != 1 and self.input_size >= options.parallel_min_elements:
+            return False
+        # The compiled kernels cut a call on one thread into one piece unless a test asks
+        # for smaller pieces (then only inputs below them).
+        piece_bytes = options.piece_bytes
+        small = piece_bytes == DEFAULT_OPTIONS.piece_bytes or self.input_bytes <= piece_bytes
+        return options.disjoint_path and (self.batch == 1 or small)
+
+
+#: Bytes that memoized :class:`WholeCall` facts may hold in all (about 1 KiB each; their
+#: kernel plans are shared with the plans').
+WHOLE_CALL_MEMO_BYTES = 4 << 20
+
+_whole_calls: WeighedMemo[WholeCall | None] = WeighedMemo(
+    WHOLE_CALL_MEMO_BYTES, deep_bytes, name="whole-calls"
+)
+
+
+def whole_call(
+    spec: PoolSpec, input_shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> WholeCall | None:
+    """The :class:`WholeCall` for X of ``input_shape`` and ``dtype`` under ``spec``, or None
+    when the compiled kernels cannot run it (no Numba, avg, an unsupported or non-native
+    dtype, a shape the plan refuses: the general path then raises what it must). Memoized:
+    a hit is one lookup."""
+    return _whole_calls.get(
+        (spec, input_shape, dtype), lambda: _build_whole_call(spec, input_shape, dtype)
+    )
+
+
+def _build_whole_call(
+    spec: PoolSpec, input_shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> WholeCall | None:
+    if not available() or spec.mode == "avg" or dtype not in SUPPORTED_DTYPES:
+        return None
+    try:
+        plan = make_plan(spec, input_shape)
+    except TensorError:
+        return None
+    return WholeCall(
+        input_shape=plan.input_shape,
+        output_shape=plan.output_shape,
+        dtype=dtype,
+        compute=_FLOAT64 if dtype == _FLOAT64 else _FLOAT32,
+        kernel_plan=_kernel_plan(spec, plan),
+        winners_shape=(plan.window_size, packed_plane_bytes(plan.output_shape)),
+        is_max=spec.mode == "max",
+        first_only=spec.ties == "first",
+        split=spec.ties == "split",
+        disjoint=plan.disjoint,
+        exact_cover=plan.exact_cover,
+        reject_nan=spec.nan == "reject",
+        auto=kernel_set("auto", spec, plan.input_shape) == "compiled",
+        batch=plan.input_shape[0],
+        input_size=plan.input_size,
+        input_bytes=plan.input_size * dtype.itemsize,
+        tiny=spec.ties != "split" and plan.input_size <= TINY_ELEMENTS,
+        tiny_flags=(spec.mode == "max") | (spec.ties == "first") << 1 | plan.disjoint << 2,
+        gradient_dtype=_tiny_gradient_dtype(dtype, plan.disjoint),
+        gradient_bits=plan.disjoint and dtype == _FLOAT16,
+    )
+
+
+def _tiny_gradient_dtype(dtype: np.dtype[Any], disjoint: bool) -> np.dtype[Any]:
+    if not disjoint:
+        return accumulate_dtype(dtype)
+    return bits_dtype(dtype) if dtype == _FLOAT16 else dtype
+
+
+#: Inputs up to this many elements run on the tiny kernel (:class:`WholeCall`): its scalar
+#: loops cost a few ns per window element, the row kernels' spans about 0.1 us each to set
+#: up. Kernel time alone, float32 max, tiny against forward + backward row kernels: 2x2/2
+#: (1, 32, 32, 1) 6.2 / 9.2 us, (1, 64, 64, 1) 21 / 18 us; 3x3/2 (4, 8, 8, 4) 5.5 / 13.2 us,
+#: (1, 8, 8, 16) 4.1 / 4.4 us, (1, 16, 16, 16) 17 / 10 us: the row kernels win from about
+#: here on.
+TINY_ELEMENTS = 1024
+
+
+def whole_forward(call: WholeCall, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` and the winner planes of X (checked, of ``call.dtype`` and ``call.input_shape``)
+    on the chunk kernels as one chunk: what :func:`engine.forward`'s general path computes.
+    No error state: the kernels and the copies around them do no NumPy arithmetic."""
+    A = np.empty(call.output_shape, call.dtype)
+    winners = np.zeros(call.winners_shape, np.uint8)
+    _forward(call.kernel_plan, call.compute, call.is_max, call.first_only, X, A, winners)
+    return A, winners
+
+
+def whole_backward(call: WholeCall, winners: np.ndarray, dA: np.ndarray) -> np.ndarray:
+    """dX from a forward's winner planes and dA (of A's shape and X's dtype) on the chunk
+    kernels as one chunk: what :func:`engine.backward`'s general path computes (float16 under
+    its error state, as :func:`whole_gradient` says)."""
+    if call.dtype == _FLOAT16:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return _whole_backward(call, winners, dA)
+    return _whole_backward(call, winners, dA)
+
+
+def _whole_backward(call: WholeCall, winners: np.ndarray, dA: np.ndarray) -> np.ndarray:
+    # As the general path allocates it: disjoint windows write only what they cover.
+    allocate = np.zeros if call.disjoint and not call.exact_cover else np.empty
+    dX = allocate(call.input_shape, call.dtype)
+    _backward(call.kernel_plan, call.disjoint, call.exact_cover, call.split, winners, dA, dX)
+    return dX
+
+
+def whole_gradient(call: WholeCall, X: np.ndarray, dA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` and ``dX`` of X (checked, of ``call.dtype`` and ``call.input_shape``) and dA
+    (of A's shape and X's dtype), bit for bit what :func:`engine.gradient`'s general path
+    returns: on the tiny kernel (``call.tiny``), else on the chunk kernels as one chunk.
+
+    float16 runs under the error state the general path sets: its overlapping windows' float32
+    sums are cast back, and an overflow there is data (inf), not a warning. The other dtypes
+    need none: the kernels and the copies around them do no NumPy arithmetic that can warn
+    (split shares divide by a count of at least 1, in a wider dtype), and entering and leaving
+    an error state costs a tiny call 1 us."""
+    if call.dtype == _FLOAT16:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return _whole_gradient(call, X, dA)
+    return _whole_gradient(call, X, dA)
+
+
+def _whole_gradient(
+    call: WholeCall, X: np.ndarray, dA: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    if not call.tiny:
+        A, winners = whole_forward(call, X)
+        return A, _whole_backward(call, winners, dA)
+    kernel_plan = call.kernel_plan
+    winners = np.zeros(call.winners_shape, np.uint8)
+    # A and dX are allocated as the kernel takes them and returned as views of their shape
+    # (C-contiguous all the same): every NumPy call costs a tiny call 0.1-0.2 us.
+    gradient_dtype = call.gradient_dtype
+    x = _canonical(X, kernel_plan.input_5d, call.compute)
+    g = _canonical(
+        dA.view(gradient_dtype) if call.gradient_bits else dA, kernel_plan.output_5d, gradient_dtype
+    )
+    a = np.empty(kernel_plan.output_5d, call.compute)
+    d = np.empty(kernel_plan.input_5d, gradient_dtype)
+    _kernels().tiny_gradient(x, a, winners, g, d, kernel_plan.table, call.tiny_flags)
+    A, dX = a.reshape(call.output_shape), d.reshape(call.input_shape)
+    if call.dtype != _FLOAT16:
+        return A, dX
+    return A.astype(_FLOAT16), dX.view(_FLOAT16) if call.gradient_bits else dX.astype(_FLOAT16)
 
 
 # -- array plumbing ----------------------------------------------------------------------------
@@ -206,7 +430,7 @@ def _shape_5d(shape: tuple[int, ...], spec: PoolSpec) -> tuple[int, ...]:
 
 #: The compute dtypes, as dtype objects: comparing a dtype with ``np.float64`` converts the
 #: type on every call.
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_FLOAT16, _FLOAT32, _FLOAT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _in_place() -> None:
@@ -248,6 +472,10 @@ class _KernelPlan(NamedTuple):
     """bool ``(3, max pool)``: per dim, whether window offset ``o`` is the smallest offset of
     its stride phase (``o mod stride``) that lands on a real element: the offset NumPy's
     phase path writes first, the others adding to it (the gather kernel's)."""
+    table: np.ndarray
+    """int64 ``(3, 1 + max pool, 3)``: the three above in one array for the tiny kernel (one
+    argument to pass, not three): per dim, row 0 pool size, stride, padding before; row
+    ``1 + o`` offset ``o``'s reach ``[lo, hi)`` and phase-first flag."""
 
 
 def _kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
@@ -261,12 +489,18 @@ def _kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
 
 def _build_kernel_plan(spec: PoolSpec, plan: Plan) -> _KernelPlan:
     geometry, reach = _build_geometry(spec, plan)
+    phase_firsts = _build_phase_firsts(geometry, reach)
+    table = np.zeros((3, 1 + reach.shape[1], 3), dtype=np.int64)
+    table[:, 0] = geometry[:, :3]
+    table[:, 1:, :2] = reach
+    table[:, 1:, 2] = phase_firsts
     return _KernelPlan(
         input_5d=_shape_5d(plan.input_shape, spec),
         output_5d=_shape_5d(plan.output_shape, spec),
         geometry=geometry,
         reach=reach,
-        phase_firsts=_build_phase_firsts(geometry, reach),
+        phase_firsts=phase_firsts,
+        table=table,
     )
 
 
@@ -375,6 +609,29 @@ def _kernels() -> SimpleNamespace:
             for f in floats
         ]
     )(kernels.backward_gather)
+    # The tiny kernel: per compute dtype, its gradient (float16's as its bits, disjoint
+    # windows only).
+    tiny_gradient = compile_(
+        [
+            numba.void(
+                array(f, 5, readonly=True),
+                array(f, 5),
+                array(numba.uint8, 2),
+                array(g, 5, readonly=True),
+                array(g, 5),
+                i64_3d,
+                numba.int64,
+            )
+            for f, g in (
+                (numba.float32, numba.float32),
+                (numba.float64, numba.float64),
+                (numba.float32, numba.int16),
+            )
+        ]
+    )(kernels.tiny_gradient)
     return SimpleNamespace(
-        forward=forward, backward_disjoint=backward_disjoint, backward_gather=backward_gather
+        forward=forward,
+        backward_disjoint=backward_disjoint,
+        backward_gather=backward_gather,
+        tiny_gradient=tiny_gradient,
     )

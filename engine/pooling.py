@@ -89,7 +89,16 @@ def forward(
     many comparisons and bit-packings for the winners. Padding is never materialized and never
     wins: max/min windows start from the first real offset (or from -inf/+inf where padding
     precedes it) and winner bits are only computed where the offset lands on a real element.
+    A call the compiled kernels run as one chunk on the calling thread goes straight to them,
+    as :func:`gradient` says.
     """
+    if report is None and type(X) is np.ndarray:
+        whole = _whole_call(X, None, spec, options)
+        if whole is not None:
+            if whole.reject_nan:
+                _checked_input(X, spec)
+            A, winners = compiled.whole_forward(whole, X)
+            return A, PoolState(spec, whole.input_shape, whole.output_shape, whole.dtype, winners)
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
     run = _Run(options, report, spec, plan, X.dtype.itemsize)
@@ -142,10 +151,16 @@ def backward(
     Cost, max/min: one unpacking of the winner bits, then per window offset one masked
     select (a bitwise pass, so inf/NaN in dA never reach losers); disjoint windows write it
     into dX directly, overlapping ones add it into their stride phase's buffer, written into
-    dX once (see the module docstring). avg: one pass per offset.
+    dX once (see the module docstring). avg: one pass per offset. A call the compiled
+    kernels run as one chunk on the calling thread, dA already of the state's dtype, goes
+    straight to them, as :func:`gradient` says.
     """
     if not isinstance(state, PoolState):
         raise TypeError(f"state must be a PoolState, got {type(state).__name__}")
+    if report is None and type(dA) is np.ndarray and state.winners is not None:
+        whole = _whole_call(state, dA, state.spec, options)
+        if whole is not None:
+            return compiled.whole_backward(whole, state.winners, dA)
     with np.errstate(invalid="ignore", over="ignore"):  # dA's cast to float16 may overflow
         dA = _checked_upstream(dA, state.output_shape, state.dtype)
         plan = make_plan(state.spec, state.input_shape)
@@ -191,7 +206,21 @@ def gradient(
         What :func:`forward` raises for X, then what :func:`backward` raises for dA (whose
         shape is checked against A's), with the same messages; both are checked before any
         kernel runs.
+
+    Notes
+    -----
+    A call the compiled kernels run as one chunk on the calling thread (a small X, or
+    ``threads=1``, with the default path options and no ``report``) skips the split and
+    goes straight to them (:class:`engine.compiled.WholeCall`), up to 1024 elements to one
+    kernel that runs forward and backward at once: the same bits, at under half the cost of
+    a tiny call.
     """
+    if report is None and type(X) is np.ndarray and type(dA) is np.ndarray:
+        whole = _whole_call(X, dA, spec, options)
+        if whole is not None:
+            if whole.reject_nan:
+                _checked_input(X, spec)
+            return compiled.whole_gradient(whole, X, dA)
     X = _checked_input(X, spec)
     plan = make_plan(spec, X.shape)
     run = _Run(options, report, spec, plan, X.dtype.itemsize)
@@ -200,6 +229,31 @@ def gradient(
         A = np.empty(plan.output_shape, dtype=X.dtype)
         winners, nan_windows = _pool(X, spec, plan, A, run)
         return A, _unpool(spec, plan, winners, nan_windows, dA, run)
+
+
+def _whole_call(
+    X: np.ndarray | PoolState,
+    dA: np.ndarray | None,
+    spec: PoolSpec,
+    options: EngineOptions | None,
+) -> compiled.WholeCall | None:
+    """The call's :class:`~engine.compiled.WholeCall` (for X, or the state of a forward on
+    it) when the compiled kernels run it as one chunk as it is: dA, when given, already of
+    X's dtype and A's shape (a cast or a mismatch is left to the general path, with its
+    checks and messages)."""
+    options = DEFAULT_OPTIONS if options is None else options
+    # kernels="numpy" never loads Numba, not even to find out whether it is there.
+    if options.kernels == "numpy" or not isinstance(spec, PoolSpec):
+        return None
+    shape, dtype = (X.input_shape, X.dtype) if isinstance(X, PoolState) else (X.shape, X.dtype)
+    whole = compiled.whole_call(spec, shape, dtype)
+    if (
+        whole is None
+        or (dA is not None and (dA.dtype != whole.dtype or dA.shape != whole.output_shape))
+        or not whole.runs_on(options)
+    ):
+        return None
+    return whole
 
 
 class _Planes(NamedTuple):
