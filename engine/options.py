@@ -68,6 +68,10 @@ class EngineOptions:
     merged_phase_write : bool
         The stride-phase path writes all phases through one phase-major view of dX where the
         sizes allow; ``False`` forces one strided write per phase (same bits).
+    place_workers : bool
+        A call on several threads keeps its worker threads off the CPU the calling thread
+        runs on (Linux; :mod:`engine.parallel`), so a worker woken after an idle spell is not
+        queued behind the caller; ``False`` leaves placement to the OS scheduler.
     """
 
     threads: int = field(default_factory=default_threads)
@@ -76,6 +80,7 @@ class EngineOptions:
     parallel_min_elements: int = 1 << 18
     disjoint_path: bool = True
     merged_phase_write: bool = True
+    place_workers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threads", "piece_bytes", "parallel_min_elements"):
