@@ -189,6 +189,24 @@ def test_half_a_request_after_a_response_gets_408(strict: Any) -> None:
         assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
 
+def test_the_header_timeout_counts_from_the_last_response(strict: Any) -> None:
+    """Each wait for a request's headers gets the whole timeout, however long the connection
+    has been open: requests 0.6 timeouts apart keep it open, and it closes no earlier than a
+    timeout after the last answer."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(address_of(strict)) as sock:
+        for _ in range(4):
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.6 * HEADER_TIMEOUT)
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        answered = time.monotonic()
+        assert read_until_closed(sock) == b""
+        idle = time.monotonic() - answered
+    assert idle >= 0.9 * HEADER_TIMEOUT  # never cut short; how late it closes is not checked
+
+
 def trickle(sock: socket.socket, head: bytes, interval: float, most: int) -> int:
     """Send ``head``, then one header byte per ``interval`` until the server answers or closes,
     at most ``most`` bytes; return how many were sent."""
