@@ -103,20 +103,29 @@ def _current_cpu() -> Any:
 _sched_getcpu = _current_cpu() if hasattr(os, "sched_setaffinity") else None
 
 
-def _place_workers(threads: int) -> None:
+#: The pools (by thread count) whose workers a call has placed and no call has let go since.
+_placed: set[int] = set()
+
+
+def _place_workers(threads: int, place: bool) -> None:
     """Let the workers of the ``threads`` pool run on every CPU the calling thread may use but
-    the one it runs on now (module docstring); nothing where that cannot be done."""
-    if _sched_getcpu is None:
+    the one it runs on now (module docstring), or, when not ``place``, on every CPU it may use
+    (undoing an earlier call's placement); nothing where that cannot be done."""
+    if _sched_getcpu is None or not (place or threads in _placed):
         return
-    here = _sched_getcpu()
     try:
-        others = os.sched_getaffinity(0) - {here}
-        if not others:  # one CPU: nowhere else to go
+        allowed = os.sched_getaffinity(0)
+        cpus = allowed - {_sched_getcpu()} if place else allowed
+        if not cpus:  # one CPU: nowhere else to go
             return
         for worker in list(_workers.get(threads, ())):
-            os.sched_setaffinity(worker, others)
+            os.sched_setaffinity(worker, cpus)
     except OSError:
         return
+    if place:
+        _placed.add(threads)
+    else:
+        _placed.discard(threads)
 
 
 def split(
@@ -332,8 +341,7 @@ def run_chunks(
             work_run(run)
 
     executor = _executor_for(options.threads)
-    if options.place_workers:
-        _place_workers(options.threads)
+    _place_workers(options.threads, options.place_workers)
     futures = [executor.submit(worker_run, run) for run in runs[1:]]
     work_run(runs[0])
     for future in futures:

@@ -25,17 +25,8 @@ X = np.random.default_rng(11).standard_normal((4, 8, 8, 3))
 SPEC = PoolSpec(pool_size=2)
 
 
-@linux_smp
-@pytest.mark.parametrize("caller_cpu", [0, -1], ids=["first-cpu", "last-cpu"])
-def test_workers_run_off_the_calling_threads_cpu(
-    monkeypatch: pytest.MonkeyPatch, caller_cpu: int
-) -> None:
-    """While a call runs, its worker may use every CPU the caller may, but the caller's (here
-    said to be the first or the last it may use: the caller can move between CPUs at any time,
-    which would make the CPU read by the engine and by the test differ)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    here = allowed[caller_cpu]
-    monkeypatch.setattr(parallel, "_sched_getcpu", lambda: here)
+def worker_masks(options: EngineOptions) -> list[set[int]]:
+    """A forward on X with ``options``: the CPU affinity of the worker at each chunk it ran."""
     masks: list[set[int]] = []
     caller = threading.get_ident()
     original = parallel.run_chunks
@@ -48,11 +39,26 @@ def test_workers_run_off_the_calling_threads_cpu(
 
         return original(watched, chunks, options)
 
-    monkeypatch.setattr("engine.pooling.run_chunks", recording)
-    forward(X, SPEC, options=SPLIT)  # the pool's worker starts (a new thread runs unplaced)
-    masks.clear()
-    forward(X, SPEC, options=SPLIT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("engine.pooling.run_chunks", recording)
+        forward(X, SPEC, options=options)
     assert masks, "no chunk ran on a worker"
+    return masks
+
+
+@linux_smp
+@pytest.mark.parametrize("caller_cpu", [0, -1], ids=["first-cpu", "last-cpu"])
+def test_workers_run_off_the_calling_threads_cpu(
+    monkeypatch: pytest.MonkeyPatch, caller_cpu: int
+) -> None:
+    """While a call runs, its worker may use every CPU the caller may, but the caller's (here
+    said to be the first or the last it may use: the caller can move between CPUs at any time,
+    which would make the CPU read by the engine and by the test differ)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    here = allowed[caller_cpu]
+    monkeypatch.setattr(parallel, "_sched_getcpu", lambda: here)
+    forward(X, SPEC, options=SPLIT)  # the pool's worker starts (a new thread runs unplaced)
+    masks = worker_masks(SPLIT)
     assert all(mask == set(allowed) - {here} for mask in masks), masks
 
 
@@ -81,9 +87,16 @@ def test_calls_run_where_placement_fails(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @linux_smp
 def test_placement_can_be_left_to_the_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without placement a worker runs wherever the caller may: an earlier call's placement is
+    undone once, and nothing is set on later calls."""
+    unplaced = dataclasses.replace(SPLIT, place_workers=False)
+    forward(X, SPEC, options=SPLIT)  # the pool's worker starts
+    assert all(len(mask) < len(os.sched_getaffinity(0)) for mask in worker_masks(SPLIT))
+    masks = worker_masks(unplaced)
+    assert all(mask == os.sched_getaffinity(0) for mask in masks), masks
     calls: list[object] = []
     monkeypatch.setattr(os, "sched_setaffinity", lambda *args: calls.append(args))
-    forward(X, SPEC, options=dataclasses.replace(SPLIT, place_workers=False))
+    forward(X, SPEC, options=unplaced)
     assert calls == []
     forward(X, SPEC, options=SPLIT)
-    assert calls  # the pool's worker, placed
+    assert calls  # the pool's worker, placed again
