@@ -21,7 +21,7 @@ from poolgrad._version import __version__
 from service.app import store_of
 from service.server import bind, serve
 from service.settings import Settings, describe_errors
-from service.stores import MemoryStore
+from service.stores import MemoryStore, redacted_url
 
 __all__ = ["main", "parse_settings"]
 
@@ -104,10 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.workers > 1 and isinstance(store, MemoryStore):
         raise SystemExit(
             f"{PROG}: POOLGRAD_WORKERS={settings.workers} is refused with the in-memory "
-            f"store (POOLGRAD_STORE_URL={settings.store_url!r}): each worker process would hold "
-            "its own sessions, and a request reaching another worker would not find its "
-            "session. Several workers need the Redis store, which shares sessions between "
-            "processes (POOLGRAD_STORE_URL=redis://host:6379/0), or POOLGRAD_WORKERS=1."
+            f"store (POOLGRAD_STORE_URL={redacted_url(settings.store_url)!r}): each worker "
+            "process would hold its own sessions, and a request reaching another worker would "
+            "not find its session. Several workers need the Redis store, which shares "
+            "sessions between processes (POOLGRAD_STORE_URL=redis://host:6379/0), or "
+            "POOLGRAD_WORKERS=1."
         )
     try:
         sock = bind(settings.host, settings.port)

@@ -152,11 +152,20 @@ SECRET_PASSWORD = "p-secret-word"
         ),
         (["--store-url", f"rdis://:{SECRET_PASSWORD}@localhost:6379/0"], "rdis://:***@localhost"),
         (
+            ["--workers", "2", "--store-url", f"memory://:{SECRET_PASSWORD}@here"],
+            "POOLGRAD_STORE_URL='memory://:***@here'",
+        ),
+        (
             ["--store-url", f"sock:///tmp/redis.sock?password={SECRET_PASSWORD}"],
             "sock:///tmp/redis.sock?password=***",
         ),
     ],
-    ids=["settings-that-do-not-fit", "store-url-password", "store-url-query-password"],
+    ids=[
+        "settings-that-do-not-fit",
+        "store-url-password",
+        "memory-store-url-password",
+        "store-url-query-password",
+    ],
 )
 def test_refusals_name_the_problem_but_no_secret(args: list[str], says: str) -> None:
     result = run(
