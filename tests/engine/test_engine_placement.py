@@ -68,15 +68,20 @@ def test_the_calling_threads_cpu_is_one_it_may_use() -> None:
     assert parallel._sched_getcpu() in os.sched_getaffinity(0)
 
 
+@linux_smp
 def test_calls_run_where_placement_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker that cannot be placed (a CPU set that changed, another OS) is left where it is:
-    the call gives the same bits as on one thread."""
+    """A worker that cannot be placed (a CPU set that changed, a thread gone) is left where it
+    is: the call gives the same bits as on one thread."""
+    forward(X, SPEC, options=SPLIT)  # the pool's worker starts, so the calls below place it
+    refused: list[object] = []
 
     def refuse(*args: object) -> None:
+        refused.append(args)
         raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
     A, state = forward(X, SPEC, options=SPLIT)
+    assert refused, "the call did not try to place its worker"
     dA = np.random.default_rng(12).standard_normal(A.shape)
     dX = backward(state, dA, options=SPLIT)
     A1, state1 = forward(X, SPEC, options=EngineOptions(threads=1))
