@@ -5,6 +5,7 @@ kernel choice, with and without Numba."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -104,6 +105,61 @@ def test_reject_refuses_nan_before_either_kernel_runs() -> None:
     for options in (NUMPY, COMPILED):
         with pytest.raises(TensorError, match=r"first at index \(0, 1, 2, 0\)"):
             forward(X, PoolSpec(nan="reject"), options=options)
+
+
+def test_the_kernels_free_every_scratch_array_they_allocate() -> None:
+    # The kernels borrow their arrays (no reference counting in the loops) and keep their
+    # scratch alive by hand: Numba's own allocation counters, on in a fresh interpreter,
+    # must balance after every kernel (forward, both backward kernels, the tiny one), every
+    # tie rule, and match the NumPy kernels' results call after call.
+    code = """
+        import numpy as np
+        from numba.core.runtime import rtsys
+        from engine import EngineOptions, PoolSpec, backward, forward, gradient
+
+        compiled = EngineOptions(threads=1, kernels="compiled")
+        numpy = EngineOptions(threads=1, kernels="numpy")
+        rng = np.random.default_rng(0)
+        cases = []
+        for shape, kwargs in (
+            ((3, 9, 9, 16), dict(pool_size=3, strides=2)),
+            ((3, 8, 8, 16), dict(pool_size=2)),
+            ((2, 9, 9, 3), dict(pool_size=3, strides=2, padding="same")),
+            ((1, 4, 4, 2), dict(pool_size=2)),
+        ):
+            for ties in ("all", "first"):
+                X = rng.integers(-2, 3, shape).astype(np.float32)
+                cases.append((X, PoolSpec(ties=ties, **kwargs)))
+
+        def run(X, spec, options):
+            A, state = forward(X, spec, options=options)
+            dA = np.linspace(-1, 1, A.size, dtype=np.float32).reshape(A.shape)
+            dX = backward(state, dA, options=options)
+            fused = gradient(X, dA, spec, options=options)[1]
+            return A.tobytes() + state.to_bytes() + dX.tobytes() + fused.tobytes()
+
+        expected = [run(X, spec, numpy) for X, spec in cases]
+        for X, spec in cases:
+            run(X, spec, compiled)
+        before = rtsys.get_allocation_stats()
+        for _ in range(3):
+            assert [run(X, spec, compiled) for X, spec in cases] == expected
+        after = rtsys.get_allocation_stats()
+        print(after.alloc - before.alloc, after.free - before.free,
+              after.mi_alloc - before.mi_alloc, after.mi_free - before.mi_free)
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,  # compiles the kernels if no earlier test left them in the cache
+        env={**os.environ, "NUMBA_NRT_STATS": "1"},
+    )
+    alloc, free, mi_alloc, mi_free = map(int, result.stdout.split())
+    assert alloc > 0  # the counters ran and the kernels allocated scratch
+    assert mi_alloc > 0
+    assert (alloc, mi_alloc) == (free, mi_free)
 
 
 def _run_without_numba(code: str) -> str:
