@@ -109,8 +109,9 @@ def _keep(typingctx: Any, array: Any) -> Any:  # pragma: no cover - compiled
 def _view(
     context: Any, builder: Any, signature: Any, args: Any, count: Any, step: Any
 ) -> Any:  # pragma: no cover - compiled
-    """A 1-D view of ``args[0]`` from element ``args[1]``: ``count`` elements ``step`` apart
-    (LLVM values, ``intp``), with no memory record."""
+    """A 1-D view of ``args[0]`` from element ``args[1]``, with no memory record:
+    ``count(source, start)`` elements (the source's array struct and the start, as LLVM
+    ``intp``) ``step`` apart (an LLVM ``intp``)."""
     source = make_array(signature.args[0])(context, builder, value=args[0])
     view = make_array(signature.return_type)(context, builder)
     start = context.cast(builder, args[1], signature.args[1], types.intp)
